@@ -1,0 +1,129 @@
+"""The command line: ``python -m supervisor CONFIG.toml [overrides]``.
+
+The only place that maps errors to exit codes: 2 for bad config or a refused start,
+1 when an object failed, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import anyio
+
+from supervisor import logs
+from supervisor.config import ConfigError, Config, load_config
+from supervisor.gpus import GpuError, GpuPool, Probe, make_probe
+from supervisor.lock import ExperimentLock, LockedError
+from supervisor.resume import RefusedError, load_grasps, open_manifest, register_objects
+from supervisor.supervisor import Supervisor
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that fails with one line and exit code 2, never a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _codes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _gpus(text: str) -> str | list[int]:
+    if text == "all":
+        return "all"
+    try:
+        return [int(g) for g in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or comma-separated GPU indices, got {text!r}") from None
+
+
+def _abs_path(text: str) -> str:
+    return str(Path(text).expanduser().resolve())
+
+
+OVERRIDES: dict[str, Any] = {
+    "exp_name": str, "experiments_dir": _abs_path, "object_code_list": _codes,
+    "object_code_file": _abs_path, "target_count_per_object": int, "round_batch_size": int,
+    "num_iterations": int, "seed_base": int, "max_rounds": int, "merge_stride": int,
+    "gpus": _gpus,
+}
+BOOL_OVERRIDES = ("resume", "keep_intermediate")
+
+
+def run_parser() -> Parser:
+    p = Parser(prog="python -m supervisor", description=(
+        "Run BimanGrasp's main.py in rounds on a GPU pool until every object's quota is met. "
+        "Other commands: status, export, recover (python -m supervisor COMMAND --help)."))
+    p.add_argument("config", type=Path, help="the TOML config file")
+    p.add_argument("--log-format", choices=logs.FORMATS, default="auto",
+                   help="json lines or console (default: json unless stdout is a terminal)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan and the GPUs, start nothing, write nothing")
+    seeds = p.add_argument_group("config overrides (same names as the config keys)")
+    for key, kind in OVERRIDES.items():
+        seeds.add_argument(f"--{key}", type=kind, default=None, metavar=key.upper())
+    for key in BOOL_OVERRIDES:
+        seeds.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=None)
+    return p
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    keys = (*OVERRIDES, *BOOL_OVERRIDES)
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def prepare(config: Config, probe: Probe | None = None) -> tuple[GpuPool, str | None]:
+    warning = None
+    if probe is None:
+        probe, warning = make_probe(config.gpu.probe, config.gpus)
+    return GpuPool(probe, config.gpus, config.gpu), warning
+
+
+def run_supervisor(config: Config, probe: Probe | None = None,
+                   handle_signals: bool = True) -> int:
+    """Start or resume ``config``'s experiment; raises the errors that mean exit code 2."""
+    pool, warning = prepare(config, probe)
+    with ExperimentLock(config.exp_dir):
+        manifest = open_manifest(config)
+        revived = register_objects(config, manifest)
+        accs = load_grasps(config, manifest)
+        log = logs.get_logger()
+        if warning:
+            log.warning("gpu_probe", message=warning)
+        for code in revived:
+            log.info("object_revived", object_code=code)
+        sup = Supervisor(config, manifest, accs, pool, handle_signals=handle_signals)
+        return anyio.run(sup.run)
+
+
+def _run(argv: Sequence[str]) -> int:
+    args = run_parser().parse_args(argv)
+    logs.configure(args.log_format)
+    config = load_config(args.config, overrides_from(args))
+    if args.dry_run:
+        from supervisor.dryrun import dry_run
+        return dry_run(config)
+    return run_supervisor(config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in ("status", "export", "recover"):
+            from supervisor import commands
+            return commands.main(argv[0], argv[1:])
+        return _run(argv)
+    except (UsageError, ConfigError, GpuError, RefusedError, LockedError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

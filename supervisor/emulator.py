@@ -1,0 +1,323 @@
+"""An emulator of BimanGrasp's main.py (the fork with ``--object_code``), on a CPU.
+
+It honours ../shared/docs/main-py-contract.md: same command line, same files in the same
+places, the same output on stdout and stderr, the same traps:
+
+- it sets its own CUDA_VISIBLE_DEVICES from ``--gpu`` (the GPU trap) and records in
+  ``config.txt`` the device it ended up on;
+- it wipes ``logs/`` and ``results/`` of its ``--name`` at start and writes the result file
+  only at the very end;
+- without ``--jitter_strength`` it crashes at start-up like the fork does;
+- an unknown object fails before any folder is created.
+
+Environment variables (never command-line flags: main.py rejects unknown flags):
+
+- ``EMULATOR_STARTUP_S`` (default 0.2): seconds of "imports" before any work.
+- ``EMULATOR_ITER_S`` (default 0.005): seconds per optimizer iteration.
+- ``EMULATOR_EXPERIMENTS_BASE``: where ``{name}/`` goes instead of ``../data/experiments``.
+- ``EMULATOR_FAULTS``: ``GLOB=MODE[,MODE...][;GLOB=...]``; GLOB matches ``--name``, the
+  n-th MODE applies to the n-th attempt of that name, ``MODE*`` to every later attempt,
+  ``A+B`` combines modes. Attempts are counted in ``EMULATOR_STATE_DIR`` (without it,
+  every run is attempt 1). Modes: ``ok``, ``exit`` / ``exit:CODE`` (mid-run), ``crash``
+  (traceback before saving), ``crash_mid_write`` (half a result file, then dies),
+  ``truncated`` (half a result file, exit 0), ``hang`` (stops mid-run, silent),
+  ``ignore_sigterm``, ``sigkill`` (killed mid-run, as by the OOM killer), ``nan``, ``inf``,
+  ``wrong_length``, ``wrong_type``, ``wrong_dtype``, ``missing_key``, ``extra_key``.
+
+Object codes are known when ``../data/meshdata`` (relative to the working directory) has a
+folder of that name; without a ``../data/meshdata`` folder every code is known.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import pickle
+import signal
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from supervisor.results import QPOS_NAMES
+
+FAULT_MODES = frozenset({
+    "ok", "exit", "crash", "crash_mid_write", "truncated", "hang", "ignore_sigterm",
+    "sigkill", "nan", "inf", "wrong_length", "wrong_type", "wrong_dtype", "missing_key",
+    "extra_key",
+})
+BAR_REDRAW_S = 0.1  # tqdm's default mininterval
+TORCH_WARNING = (
+    "/opt/venv/lib/python3.11/site-packages/torch/nn/init.py:114: UserWarning: To copy "
+    "construct from a tensor, it is recommended to use sourceTensor.detach().clone() or "
+    "sourceTensor.detach().clone().requires_grad_(True), rather than "
+    "tensor.new_tensor(sourceTensor).\n  lo = tensor.new_tensor(a, device=\"cpu\").item()\n"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="main.py")
+    p.add_argument("--name", type=str, default="test")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--gpu", type=str, default="0")
+    p.add_argument("--batch_size", type=int, default=2048)
+    p.add_argument("--num_iterations", type=int, default=10000)
+    p.add_argument("--object_code", type=str, default=None)
+    p.add_argument("--object_code_list", type=list, default=None)
+    p.add_argument("--vis", action="store_true")
+    p.add_argument("--vis_frame_stride", type=int, default=50)
+    p.add_argument("--metrics", action="store_true")
+    p.add_argument("--metrics_stride", type=int, default=50)
+    p.add_argument("--jitter_strength", type=float, default=None)
+    p.add_argument("--distance_lower", type=float, default=None)
+    p.add_argument("--distance_upper", type=float, default=None)
+    p.add_argument("--num_contacts", type=int, default=None)
+    p.add_argument("--init_at_targets", action="store_true")
+    return p
+
+
+def fault_modes(name: str, attempt: int, spec: str) -> set[str]:
+    """The fault modes for this attempt of round ``name`` under ``EMULATOR_FAULTS``."""
+    for rule in filter(None, (r.strip() for r in spec.split(";"))):
+        glob, _, modes = rule.partition("=")
+        if not fnmatch.fnmatchcase(name, glob.strip()):
+            continue
+        chosen = "ok"
+        for i, mode in enumerate(m.strip() for m in modes.split(",")):
+            if i + 1 == attempt or (mode.endswith("*") and i + 1 <= attempt):
+                chosen = mode.rstrip("*")
+                if i + 1 == attempt:
+                    break
+        parts = set(chosen.split("+"))
+        unknown = {p.split(":")[0] for p in parts} - FAULT_MODES
+        if unknown:
+            raise ValueError(f"EMULATOR_FAULTS: unknown mode(s) {sorted(unknown)}")
+        return parts
+    return {"ok"}
+
+
+def next_attempt(name: str) -> int:
+    state = os.environ.get("EMULATOR_STATE_DIR")
+    if not state:
+        return 1
+    path = Path(state) / f"{name}.attempts"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write("x")
+    return path.stat().st_size
+
+
+def _exit_code(modes: set[str]) -> int | None:
+    for mode in modes:
+        if mode.split(":")[0] == "exit":
+            return int(mode.split(":")[1]) if ":" in mode else 3
+    return None
+
+
+def make_grasps(code: str, seed: int, batch_size: int, num_iterations: int) -> list[dict]:
+    """Deterministic grasps with energies of a realistic spread (most pass filters)."""
+    rng = np.random.default_rng([seed, zlib.crc32(code.encode()), batch_size, num_iterations])
+    n, k = batch_size, len(QPOS_NAMES)
+    settle = 1.0 - np.exp(-num_iterations / 2000.0)
+    start = {side: rng.uniform(-0.5, 0.5, (n, k)) for side in ("left", "right")}
+    final = {side: start[side] + settle * rng.normal(0, 0.1, (n, k)) for side in start}
+    e_fc = rng.lognormal(np.log(0.35), 0.5, n)
+    e_dis = rng.lognormal(np.log(0.01), 1.0, n)
+    e_pen = rng.lognormal(np.log(0.0008), 1.0, n)
+    e_spen = rng.lognormal(np.log(0.005), 1.0, n)
+    e_joints = np.where(rng.random(n) < 0.9, 0.0, rng.uniform(0, 0.05, n))
+    energy = e_fc + 100 * e_dis + 125 * e_pen + 10 * e_spen + e_joints
+    scale = rng.choice(np.float32([0.06, 0.08, 0.1, 0.12, 0.15, 0.17]), n).astype(np.float64)
+    grasps = []
+    for j in range(n):
+        grasps.append({
+            "scale": float(scale[j]),
+            "qpos_left": dict(zip(QPOS_NAMES, final["left"][j].tolist())),
+            "qpos_left_st": dict(zip(QPOS_NAMES, start["left"][j].tolist())),
+            "qpos_right": dict(zip(QPOS_NAMES, final["right"][j].tolist())),
+            "qpos_right_st": dict(zip(QPOS_NAMES, start["right"][j].tolist())),
+            "energy": float(energy[j]),
+            "E_fc": float(e_fc[j]),
+            "E_dis": float(e_dis[j]),
+            "E_pen": float(e_pen[j]),
+            "E_spen": float(e_spen[j]),
+            "E_joints": float(e_joints[j]),
+            "__meta__": {"object_code": code, "item_index": j},
+        })
+    return grasps
+
+
+def corrupt(grasps: list[dict], modes: set[str]) -> object:
+    """Apply the result-file faults; returns what gets saved."""
+    if "nan" in modes:
+        grasps[len(grasps) // 2]["E_pen"] = float("nan")
+    if "inf" in modes:
+        grasps[0]["qpos_left"]["WRJTx"] = float("inf")
+    if "wrong_length" in modes:
+        grasps = grasps[:-1]
+    if "missing_key" in modes:
+        del grasps[-1]["E_fc"]
+    if "extra_key" in modes:
+        grasps[-1]["E_surprise"] = 1.0
+    if "wrong_type" in modes:
+        return {"grasps": grasps}
+    if "wrong_dtype" in modes:
+        return np.array([[g["energy"], g["E_pen"]] for g in grasps], dtype=np.float32)
+    return grasps
+
+
+def _banner(args: argparse.Namespace, codes: list[str]) -> None:
+    print("=== Experiment Configuration ===")
+    print(f"Name: {args.name}")
+    print(f"Objects: {len(codes)} objects")
+    print(f"Batch size: {args.batch_size} per object")
+    print(f"Total batch: {args.batch_size * len(codes)}")
+    print(f"iterations: {args.num_iterations}")
+    print("Energy weights: dis=100.0, pen=125.0, vew=0.5")
+    print("temperature: 18")
+    print("Langevin noise: 0.1")
+    print("=" * 45)
+    print(f"Starting experiment: {args.name}", flush=True)
+
+
+def _bar(i: int, total: int, elapsed: float) -> str:
+    frac = i / total if total else 1.0
+    filled = int(frac * 10)
+    bar = "█" * filled + (" " * (10 - filled))
+    rate = i / elapsed if elapsed > 0 else 0.0
+    eta = (total - i) / rate if rate > 0 else 0.0
+    clock = lambda s: f"{int(s) // 60:02d}:{int(s) % 60:02d}"  # noqa: E731
+    rate_s = f"{rate:5.2f}it/s" if i else "?it/s"
+    eta_s = clock(eta) if i else "?"
+    return f"\roptimizing: {int(frac * 100):3d}%|{bar}| {i}/{total} [{clock(elapsed)}<{eta_s}, {rate_s}]"
+
+
+def _config_line(args: argparse.Namespace, codes: list[str], device: str) -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    order = os.environ.get("CUDA_DEVICE_ORDER", "FASTEST_FIRST")
+    physical = visible if device != "cpu" and order == "PCI_BUS_ID" else None
+    return (
+        f"ExperimentConfig(name={args.name!r}, seed={args.seed}, gpu={args.gpu!r}, "
+        f"object_code_list={codes!r}, optimizer=OptimizerConfig(num_iterations="
+        f"{args.num_iterations}), initialization=InitializationConfig(jitter_strength="
+        f"{args.jitter_strength}), model=ModelConfig(batch_size={args.batch_size}), "
+        f"emulator=EmulatorInfo(device={device!r}, cuda_visible_devices={visible!r}, "
+        f"cuda_device_order={order!r}, physical_gpu={physical!r}, pid={os.getpid()}))"
+    )
+
+
+def _optimize(args: argparse.Namespace, modes: set[str], results: Path) -> None:
+    iter_s = float(os.environ.get("EMULATOR_ITER_S", "0.005"))
+    total, t0, last_draw = args.num_iterations, time.monotonic(), -1.0
+    sys.stderr.write(_bar(0, total, 0.0))
+    sys.stderr.flush()
+    for i in range(1, total + 1):
+        if i == max(1, total // 2):
+            _mid_run_faults(modes)
+        time.sleep(iter_s)
+        if args.vis and i % args.vis_frame_stride == 0:
+            frames = results / "frames_0"
+            frames.mkdir(exist_ok=True)
+            (frames / f"frame_{i:05d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+        now = time.monotonic()
+        if now - last_draw >= BAR_REDRAW_S or i == total:
+            sys.stderr.write(_bar(i, total, now - t0))
+            sys.stderr.flush()
+            last_draw = now
+    sys.stderr.write(_bar(total, total, time.monotonic() - t0) + "\n")
+    sys.stderr.flush()
+
+
+def _mid_run_faults(modes: set[str]) -> None:
+    code = _exit_code(modes)
+    if code is not None:
+        sys.stderr.write("\nRuntimeError: CUDA error: an illegal memory access was encountered\n")
+        sys.exit(code)
+    if "sigkill" in modes:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "hang" in modes:
+        while True:
+            time.sleep(3600)
+
+
+def _save(path: Path, payload: object, modes: set[str]) -> None:
+    if modes & {"crash_mid_write", "truncated"}:
+        data = pickle.dumps(np.array(payload, dtype=object), protocol=3)
+        with path.open("wb") as f:
+            f.write(b"\x93NUMPY" + data[: len(data) // 2])
+            f.flush()
+        if "crash_mid_write" in modes:
+            os._exit(1)
+        return
+    if isinstance(payload, list):
+        arr = np.empty(len(payload), dtype=object)
+        arr[:] = payload
+        payload = arr
+    np.save(path, payload, allow_pickle=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    attempt = next_attempt(args.name)
+    modes = fault_modes(args.name, attempt, os.environ.get("EMULATOR_FAULTS", ""))
+    if "ignore_sigterm" in modes:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(float(os.environ.get("EMULATOR_STARTUP_S", "0.2")))
+    sys.stderr.write(TORCH_WARNING)
+    sys.stderr.flush()
+    device = "cpu"
+    if args.gpu != "cpu":  # the GPU trap: main.py's setup_device does exactly this
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+        device = "cuda:0"
+    if args.jitter_strength is None:
+        raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
+    if args.batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {args.batch_size}")
+    codes = [args.object_code] if args.object_code else ["".join(args.object_code_list or [])]
+    meshdata = Path("../data/meshdata")
+    for code in codes:
+        if meshdata.is_dir() and not (meshdata / code).is_dir():
+            raise FileNotFoundError(f"No mesh found for object {code} in {meshdata}")
+    _banner(args, codes)
+    base = Path(os.environ.get("EMULATOR_EXPERIMENTS_BASE", "../data/experiments"))
+    print(f"Using device: {device}")
+    print("Setting up models...", flush=True)
+    for sub in ("logs", "results"):  # main.py wipes its own output at start
+        folder = base / args.name / sub
+        if folder.exists():
+            import shutil
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    results = base / args.name / "results"
+    (results / "config.txt").write_text(_config_line(args, codes, device))
+    (base / args.name / "logs" / f"events.out.tfevents.{int(time.time())}.emu.{os.getpid()}.0"
+     ).write_bytes(b"\x18\x00\x00\x00\x00\x00\x00\x00brain.Event:2")
+    print("Left hand contact candidates: 140")
+    print("Right hand contact candidates: 140")
+    print(f"Total batch size: {args.batch_size * len(codes)}")
+    print("Starting optimization...", flush=True)
+    _optimize(args, modes, results)
+    if "crash" in modes:
+        raise RuntimeError("emulated crash before saving results")
+    print("Saving final results...", flush=True)
+    for code in codes:
+        grasps = make_grasps(code, args.seed, args.batch_size, args.num_iterations)
+        _save(results / f"{code}.npy", corrupt(grasps, modes), modes)
+    if args.vis:
+        (results / "optimization_0.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    if args.metrics:
+        (results / "metrics").mkdir(exist_ok=True)
+        (results / "metrics" / "metrics.json").write_text("{}")
+    print("\n=== Performance Statistics ===")
+    print("Memory profiling unavailable (memory_profiler not installed)")
+    print(f"Experiment completed: {args.name}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The GPU pool: an NVML probe behind a small interface, slots, free-memory admission.
+
+Only NvmlProbe touches pynvml, and only when created, so CPU machines never need a driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from supervisor.config import GpuSettings
+
+MIB = 1024 * 1024
+
+
+class GpuError(RuntimeError):
+    """No usable GPU set could be formed (NVML missing for gpus = "all", unknown index)."""
+
+
+class ProbeError(RuntimeError):
+    """Reading one GPU failed (for example it fell off the bus)."""
+
+
+class Probe(Protocol):
+    def gpu_indices(self) -> list[int]: ...
+
+    def free_mib(self, index: int) -> int | None:
+        """Free memory in MiB, or None when it cannot be known (no NVML)."""
+
+
+class NvmlProbe:
+    """Free memory per GPU from NVML, numbered in PCI bus order like CUDA_DEVICE_ORDER=PCI_BUS_ID."""
+
+    def __init__(self) -> None:
+        try:
+            import pynvml
+        except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a dependency
+            raise ProbeError(f"pynvml is not installed ({exc})") from None
+        self._nvml = pynvml
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            raise ProbeError(f"NVML did not start ({exc})") from None
+
+    def gpu_indices(self) -> list[int]:
+        try:
+            return list(range(self._nvml.nvmlDeviceGetCount()))
+        except self._nvml.NVMLError as exc:
+            raise ProbeError(f"NVML could not count GPUs ({exc})") from None
+
+    def free_mib(self, index: int) -> int:
+        try:
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+            return int(self._nvml.nvmlDeviceGetMemoryInfo(handle).free // MIB)
+        except self._nvml.NVMLError as exc:
+            raise ProbeError(f"NVML error on GPU {index} ({exc})") from None
+
+
+class StaticProbe:
+    """An explicit list of GPUs without memory checks (no NVML, or probe = "static")."""
+
+    def __init__(self, indices: Sequence[int]) -> None:
+        self.indices = list(indices)
+
+    def gpu_indices(self) -> list[int]:
+        return list(self.indices)
+
+    def free_mib(self, index: int) -> None:
+        return None
+
+
+class FakeProbe:
+    """For tests: free memory per GPU that a test changes while the run goes on."""
+
+    def __init__(self, free: dict[int, int]) -> None:
+        self.free = dict(free)
+        self.failing: set[int] = set()
+        self.polls = 0
+
+    def gpu_indices(self) -> list[int]:
+        return sorted(self.free)
+
+    def free_mib(self, index: int) -> int:
+        self.polls += 1
+        if index in self.failing:
+            raise ProbeError(f"GPU {index} fell off the bus (fake)")
+        return self.free[index]
+
+
+def make_probe(kind: str, gpus: str | Sequence[int]) -> tuple[Probe, str | None]:
+    """The probe for the config, and a warning to log when memory checks are off."""
+    if kind == "static":
+        if gpus == "all":
+            raise GpuError('gpu.probe = "static" needs gpus to be a list of GPU indices')
+        return StaticProbe(list(gpus)), "GPU memory checks are off (gpu.probe = \"static\")"
+    try:
+        return NvmlProbe(), None
+    except ProbeError as exc:
+        if kind == "nvml" or gpus == "all":
+            hint = ('gpus = "all" needs NVML to find the GPUs: install the NVIDIA driver or '
+                    'list the GPU indices, e.g. gpus = [0, 1]')
+            raise GpuError(f"{exc}; {hint}") from None
+        return StaticProbe(list(gpus)), f"{exc}: using gpus {list(gpus)} without memory checks"
+
+
+@dataclass
+class Admission:
+    gpu: int | None
+    short: dict[int, str] = field(default_factory=dict)  # GPUs refused for lack of memory
+    busy: list[int] = field(default_factory=list)  # GPUs whose slots are all taken
+    lost: dict[int, str] = field(default_factory=dict)  # GPUs taken out of the pool now
+
+
+class GpuPool:
+    """Slots per GPU; a round is admitted where memory minus rounds in flight suffices."""
+
+    def __init__(self, probe: Probe, gpus: str | Sequence[int], settings: GpuSettings) -> None:
+        found = probe.gpu_indices()
+        if gpus == "all":
+            chosen = found
+        else:
+            unknown = [g for g in gpus if g not in found]
+            if unknown:
+                raise GpuError(f"gpus lists {unknown}, but the GPUs found are {found}")
+            chosen = list(gpus)
+        if not chosen:
+            raise GpuError("no GPU found: set gpus to a list of GPU indices")
+        self.probe, self.settings = probe, settings
+        self.in_flight = {g: 0 for g in chosen}
+        self.dead: dict[int, str] = {}
+
+    @property
+    def gpus(self) -> list[int]:
+        return [g for g in self.in_flight if g not in self.dead]
+
+    def _short(self, gpu: int) -> str | None:
+        """Why ``gpu`` lacks memory for one more round, or None if it has enough."""
+        s, busy = self.settings, self.in_flight[gpu]
+        free = self.probe.free_mib(gpu)
+        if free is None:
+            return None
+        available = free - busy * s.round_memory_mib
+        if available < s.min_free_mib:
+            return (f"{available} MiB available ({free} free - {busy} x {s.round_memory_mib} "
+                    f"reserved) < min_free_mib {s.min_free_mib}")
+        return None
+
+    def admit(self) -> Admission:
+        """Take a slot on the least busy admissible GPU (lowest index on ties)."""
+        result = Admission(None)
+        for gpu in sorted(self.gpus, key=lambda g: (self.in_flight[g], g)):
+            if self.in_flight[gpu] >= self.settings.max_rounds_per_gpu:
+                result.busy.append(gpu)
+                continue
+            try:
+                reason = self._short(gpu)
+            except ProbeError as exc:
+                self.dead[gpu] = result.lost[gpu] = str(exc)
+                continue
+            if reason is None:
+                result.gpu = gpu
+                self.in_flight[gpu] += 1
+                return result
+            result.short[gpu] = reason
+        return result
+
+    def release(self, gpu: int) -> None:
+        self.in_flight[gpu] -= 1

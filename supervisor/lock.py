@@ -1,0 +1,51 @@
+"""One supervisor per experiment: an flock on ``{exp_dir}/supervisor.lock``.
+
+The kernel drops the lock when its holder dies, however it dies, so a stale lock file
+from a killed supervisor never blocks; the pid inside only serves the error message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_NAME = "supervisor.lock"
+
+
+class LockedError(RuntimeError):
+    """Another live supervisor holds this experiment."""
+
+
+class ExperimentLock:
+    def __init__(self, exp_dir: Path) -> None:
+        self.path = exp_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(
+                f"{self.path}: experiment is in use by a running supervisor (pid {holder}); "
+                f"wait for it, stop it with kill -INT {holder}, or pick another exp_name"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> ExperimentLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,39 @@
+"""Structured logs: one JSON object per line on stdout when it is not a terminal
+(so ``| jq`` works), a readable console format on a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+FORMATS = ("auto", "json", "console")
+
+
+def configure(fmt: str = "auto", stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    if fmt == "auto":
+        fmt = "console" if stream.isatty() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer(sort_keys=False)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**fields: Any) -> Any:
+    return structlog.get_logger("supervisor").bind(**fields)

@@ -1,0 +1,187 @@
+"""One round: build its command line, run main.py on one GPU, read its result.
+
+``run_round`` never raises for a round's own failure: every way a round can end becomes an
+Outcome that the merger records.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+from supervisor import progress, results, runner
+from supervisor.config import Config
+from supervisor.logs import get_logger
+
+TAIL_LINES = 20
+OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    object_code: str
+    round_id: int
+    name: str
+    seed: int
+    gpu: int
+    attempt: int
+
+    def fields(self) -> dict[str, Any]:
+        return {"round": self.name, "object_code": self.object_code, "gpu": self.gpu}
+
+
+@dataclass(frozen=True)
+class Started:
+    job: RoundJob
+    pid: int
+
+
+@dataclass
+class Outcome:
+    job: RoundJob
+    kind: str
+    started_at: float
+    finished_at: float
+    exit_code: int | None = None
+    reason: str | None = None
+    produced: int = 0
+    accepted: int = 0
+    columns: results.Columns | None = None  # accepted grasps with provenance
+    tail: list[str] = field(default_factory=list)
+
+
+def round_dir(config: Config, name: str) -> Path:
+    return config.main.output_dir / name
+
+
+def result_path(config: Config, job: RoundJob) -> Path:
+    return round_dir(config, job.name) / "results" / f"{job.object_code}.npy"
+
+
+def command(config: Config, job: RoundJob) -> list[str]:
+    values = {
+        "name": job.name, "object_code": job.object_code,
+        "batch_size": config.round_batch_size, "num_iterations": config.num_iterations,
+        "seed": job.seed, "gpu": job.gpu, "python": sys.executable,
+    }
+    return [part.format(**values) for part in config.main.command]
+
+
+def child_env(config: Config, gpu: int) -> dict[str, str]:
+    """The GPU trap: main.py sets CUDA_VISIBLE_DEVICES from --gpu, so both carry the same
+    physical id, numbered in PCI bus order like NVML's indices."""
+    env = dict(os.environ)
+    env.update(config.main.env)
+    threads = str(config.main.threads)
+    env.update({
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu),
+        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def read_result(config: Config, job: RoundJob) -> tuple[int, results.Columns]:
+    """Validate the round's result; return (produced, accepted grasps with provenance)."""
+    columns = results.read_round(result_path(config, job), config.round_batch_size)
+    mask = results.accept_mask(columns, config.filter)
+    produced = len(mask)
+    accepted = results.select(results.with_provenance(columns, job.seed, job.round_id), mask)
+    return produced, accepted
+
+
+class LineSink:
+    """Writes a child's lines to its round log and its GPU's log; turns tqdm into events."""
+
+    def __init__(self, config: Config, job: RoundJob) -> None:
+        logs = config.exp_dir / "logs"
+        (logs / "rounds").mkdir(parents=True, exist_ok=True)
+        self.round_log = (logs / "rounds" / f"{job.name}.log").open("a", encoding="utf-8")
+        self.gpu_log = (logs / f"gpu_{job.gpu}.log").open("a", encoding="utf-8")
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.interval_s = config.logs.progress_interval_s
+        self.last_event = -float("inf")
+        self.name = job.name
+        self.log = get_logger(**job.fields())
+        self.latest: progress.Progress | None = None
+        self.write("supervisor", f"attempt {job.attempt} on GPU {job.gpu}, seed {job.seed}")
+
+    def write(self, stream: str, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.round_log.write(f"{stamp} {stream}: {line}\n")
+        self.gpu_log.write(f"{stamp} {self.name} {stream}: {line}\n")
+
+    def __call__(self, stream: str, line: str) -> None:
+        self.write(stream, line)
+        bar = progress.parse(line) if stream == "stderr" else None
+        if bar is None:
+            self.tail.append(line)
+            return
+        self.latest = bar
+        now = time.monotonic()
+        if now - self.last_event >= self.interval_s or bar.n == bar.total:
+            self.last_event = now
+            self.log.info("round_progress", step=bar.n, total=bar.total,
+                          it_per_s=bar.it_per_s, eta_s=bar.eta_s)
+
+    def close(self) -> None:
+        self.round_log.close()
+        self.gpu_log.close()
+
+
+def _describe(exit_: runner.ChildExit, config: Config) -> str:
+    t = config.timeouts
+    if exit_.stopped == "timeout":
+        return f"timeout: ran past timeouts.round_timeout_s = {t.round_timeout_s:g}"
+    if exit_.stopped == "stall":
+        return f"stalled: no output for timeouts.stall_timeout_s = {t.stall_timeout_s:g}"
+    if exit_.returncode < 0:
+        return f"killed by signal {-exit_.returncode}"
+    return f"exit code {exit_.returncode}"
+
+
+async def run_round(config: Config, job: RoundJob, stop: anyio.Event,
+                    on_start: Callable[[int], None]) -> Outcome:
+    log = get_logger(**job.fields())
+    started = time.time()
+    folder = round_dir(config, job.name)
+    # A stale result from an earlier attempt must never pass for this attempt's.
+    await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+    sink = LineSink(config, job)
+    argv = command(config, job)
+    log.info("round_started", seed=job.seed, attempt=job.attempt, argv=argv)
+    try:
+        exit_ = await runner.run_child(
+            argv, cwd=config.main.cwd, env=child_env(config, job.gpu), on_line=sink,
+            on_start=on_start, stop=stop, timeout_s=config.timeouts.round_timeout_s,
+            stall_timeout_s=config.timeouts.stall_timeout_s, grace_s=config.timeouts.grace_s,
+        )
+    except OSError as exc:
+        return Outcome(job, FAILED, started, time.time(), reason=f"could not start: {exc}")
+    finally:
+        sink.close()
+    outcome = Outcome(job, FAILED, started, time.time(), exit_code=exit_.returncode,
+                      tail=list(sink.tail))
+    if exit_.stopped == "stop":
+        outcome.kind, outcome.reason = INTERRUPTED, "stopped by the supervisor"
+        return outcome
+    if exit_.stopped or exit_.returncode != 0:
+        outcome.reason = _describe(exit_, config)
+        return outcome
+    try:
+        produced, columns = await anyio.to_thread.run_sync(read_result, config, job)
+    except results.ResultError as exc:
+        outcome.reason = f"invalid result: {exc}"
+        return outcome
+    outcome.kind, outcome.produced, outcome.columns = OK, produced, columns
+    outcome.accepted = int(len(columns["energy"]))
+    log.info("round_finished", seed=job.seed, attempt=job.attempt, produced=produced,
+             accepted=outcome.accepted, duration_s=round(outcome.finished_at - started, 3))
+    return outcome
+

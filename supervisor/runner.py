@@ -1,0 +1,171 @@
+"""The runner: start one child in its own session, stream its lines, stop it.
+
+Lines are split on ``\\n`` and ``\\r`` (tqdm redraws with ``\\r``), capped in length and
+handed to a callback. A child that runs past its total timeout, stays silent past the
+stall timeout, or is told to stop gets SIGTERM on its process group, then SIGKILL after
+the grace period; the runner always waits for the exit before it returns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+MAX_LINE_CHARS = 4096
+READ_CHUNK_BYTES = 65536
+# After the child exits, how long its pipes may stay open (held by grandchildren).
+DRAIN_S = 5.0
+
+LineHandler = Callable[[str, str], None]  # (stream name, line)
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    pid: int
+    returncode: int
+    stopped: str | None  # "timeout", "stall" or "stop" when we ended it, else None
+
+
+def _split_lines(buffer: bytearray) -> list[bytes]:
+    """Pop complete lines off ``buffer``; an over-long partial line is cut at the cap."""
+    lines = []
+    while True:
+        cut = min((i for i in (buffer.find(b"\n"), buffer.find(b"\r")) if i >= 0), default=-1)
+        if cut < 0:
+            if len(buffer) > MAX_LINE_CHARS:
+                lines.append(bytes(buffer[:MAX_LINE_CHARS]))
+                del buffer[:MAX_LINE_CHARS]
+                continue
+            return lines
+        lines.append(bytes(buffer[:cut]))
+        del buffer[: cut + 1]
+
+
+async def _pump(stream: ByteReceiveStream, name: str, on_line: LineHandler,
+                touched: Callable[[], None]) -> None:
+    buffer = bytearray()
+    async for chunk in stream:
+        touched()
+        buffer += chunk
+        for raw in _split_lines(buffer):
+            if raw:
+                on_line(name, raw.decode("utf-8", "replace")[:MAX_LINE_CHARS])
+    if buffer:
+        on_line(name, buffer.decode("utf-8", "replace")[:MAX_LINE_CHARS])
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def stop_group(process: Process, grace_s: float) -> None:
+    """SIGTERM the child's group, SIGKILL it after ``grace_s``; wait for the exit."""
+    with anyio.CancelScope(shield=True):
+        _signal_group(process.pid, signal.SIGTERM)
+        with anyio.move_on_after(grace_s):
+            await process.wait()
+        if process.returncode is None:
+            _signal_group(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+def launch_argv(argv: Sequence[str]) -> list[str]:
+    """Wrap ``argv`` so the child gets SIGKILL if the supervisor dies (see launch.py)."""
+    return [sys.executable, "-m", "supervisor.launch", str(os.getpid()), "--", *argv]
+
+
+async def run_child(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    on_line: LineHandler,
+    on_start: Callable[[int], None] = lambda pid: None,
+    stop: anyio.Event | None = None,
+    timeout_s: float = 0.0,
+    stall_timeout_s: float = 0.0,
+    grace_s: float = 30.0,
+) -> ChildExit:
+    """Run one child to its end; timeouts of 0 mean no limit."""
+    process = await anyio.open_process(
+        launch_argv(argv), cwd=cwd, env=dict(env), start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
+    on_start(process.pid)
+    start = last_output = anyio.current_time()
+    wake = anyio.Event()
+    stopped: str | None = None
+
+    def touched() -> None:
+        nonlocal last_output
+        last_output = anyio.current_time()
+
+    async def wait_exit() -> None:
+        await process.wait()
+        wake.set()
+
+    async def wait_stop() -> None:
+        if stop is not None:
+            await stop.wait()
+            wake.set()
+
+    def overdue(now: float) -> tuple[str | None, float]:
+        """Which limit is passed, and how long until the next one is."""
+        if stop is not None and stop.is_set():
+            return "stop", 0.0
+        limits = []
+        if timeout_s > 0:
+            limits.append(("timeout", start + timeout_s))
+        if stall_timeout_s > 0:
+            limits.append(("stall", last_output + stall_timeout_s))
+        for name, deadline in limits:
+            if now >= deadline:
+                return name, 0.0
+        return None, min((d - now for _, d in limits), default=float("inf"))
+
+    pumps_left = 2
+    pumps_done = anyio.Event()
+
+    async def pump(stream: ByteReceiveStream | None, name: str) -> None:
+        nonlocal pumps_left
+        assert stream is not None
+        await _pump(stream, name, on_line, touched)
+        pumps_left -= 1
+        if not pumps_left:
+            pumps_done.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump, process.stdout, "stdout")
+            tg.start_soon(pump, process.stderr, "stderr")
+            tg.start_soon(wait_exit)
+            tg.start_soon(wait_stop)
+            while process.returncode is None:
+                stopped, wait_s = overdue(anyio.current_time())
+                if stopped:
+                    await stop_group(process, grace_s)
+                    break
+                with anyio.move_on_after(wait_s):
+                    await wake.wait()
+            # Pipes still open after the exit are held by grandchildren: kill them.
+            with anyio.move_on_after(DRAIN_S):
+                await pumps_done.wait()
+            if not pumps_done.is_set():
+                _signal_group(process.pid, signal.SIGKILL)
+            tg.cancel_scope.cancel()
+    finally:
+        if process.returncode is None:
+            await stop_group(process, grace_s)
+    assert process.returncode is not None
+    return ChildExit(process.pid, process.returncode, stopped)
