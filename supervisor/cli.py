@@ -7,9 +7,10 @@ The only place that maps errors to exit codes: 2 for bad config or a refused sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 import anyio
 
@@ -90,9 +91,13 @@ def prepare(config: Config, probe: Probe | None = None) -> tuple[GpuPool, str | 
     return GpuPool(probe, config.gpus, config.gpu), warning
 
 
-def run_supervisor(config: Config, probe: Probe | None = None,
-                   handle_signals: bool = True) -> int:
-    """Start or resume ``config``'s experiment; raises the errors that mean exit code 2."""
+@contextlib.contextmanager
+def open_supervisor(config: Config, probe: Probe | None = None,
+                    handle_signals: bool = True) -> Iterator[Supervisor]:
+    """Lock the experiment, open or resume its manifest, and build the Supervisor.
+
+    Raises the errors that mean exit code 2; nothing is written before the checks pass.
+    """
     pool, warning = prepare(config, probe)
     with ExperimentLock(config.exp_dir):
         manifest = open_manifest(config)
@@ -103,8 +108,15 @@ def run_supervisor(config: Config, probe: Probe | None = None,
             log.warning("gpu_probe", message=warning)
         for code in revived:
             log.info("object_revived", object_code=code)
-        sup = Supervisor(config, manifest, accs, pool, handle_signals=handle_signals)
-        return anyio.run(sup.run)
+        yield Supervisor(config, manifest, accs, pool, handle_signals=handle_signals)
+
+
+def run_supervisor(config: Config, probe: Probe | None = None) -> int:
+    async def main() -> int:
+        with open_supervisor(config, probe) as sup:
+            return await sup.run()
+
+    return anyio.run(main)
 
 
 def _run(argv: Sequence[str]) -> int:

@@ -42,6 +42,9 @@ def load_items(path: Path) -> np.ndarray:
         raise ResultError(f"unreadable result file ({type(exc).__name__}: {exc})") from None
     if not isinstance(items, np.ndarray):
         raise ResultError(f"result file holds {type(items).__name__}, not a list of dicts")
+    if items.dtype == object and items.ndim == 0:
+        held = type(items.item()).__name__
+        raise ResultError(f"result file holds a {held}, not a list of dicts")
     if items.dtype != object or items.ndim != 1:
         raise ResultError(
             f"result file holds a {items.dtype} array of shape {items.shape}, "

@@ -167,5 +167,7 @@ async def run_child(
     finally:
         if process.returncode is None:
             await stop_group(process, grace_s)
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
     assert process.returncode is not None
     return ChildExit(process.pid, process.returncode, stopped)

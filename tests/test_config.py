@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import EMULATOR_COMMAND, Layout, write_toml
+from supervisor import cli
+from supervisor.config import ConfigError, load_config
+
+
+def test_valid_config_resolves_paths_against_its_folder(layout: Layout) -> None:
+    config = layout.config()
+    assert config.exp_dir == layout.root / "exp" / "t"
+    assert config.main.cwd == layout.cwd
+    assert config.main.output_dir.resolve() == layout.rounds
+    assert config.object_codes == ("obj_a", "obj_b", "obj_c")
+    assert config.gpus == (0, 1)
+    assert config.retry.max_attempts == 3 and config.merge_stride == 1
+
+
+def test_object_list_from_txt_with_comments(layout: Layout) -> None:
+    (layout.root / "objs.txt").write_text("# header\nobj_x\n\n  obj_y  # trailing\nobj_z\n")
+    data = layout.config_data()
+    del data["object_code_list"]
+    data["object_code_file"] = "objs.txt"
+    config = load_config(write_toml(layout.root / "c.toml", data))
+    assert config.object_codes == ("obj_x", "obj_y", "obj_z")
+
+
+def test_object_list_from_json(layout: Layout) -> None:
+    (layout.root / "objs.json").write_text(json.dumps(["j1", "j2"]))
+    data = layout.config_data()
+    del data["object_code_list"]
+    data["object_code_file"] = "objs.json"
+    assert load_config(write_toml(layout.root / "c.toml", data)).object_codes == ("j1", "j2")
+
+
+def test_command_line_overrides(layout: Layout) -> None:
+    path = layout.write_config()
+    args = cli.run_parser().parse_args([
+        str(path), "--exp_name", "other", "--gpus", "0,2,3", "--no-resume",
+        "--target_count_per_object", "7", "--object_code_list", "p,q",
+    ])
+    config = load_config(path, cli.overrides_from(args))
+    assert config.exp_name == "other" and config.gpus == (0, 2, 3)
+    assert config.resume is False and config.target_count_per_object == 7
+    assert config.object_codes == ("p", "q")
+
+
+BAD_CASES = [
+    ("unknown key", {"colour": "red"}, "colour"),
+    ("unknown table key", {"gpu": {"probe": "static", "min_free": 3}}, "gpu.min_free"),
+    ("wrong type", {"round_batch_size": "many"}, "round_batch_size"),
+    ("bool for int", {"target_count_per_object": True}, "target_count_per_object"),
+    ("zero count", {"round_batch_size": 0}, "round_batch_size"),
+    ("negative count", {"target_count_per_object": -5}, "target_count_per_object"),
+    ("zero stride", {"merge_stride": 0}, "merge_stride"),
+    ("max_rounds over seed stride", {"max_rounds": 100001}, "max_rounds"),
+    ("missing object file", {"object_code_list": None, "object_code_file": "nope.txt"},
+     "object_code_file"),
+    ("slash in object code", {"object_code_list": ["a/b"]}, "object_code_list"),
+    ("dotdot in object code", {"object_code_list": ["..x"]}, "object_code_list"),
+    ("whitespace in object code", {"object_code_list": ["a b"]}, "object_code_list"),
+    ("duplicate object codes", {"object_code_list": ["a", "b", "a"]}, "object_code_list"),
+    ("slash in exp_name", {"exp_name": "x/y"}, "exp_name"),
+    ("dotdot in exp_name", {"exp_name": ".."}, "exp_name"),
+    ("whitespace in exp_name", {"exp_name": "my run"}, "exp_name"),
+    ("template without name",
+     {"main": {"command": [c for c in EMULATOR_COMMAND if c != "{name}"]}}, "main.command"),
+    ("template without seed",
+     {"main": {"command": [c for c in EMULATOR_COMMAND if c != "{seed}"]}}, "main.command"),
+    ("unknown placeholder", {"main": {"command": ["python", "{name}", "{seed}", "{x}"]}},
+     "main.command"),
+    ("missing cwd", {"main": {"cwd": "no-such-folder"}}, "main.cwd"),
+    ("bad gpus", {"gpus": "some"}, "gpus"),
+    ("duplicate gpus", {"gpus": [0, 0]}, "gpus"),
+    ("bad cleanup mode", {"cleanup": {"mode": "shred"}}, "cleanup.mode"),
+    ("bad filter key", {"filter": {"max_E_foo": 1.0}}, "filter.max_E_foo"),
+    ("negative timeout", {"timeouts": {"grace_s": -1}}, "timeouts.grace_s"),
+]
+
+
+@pytest.mark.parametrize("label,change,key", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(
+    layout: Layout, capsys: pytest.CaptureFixture[str], label: str, change: dict, key: str
+) -> None:
+    data = layout.config_data(**{k: v for k, v in change.items() if v is not None})
+    for k, v in change.items():
+        if v is None:
+            del data[k]
+    path = write_toml(layout.root / "bad.toml", data)
+    before = sorted(p for p in layout.root.rglob("*"))
+    assert cli.main([str(path)]) == 2
+    err = capsys.readouterr()
+    lines = err.err.strip().splitlines()
+    assert len(lines) == 1, err.err
+    assert str(path) in lines[0] and key in lines[0] and "expected" in lines[0]
+    assert err.out == ""
+    assert sorted(p for p in layout.root.rglob("*")) == before
+
+
+def test_config_error_names_file_key_value_and_expectation(layout: Layout) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(layout.write_config(round_batch_size=0))
+    message = str(info.value)
+    assert message.startswith(str(layout.root / "config.toml"))
+    assert "round_batch_size = 0" in message and "expected an integer >= 1" in message
+
+
+def test_bad_override_is_one_line_exit_2(layout: Layout, capsys) -> None:
+    path = layout.write_config()
+    assert cli.main([str(path), "--target_count_per_object", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "command-line overrides" in err[0]
+    assert cli.main([str(path), "--round_batch_size", "lots"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_missing_and_invalid_toml(tmp_path: Path, capsys) -> None:
+    assert cli.main([str(tmp_path / "none.toml")]) == 2
+    assert "none.toml" in capsys.readouterr().err
+    bad = tmp_path / "broken.toml"
+    bad.write_text("exp_name = \n")
+    assert cli.main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "valid TOML" in err[0]
+
+
+def test_gpus_all_without_nvml_fails_clearly(layout: Layout, capsys, monkeypatch) -> None:
+    from supervisor import gpus
+
+    def no_nvml() -> None:
+        raise gpus.ProbeError("NVML did not start (no driver)")
+
+    monkeypatch.setattr(gpus.NvmlProbe, "__init__", lambda self: no_nvml())
+    path = layout.write_config(gpus="all", gpu={"probe": "auto"})
+    assert cli.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert 'gpus = "all" needs NVML' in err and not (layout.root / "exp").exists()
