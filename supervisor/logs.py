@@ -30,7 +30,8 @@ def configure(fmt: str = "auto", stream: TextIO | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # None: each new logger prints to the sys.stdout of its time.
+        logger_factory=structlog.PrintLoggerFactory(None if stream is sys.stdout else stream),
         cache_logger_on_first_use=False,
     )
 

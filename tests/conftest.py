@@ -21,6 +21,14 @@ EMULATOR_COMMAND = [
 FAST_ENV = {"EMULATOR_STARTUP_S": "0", "EMULATOR_ITER_S": "0.001"}
 
 
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """cli.main configures structlog globally; each test starts from the defaults."""
+    yield
+    import structlog
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -117,6 +125,10 @@ def run_in_process(config, probe=None, timeout_s: float = 120.0) -> int:
     import anyio
 
     from supervisor.cli import open_supervisor
+
+    if probe is None:
+        from supervisor.gpus import FakeProbe
+        probe = FakeProbe({g: 80_000 for g in config.gpus})
 
     async def main() -> int:
         with anyio.fail_after(timeout_s):
