@@ -235,3 +235,21 @@ def test_second_supervisor_on_the_same_experiment_is_refused(layout: Layout) -> 
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
+
+
+def test_log_format_console_is_not_json(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    proc = run_cli(str(path), "--log-format", "console")
+    assert proc.returncode == 0
+    assert "run_finished" in proc.stdout and not proc.stdout.lstrip().startswith("{")
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(layout: Layout) -> None:
+    path = layout.write_config(seed_base=5)
+    proc = run_cli(str(path), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "[1] obj_b: active, 0/10 collected" in proc.stdout
+    assert "t__obj_a__r0 seed=5 gpu=0" in proc.stdout
+    assert "--name t__obj_a__r0" in proc.stdout and "CUDA_VISIBLE_DEVICES=0" in proc.stdout
+    assert "GPU 1: unknown (no memory checks), admitted" in proc.stdout
+    assert not layout.experiments.exists() and not layout.rounds.exists()
