@@ -1,4 +1,5 @@
-"""Removing round folders once their grasps are safely in final.npz.
+"""Disk space: free-space checks, and removing round folders once their grasps are
+safely in final.npz.
 
 ``remove`` deletes a round's folder; ``light`` keeps each round's ``config.txt`` and
 result file and removes frames, videos, metrics and TensorBoard logs.
@@ -11,6 +12,24 @@ from pathlib import Path
 from typing import Iterable
 
 from supervisor.config import Config
+
+
+GIB = 1024**3
+
+
+def short_of_space(config: Config) -> str | None:
+    """Why a new round must wait for disk space, or None when there is enough."""
+    need = config.disk.min_free_gib
+    if need <= 0:
+        return None
+    for folder in (config.experiments_dir, config.main.output_dir):
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free / GIB
+        if free < need:
+            return f"{folder}: {free:.2f} GiB free < disk.min_free_gib {need:g}"
+    return None
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -18,7 +18,9 @@ from supervisor import logs
 from supervisor.config import ConfigError, Config, load_config
 from supervisor.gpus import GpuError, GpuPool, Probe, make_probe
 from supervisor.lock import ExperimentLock, LockedError
-from supervisor.resume import RefusedError, load_grasps, open_manifest, register_objects
+from supervisor.resume import (
+    RefusedError, load_grasps, open_manifest, register_objects, stop_orphans,
+)
 from supervisor.supervisor import Supervisor
 
 EXIT_USAGE = 2
@@ -102,8 +104,11 @@ def open_supervisor(config: Config, probe: Probe | None = None,
     with ExperimentLock(config.exp_dir):
         manifest = open_manifest(config)
         revived = register_objects(config, manifest)
+        orphans = stop_orphans(manifest)
         accs = load_grasps(config, manifest)
         log = logs.get_logger()
+        for name, pid in orphans:
+            log.warning("orphan_stopped", round=name, pid=pid)
         if warning:
             log.warning("gpu_probe", message=warning)
         for code in revived:

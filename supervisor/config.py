@@ -83,6 +83,11 @@ class CleanupSettings:
 
 
 @dataclass(frozen=True)
+class DiskSettings:
+    min_free_gib: float = 5.0  # 0: no check
+
+
+@dataclass(frozen=True)
 class LogSettings:
     progress_interval_s: float = 30.0
 
@@ -108,6 +113,7 @@ class Config:
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     filter: Mapping[str, float] = field(default_factory=dict)
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
+    disk: DiskSettings = field(default_factory=DiskSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     object_code_source: str = "object_code_list"
 
@@ -152,6 +158,7 @@ class Config:
             "timeouts": vars(self.timeouts).copy(),
             "filter": dict(self.filter),
             "cleanup": vars(self.cleanup).copy(),
+            "disk": vars(self.disk).copy(),
             "logs": vars(self.logs).copy(),
         }
 
@@ -362,18 +369,21 @@ def _sections(r: _Reader) -> dict[str, Any]:
     t = r.table_of("cleanup")
     cleanup = CleanupSettings(t.str("mode", "remove", CLEANUP_MODES))
     t.finish(("mode",))
+    t = r.table_of("disk")
+    disk = DiskSettings(t.float("min_free_gib", 5.0))
+    t.finish(("min_free_gib",))
     t = r.table_of("logs")
     logs = LogSettings(t.float("progress_interval_s", 30.0))
     t.finish(("progress_interval_s",))
     return dict(gpu=gpu, retry=retry, timeouts=timeouts, filter=thresholds,
-                cleanup=cleanup, logs=logs)
+                cleanup=cleanup, disk=disk, logs=logs)
 
 
 TOP_KEYS = (
     "exp_name", "experiments_dir", "object_code_list", "object_code_file",
     "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
     "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
-    "main", "gpu", "retry", "timeouts", "filter", "cleanup", "logs",
+    "main", "gpu", "retry", "timeouts", "filter", "cleanup", "disk", "logs",
 )
 
 

@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+from supervisor.faults import crash_point
+
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
@@ -29,7 +31,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("write.before_replace")
         os.replace(tmp, path)
+        crash_point("write.after_replace")
     except BaseException:
         try:
             os.unlink(tmp)

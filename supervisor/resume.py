@@ -9,6 +9,9 @@ the same name and seed.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,12 +84,39 @@ def register_objects(config: Config, m: Manifest) -> list[str]:
             if obj.status != ACTIVE:
                 obj.status, obj.consecutive_failures, obj.reason = ACTIVE, 0, None
                 changed.append(code)
+    return changed
+
+
+def _is_round_process(pid: int, name: str) -> bool:
+    """Is ``pid`` still a live process whose command line holds this round's name?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and name.encode() in cmdline
+
+
+def stop_orphans(m: Manifest, wait_s: float = 10.0) -> list[tuple[str, int]]:
+    """Rounds the manifest says are running get rerun: first kill any child of a dead
+    supervisor still running them (normally PR_SET_PDEATHSIG has done so already)."""
+    stopped = []
     for obj in m.objects.values():
         for rnd in obj.rounds.values():
-            if rnd.status == RUNNING:
-                rnd.status, rnd.pid = INTERRUPTED, None
-                rnd.attempts = max(0, rnd.attempts - 1)
-    return changed
+            if rnd.status != RUNNING:
+                continue
+            if rnd.pid and _is_round_process(rnd.pid, rnd.name):
+                try:
+                    os.killpg(rnd.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                deadline = time.monotonic() + wait_s
+                while _is_round_process(rnd.pid, rnd.name) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                stopped.append((rnd.name, rnd.pid))
+            rnd.status, rnd.pid = INTERRUPTED, None
+            rnd.attempts = max(0, rnd.attempts - 1)
+    return stopped
 
 
 def _job(obj: ObjectRecord, rnd: RoundRecord) -> RoundJob:

@@ -21,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from supervisor import cleanup, dataset, manifest as mf, plan, rounds
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
+from supervisor.faults import crash_point
 from supervisor.gpus import GpuPool
 from supervisor.logs import get_logger
 from supervisor.manifest import (
@@ -63,6 +64,9 @@ class Supervisor:
         # done objects -> (grasps used per round, rounds merged by completing it)
         self.finals: dict[str, tuple[dict[int, int], list[RoundRecord]]] = {}
         self.to_clean: list[tuple[str, list[str]]] = []  # (object, round names)
+        # final.npz contents waiting to be written, with the rounds they merge
+        self.pending: dict[str, tuple[dict, list[RoundRecord]]] = {}
+        self.write_error: str | None = None
         self.no_gpus = False
         self.dirty = False  # the manifest changed since it was last written
         self.stats = {"rounds_started": 0, "rounds_failed": 0, "rounds_retried": 0,
@@ -100,13 +104,15 @@ class Supervisor:
                 work.start_soon(self._merge, recv)
                 work.start_soon(self._dispatch, send)
             tg.cancel_scope.cancel()
-        code = self._exit_code()
-        self.manifest.runs[-1].update(ended_at=mf.now(), exit_code=code)
+        self.manifest.runs[-1].update(ended_at=mf.now(), exit_code=self._exit_code())
         await self._flush(drain=True, force=True)
+        code = self._exit_code()
         self._summary(code, time.time() - started)
         return code
 
     def _exit_code(self) -> int:
+        if self.write_error is not None:
+            return EXIT_FAILED
         if self.draining.is_set():
             return EXIT_INTERRUPTED
         if self.no_gpus or any(o.status != DONE for o in self.objects):
@@ -126,6 +132,7 @@ class Supervisor:
             rounds_failed=self.stats["rounds_failed"],
             rounds_retried=self.stats["rounds_retried"],
             gpu_hours=round(self.stats["gpu_seconds"] / 3600, 4), wall_s=round(wall_s, 3),
+            **({"error": self.write_error} if self.write_error else {}),
         )
 
     async def _watch_signals(self) -> None:
@@ -152,6 +159,8 @@ class Supervisor:
                 if self._pick() is None:
                     await self.changes.wait()
                     continue
+                if not await self._wait_for_disk():
+                    break
                 gpu = await self._acquire_gpu()
                 if gpu is None:
                     break
@@ -160,6 +169,20 @@ class Supervisor:
                     self.pool.release(gpu)
                     continue
                 rounds_tg.start_soon(self._round, self._start(pick, gpu), send.clone())
+
+    async def _wait_for_disk(self) -> bool:
+        """Wait while a folder rounds write to has less than disk.min_free_gib free."""
+        logged = False
+        while not self.draining.is_set():
+            short = cleanup.short_of_space(self.config)
+            if short is None:
+                return True
+            if not logged:
+                logged = True
+                self.log.warning("disk_wait", reason=short,
+                                 poll_interval_s=self.config.gpu.poll_interval_s)
+            await self.changes.wait(self.config.gpu.poll_interval_s)
+        return False
 
     async def _acquire_gpu(self) -> int | None:
         logged = False
@@ -258,7 +281,8 @@ class Supervisor:
         self.stats["rounds_failed"] += 1
         rnd.reason = out.reason
         rnd.failures.append({"attempt": rnd.attempts, "reason": out.reason, "gpu": rnd.gpu,
-                             "exit_code": out.exit_code, "at": mf.now()})
+                             "exit_code": out.exit_code, "at": mf.now(),
+                             "duration_s": round(out.finished_at - out.started_at, 3)})
         retry = rnd.attempts < self.config.retry.max_attempts and obj.status == ACTIVE
         self.log.warning("round_failed", attempt=rnd.attempts, reason=out.reason,
                          exit_code=out.exit_code, will_retry=retry, tail=out.tail[-5:],
@@ -308,11 +332,10 @@ class Supervisor:
         self.log.info("object_done", object_code=obj.code, collected=obj.target,
                       rounds_used=len(comp.used), last_round=comp.last_round)
 
-    async def _flush(self, drain: bool, force: bool = False) -> None:
-        """Manifest first, then datasets, then cleanup: resume relies on this order."""
-        writes = []
+    def _due_writes(self, drain: bool) -> None:
+        """Queue final.npz writes: completed objects, and every merge_stride rounds."""
         for code, (used, merged) in self.finals.items():
-            writes.append((code, self.accs.pop(code).build(used), merged))
+            self.pending[code] = (self.accs.pop(code).build(used), merged)
             self.unwritten.pop(code, None)
             self.to_clean.append((code, [r.name for r in self.manifest.objects[code].rounds
                                          .values() if r.status not in (RUNNING, PENDING,
@@ -326,22 +349,48 @@ class Supervisor:
                     rnd.status = MERGED
                 columns = self.accs[code].build()
                 obj.collected = len(columns["round_id"])
-                writes.append((code, columns, merged))
+                earlier = self.pending.get(code, (None, []))[1]
+                self.pending[code] = (columns, earlier + merged)
                 self.unwritten[code] = 0
-        if not (writes or force or self.dirty):
+
+    async def _flush(self, drain: bool, force: bool = False) -> None:
+        """Manifest first, then datasets, then cleanup: resume relies on this order.
+
+        A failed write (a full disk) keeps what was not written for the next flush and
+        stops new rounds; the files on disk stay as they were.
+        """
+        self._due_writes(drain)
+        if not (self.pending or force or self.dirty):
             return
-        self.dirty = False
-        data = self.manifest.dumps()
-        await anyio.to_thread.run_sync(mf.save, manifest_path(self.config), data)
-        for code, columns, merged in writes:
-            path = dataset.final_path(self.config.exp_dir, code)
-            await anyio.to_thread.run_sync(dataset.write, path, columns)
-            for rnd in merged:
-                self.log.info("round_merged", round=rnd.name, object_code=code, gpu=rnd.gpu,
-                              accepted=rnd.accepted, produced=rnd.produced,
-                              collected=len(columns["round_id"]))
+        try:
+            self.dirty = False
+            data = self.manifest.dumps()
+            await anyio.to_thread.run_sync(mf.save, manifest_path(self.config), data)
+            crash_point("flush.after_manifest")
+            for code in list(self.pending):
+                columns, merged = self.pending[code]
+                path = dataset.final_path(self.config.exp_dir, code)
+                await anyio.to_thread.run_sync(dataset.write, path, columns)
+                del self.pending[code]
+                for rnd in merged:
+                    self.log.info("round_merged", round=rnd.name, object_code=code,
+                                  gpu=rnd.gpu, accepted=rnd.accepted, produced=rnd.produced,
+                                  collected=len(columns["round_id"]))
+            crash_point("flush.after_datasets")
+        except OSError as exc:
+            self.dirty = True
+            self._write_failed(exc)
+            return
         if not self.config.keep_intermediate:
             for code, names in self.to_clean:
                 await anyio.to_thread.run_sync(cleanup.clean_rounds, self.config, code, names)
         self.to_clean = []
 
+    def _write_failed(self, exc: OSError) -> None:
+        first = self.write_error is None
+        self.write_error = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+        self.log.error("write_failed", error=self.write_error, errno=exc.errno,
+                       pending=sorted(self.pending), will_drain=first)
+        if first and not self.draining.is_set():
+            self.draining.set()
+            self.changes.notify()

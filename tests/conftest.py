@@ -52,7 +52,7 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
     lines, tables = [], []
     for key, value in data.items():
         if isinstance(value, dict) and key in (
-            "main", "gpu", "retry", "timeouts", "filter", "cleanup", "logs"
+            "main", "gpu", "retry", "timeouts", "filter", "cleanup", "disk", "logs"
         ):
             tables.append((key, value))
         else:
@@ -91,6 +91,7 @@ class Layout:
                      "env": env},
             "gpu": {"probe": "static", "poll_interval_s": 0.05},
             "timeouts": {"grace_s": 2.0},
+            "disk": {"min_free_gib": 0.01},
             "logs": {"progress_interval_s": 0.0},
         }
         for key, value in overrides.items():
