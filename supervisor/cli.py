@@ -15,7 +15,7 @@ from typing import Any, Iterator, NoReturn, Sequence
 import anyio
 
 from supervisor import logs
-from supervisor.config import ConfigError, Config, load_config
+from supervisor.config import Config, ConfigError, load_config, one_line
 from supervisor.gpus import GpuError, GpuPool, Probe, make_probe
 from supervisor.lock import ExperimentLock, LockedError
 from supervisor.resume import (
@@ -142,5 +142,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.main(argv[0], argv[1:])
         return _run(argv)
     except (UsageError, ConfigError, GpuError, RefusedError, LockedError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

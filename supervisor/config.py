@@ -38,7 +38,12 @@ class ConfigError(ValueError):
 
     def __init__(self, source: str, key: str, value: Any, expected: str) -> None:
         self.source, self.key, self.value, self.expected = source, key, value, expected
-        super().__init__(f"{source}: {key} = {_show(value)}: expected {expected}")
+        super().__init__(one_line(f"{source}: {key} = {_show(value)}: expected {expected}"))
+
+
+def one_line(message: str) -> str:
+    """Escape control characters, so that a hostile value cannot break the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _show(value: Any) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from supervisor import dataset, manifest as mf
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
+from supervisor.fsutil import remove_stale_temps
 from supervisor.manifest import (
     ACTIVE, DISCARDED, DONE, EXHAUSTED, FINISHED, HAS_GRASPS, INTERRUPTED, MERGED,
     OBJ_FAILED, PENDING, RUNNING, Manifest, ObjectRecord, RoundRecord,
@@ -134,9 +135,11 @@ def _final_is_complete(path: Path, target: int) -> bool:
 def load_grasps(config: Config, m: Manifest) -> dict[str, Accumulator]:
     """Accumulators for every unfinished object, from final.npz plus round folders."""
     accs = {}
+    remove_stale_temps(config.exp_dir)
     for code in config.object_codes:
         obj = m.objects[code]
         path = dataset.final_path(config.exp_dir, code)
+        remove_stale_temps(path.parent)
         if obj.status == DONE and _final_is_complete(path, obj.target):
             continue
         if obj.status == DONE:  # killed between the manifest and final.npz writes

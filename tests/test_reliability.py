@@ -1,0 +1,240 @@
+"""Crash-proofing: kill -9 anywhere, orphans, garbage children, broken state, full disks,
+GPU faults."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from conftest import Layout, cli_env, json_lines, run_cli, run_in_process
+from faultinjection import kill_anywhere
+from supervisor import dataset, manifest as mf
+from supervisor.gpus import FakeProbe
+from supervisor.resume import stop_orphans
+
+
+def events(logs: list[dict], name: str) -> list[dict]:
+    return [e for e in logs if e["event"] == name]
+
+
+def test_kill_anywhere_ten_kills(layout: Layout) -> None:
+    report = kill_anywhere(layout, kills=10, seed=2026, env=cli_env())
+    assert sum(report.kills.values()) >= 10
+    assert report.grasps_checked >= 42
+
+
+@pytest.mark.slow
+def test_kill_anywhere_fifty_kills(layout: Layout) -> None:
+    report = kill_anywhere(layout, kills=50, seed=7, env=cli_env())
+    assert sum(report.kills.values()) >= 50
+
+
+def test_orphan_of_a_dead_supervisor_is_stopped_before_its_round_reruns(tmp_path: Path) -> None:
+    name = "t__obj_a__r0"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", name],
+                             start_new_session=True)
+    m = mf.Manifest("t", {}, {})
+    m.objects["obj_a"] = mf.ObjectRecord("obj_a", 0, 4)
+    m.objects["obj_a"].rounds[0] = mf.RoundRecord(0, name, 0, status=mf.RUNNING, attempts=1,
+                                                  pid=child.pid)
+    try:
+        assert stop_orphans(m) == [(name, child.pid)]
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+    rnd = m.objects["obj_a"].rounds[0]
+    assert rnd.status == mf.INTERRUPTED and rnd.attempts == 0 and rnd.pid is None
+
+
+def test_unrelated_process_with_a_recorded_pid_is_left_alone() -> None:
+    m = mf.Manifest("t", {}, {})
+    m.objects["o"] = mf.ObjectRecord("o", 0, 4)
+    m.objects["o"].rounds[0] = mf.RoundRecord(0, "t__o__r0", 0, status=mf.RUNNING,
+                                              pid=os.getpid())
+    assert stop_orphans(m) == []  # our own pid: its command line lacks the round name
+
+
+def test_stale_lock_from_a_dead_process_does_not_block(layout: Layout) -> None:
+    (layout.experiments / "t").mkdir(parents=True)
+    (layout.experiments / "t" / "supervisor.lock").write_text("999999\n")
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    assert run_cli(str(path)).returncode == 0
+
+
+GARBAGE = ["truncated", "wrong_dtype", "wrong_type", "missing_key", "extra_key",
+           "wrong_length", "nan", "inf", "sigkill", "exit:42", "exit:255", "crash"]
+
+
+@pytest.mark.parametrize("fault", GARBAGE)
+def test_child_faults_are_recorded_precisely_and_never_merged(layout: Layout,
+                                                               fault: str) -> None:
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=4,
+                           retry={"max_attempts": 1}, gpus=[0],
+                           env={"EMULATOR_FAULTS": f"t__obj_a__r0={fault}"})
+    assert run_in_process(config) == 0
+    obj = layout.manifest()["objects"]["obj_a"]
+    r0 = obj["rounds"]["0"]
+    assert r0["status"] == "failed" and len(r0["failures"]) == 1
+    reason = r0["failures"][0]["reason"]
+    expected = {
+        "truncated": "invalid result: unreadable", "wrong_dtype": "invalid result: result "
+        "file holds a float32", "wrong_type": "invalid result: result file holds a dict",
+        "missing_key": "invalid result: grasp 3 lacks key(s) E_fc",
+        "extra_key": "invalid result: grasp 3 has keys that differ",
+        "wrong_length": "invalid result: wrong batch length: 3 grasps, expected 4",
+        "nan": "invalid result: non-finite E_pen", "inf": "invalid result: non-finite qpos",
+        "sigkill": "killed by signal 9", "exit:42": "exit code 42", "exit:255": "exit code 255",
+        "crash": "exit code 1",
+    }[fault]
+    assert reason.startswith(expected), reason
+    data = layout.final("obj_a")
+    assert set(data["round_id"].tolist()) == {1} and len(data["energy"]) == 4
+
+
+def test_corrupt_manifest_is_refused_then_recovered(layout: Layout) -> None:
+    settings = dict(target_count_per_object=8, round_batch_size=4, keep_intermediate=True)
+    path = layout.write_config(**settings)
+    assert run_cli(str(path)).returncode == 0
+    manifest = layout.experiments / "t" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:300])
+    refused = run_cli(str(path))
+    assert refused.returncode == 2
+    assert f"python -m supervisor recover {path}" in refused.stderr
+    assert len(manifest.read_text()) == 300  # never overwritten silently
+    # Raise the target: the rebuilt manifest must let the run go on exactly.
+    recovered = run_cli("recover", str(path))
+    assert recovered.returncode == 0, recovered.stderr
+    assert list(manifest.parent.glob("manifest.json.broken-*"))
+    resumed = run_cli(str(path), "--target_count_per_object", "11")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = layout.config(exp_name="ref", **{**settings, "target_count_per_object": 11})
+    assert run_in_process(reference) == 0
+    for code in ("obj_a", "obj_b", "obj_c"):
+        a, b = layout.final(code), layout.final(code, "ref")
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_corrupt_final_npz_is_refused_then_recovered(layout: Layout) -> None:
+    path = layout.write_config(target_count_per_object=8, round_batch_size=4,
+                               merge_stride=1, cleanup={"mode": "light"})
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", str(path)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # stop after obj_a's first merge, before it is done
+        if json.loads(line)["event"] == "round_merged":
+            proc.kill()
+            break
+    proc.wait(timeout=30)
+    final = dataset.final_path(layout.experiments / "t", "obj_a")
+    final.write_bytes(b"PK\x03\x04 hand-edited nonsense")
+    refused = run_cli(str(path))
+    assert refused.returncode == 2 and "recover" in refused.stderr and "final.npz" in refused.stderr
+    assert run_cli("recover", str(path)).returncode == 0
+    assert run_cli(str(path)).returncode == 0
+    reference = layout.config(exp_name="ref", target_count_per_object=8, round_batch_size=4)
+    assert run_in_process(reference) == 0
+    np.testing.assert_array_equal(layout.final("obj_a")["qpos_right"],
+                                  layout.final("obj_a", "ref")["qpos_right"])
+
+
+def test_rebuild_without_any_manifest_from_folders_and_datasets(layout: Layout) -> None:
+    path = layout.write_config(target_count_per_object=8, keep_intermediate=True,
+                               object_code_list=["obj_a", "obj_b"])
+    assert run_cli(str(path)).returncode == 0
+    (layout.experiments / "t" / "manifest.json").unlink()
+    report = run_cli("recover", str(path))
+    assert report.returncode == 0 and "obj_b: index 1" in report.stdout
+    again = run_cli(str(path))
+    assert again.returncode == 0
+    assert "round_started" not in {e["event"] for e in json_lines(again.stdout)}
+
+
+def test_full_disk_while_writing_keeps_files_and_the_run_resumable(layout: Layout) -> None:
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=12, gpus=[0])
+    original, calls = dataset.write, []
+
+    def failing(path: Path, columns) -> None:
+        calls.append(len(columns["energy"]))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(path, columns)
+
+    dataset.write = failing
+    try:
+        with capture_logs() as logs:
+            assert run_in_process(config) == 1
+    finally:
+        dataset.write = original
+    failed = events(logs, "write_failed")
+    assert failed and failed[0]["errno"] == errno.ENOSPC
+    assert len(layout.final("obj_a")["energy"]) >= calls[0]  # the earlier file is intact
+    assert run_in_process(config) == 0
+    assert len(layout.final("obj_a")["energy"]) == 12
+
+
+def test_low_disk_space_waits_instead_of_starting_rounds(layout: Layout, monkeypatch) -> None:
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=4,
+                           disk={"min_free_gib": 1.0})
+    real, polls = shutil.disk_usage, []
+
+    def usage(path):
+        polls.append(path)
+        total, used, free = real(path)
+        return type(real(path))(total, used, 0 if len(polls) <= 3 else free)
+
+    monkeypatch.setattr(shutil, "disk_usage", usage)
+    with capture_logs() as logs:
+        assert run_in_process(config) == 0
+    names = [e["event"] for e in logs]
+    assert names.index("disk_wait") < names.index("round_started")
+    assert "disk.min_free_gib 1" in events(logs, "disk_wait")[0]["reason"]
+
+
+def test_gpu_falling_off_the_bus_mid_run(layout: Layout) -> None:
+    fake = FakeProbe({0: 80_000, 1: 80_000})
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=8, gpus=[0, 1],
+                           gpu={"probe": "auto", "max_rounds_per_gpu": 1},
+                           env={"EMULATOR_FAULTS": "t__obj_a__r1=exit"})
+    import supervisor.supervisor as sup_mod
+
+    original = sup_mod.Supervisor._start
+
+    def start(self, pick, gpu):
+        job = original(self, pick, gpu)
+        if gpu == 1:
+            fake.failing.add(1)  # the card is gone while its round runs
+        return job
+
+    sup_mod.Supervisor._start = start
+    try:
+        with capture_logs() as logs:
+            assert run_in_process(config, fake) == 0
+    finally:
+        sup_mod.Supervisor._start = original
+    assert events(logs, "gpu_lost")[0]["gpu"] == 1
+    r1 = layout.manifest()["objects"]["obj_a"]["rounds"]["1"]
+    assert r1["failures"][0]["gpu"] == 1 and r1["gpu"] == 0 and r1["status"] == "merged"
+
+
+def test_templates_never_reach_a_shell(layout: Layout) -> None:
+    marker = layout.root / "pwned"
+    command = ["{python}", "-c", "import sys; print(sys.argv[1:])", "{name}", "{seed}",
+               f"$(touch {marker}); touch {marker}", f"`touch {marker}`"]
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=4,
+                           max_rounds=1, retry={"max_attempts": 1},
+                           main={"command": command})
+    assert run_in_process(config) == 1  # no result file: the round fails
+    assert not marker.exists()
+    log = (layout.experiments / "t" / "logs" / "rounds" / "t__obj_a__r0.log").read_text()
+    assert f"$(touch {marker}); touch {marker}" in log
