@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence, TextIO
 
 import anyio
 
@@ -71,6 +71,9 @@ def run_parser() -> Parser:
     p.add_argument("config", type=Path, help="the TOML config file")
     p.add_argument("--log-format", choices=logs.FORMATS, default="auto",
                    help="json lines or console (default: json unless stdout is a terminal)")
+    p.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                   help="live view of GPUs and progress on stderr (default: on when stderr "
+                   "is a terminal)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the GPUs, start nothing, write nothing")
     seeds = p.add_argument_group("config overrides (same names as the config keys)")
@@ -82,7 +85,7 @@ def run_parser() -> Parser:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (*OVERRIDES, *BOOL_OVERRIDES)
+    keys = (*OVERRIDES, *BOOL_OVERRIDES)  # --live and --dry-run are not config keys
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
@@ -94,8 +97,8 @@ def prepare(config: Config, probe: Probe | None = None) -> tuple[GpuPool, str | 
 
 
 @contextlib.contextmanager
-def open_supervisor(config: Config, probe: Probe | None = None,
-                    handle_signals: bool = True) -> Iterator[Supervisor]:
+def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: bool = True,
+                    live_stream: TextIO | None = None) -> Iterator[Supervisor]:
     """Lock the experiment, open or resume its manifest, and build the Supervisor.
 
     Raises the errors that mean exit code 2; nothing is written before the checks pass.
@@ -113,12 +116,14 @@ def open_supervisor(config: Config, probe: Probe | None = None,
             log.warning("gpu_probe", message=warning)
         for code in revived:
             log.info("object_revived", object_code=code)
-        yield Supervisor(config, manifest, accs, pool, handle_signals=handle_signals)
+        yield Supervisor(config, manifest, accs, pool, handle_signals=handle_signals,
+                         live_stream=live_stream)
 
 
-def run_supervisor(config: Config, probe: Probe | None = None) -> int:
+def run_supervisor(config: Config, probe: Probe | None = None,
+                   live_stream: TextIO | None = None) -> int:
     async def main() -> int:
-        with open_supervisor(config, probe) as sup:
+        with open_supervisor(config, probe, live_stream=live_stream) as sup:
             return await sup.run()
 
     return anyio.run(main)
@@ -131,7 +136,8 @@ def _run(argv: Sequence[str]) -> int:
     if args.dry_run:
         from supervisor.dryrun import dry_run
         return dry_run(config)
-    return run_supervisor(config)
+    live = sys.stderr.isatty() if args.live is None else args.live
+    return run_supervisor(config, live_stream=sys.stderr if live else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -147,13 +147,26 @@ def _describe(exit_: runner.ChildExit, config: Config) -> str:
 
 
 async def run_round(config: Config, job: RoundJob, stop: anyio.Event,
-                    on_start: Callable[[int], None]) -> Outcome:
+                    on_start: Callable[[int], None],
+                    watch: dict[str, tuple[RoundJob, LineSink]] | None = None) -> Outcome:
+    """Run one attempt; ``watch`` lists the rounds running now (for the live view)."""
+    watch = {} if watch is None else watch
+    try:
+        return await _run_round(config, job, stop, on_start, watch)
+    finally:
+        watch.pop(job.name, None)
+
+
+async def _run_round(config: Config, job: RoundJob, stop: anyio.Event,
+                     on_start: Callable[[int], None],
+                     watch: dict[str, tuple[RoundJob, LineSink]]) -> Outcome:
     log = get_logger(**job.fields())
     started = time.time()
     folder = round_dir(config, job.name)
     # A stale result from an earlier attempt must never pass for this attempt's.
     await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
     sink = LineSink(config, job)
+    watch[job.name] = (job, sink)
     argv = command(config, job)
     log.info("round_started", seed=job.seed, attempt=job.attempt, argv=argv)
     try:

@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
+from typing import TextIO
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -23,6 +23,7 @@ from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.faults import crash_point
 from supervisor.gpus import GpuPool
+from supervisor.live import LiveView
 from supervisor.logs import get_logger
 from supervisor.manifest import (
     ACTIVE, DISCARDED, DONE, FAILED, FINISHED, HAS_GRASPS, INTERRUPTED, MERGED, PENDING,
@@ -53,9 +54,11 @@ class Changes:
 
 class Supervisor:
     def __init__(self, config: Config, manifest: Manifest, accs: dict[str, Accumulator],
-                 pool: GpuPool, handle_signals: bool = True) -> None:
+                 pool: GpuPool, handle_signals: bool = True,
+                 live_stream: TextIO | None = None) -> None:
         self.config, self.manifest, self.accs, self.pool = config, manifest, accs, pool
-        self.handle_signals = handle_signals
+        self.handle_signals, self.live_stream = handle_signals, live_stream
+        self.watch: dict[str, tuple[RoundJob, rounds.LineSink]] = {}  # rounds running now
         self.draining = anyio.Event()
         self.stop_children = anyio.Event()
         self.changes = Changes()
@@ -99,6 +102,8 @@ class Supervisor:
         async with anyio.create_task_group() as tg:
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
+            if self.live_stream is not None:
+                tg.start_soon(LiveView(self, self.live_stream).run)
             send, recv = anyio.create_memory_object_stream[Message](math.inf)
             async with anyio.create_task_group() as work:
                 work.start_soon(self._merge, recv)
@@ -222,8 +227,9 @@ class Supervisor:
     async def _round(self, job: RoundJob, send: MemoryObjectSendStream[Message]) -> None:
         async with send:
             try:
-                outcome = await rounds.run_round(self.config, job, self.stop_children,
-                                                 lambda pid: send.send_nowait(Started(job, pid)))
+                outcome = await rounds.run_round(
+                    self.config, job, self.stop_children,
+                    lambda pid: send.send_nowait(Started(job, pid)), self.watch)
             except Exception as exc:  # a bug must cost one round, not the run
                 self.log.exception("round_error", **job.fields())
                 outcome = Outcome(job, rounds.FAILED, time.time(), time.time(),

@@ -1,0 +1,150 @@
+"""Operating a run: status, live view, export, the README's jq one-liners."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, ROOT, Layout, cli_env, json_lines, run_cli
+from supervisor import dataset
+from supervisor.export import LEGACY_ORDER, from_legacy
+from supervisor.results import QPOS_NAMES
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The README's demo, with one failing attempt per object, run once for this module."""
+    root = tmp_path_factory.mktemp("demo")
+    text = (ROOT / "config.example.toml").read_text()
+    text, n = re.subn(r'env = \{ (.*) \}', r'env = { \1, EMULATOR_FAULTS = "*__r1=exit", EMULATOR_STATE_DIR = "../state" }', text)
+    assert n == 1
+    text = text.replace('EMULATOR_ITER_S = "0.01"', 'EMULATOR_ITER_S = "0.002"')
+    (root / "config.example.toml").write_text(text)
+    shutil.copytree(ROOT / "demo", root / "demo",
+                    ignore=shutil.ignore_patterns("data", "experiments"))
+    proc = run_cli("config.example.toml", cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    (root / "run.jsonl").write_text(proc.stdout)
+    return root
+
+
+def readme_jq_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("### jq one-liners", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_jq_one_liners_work_on_the_demo_output(demo: Path) -> None:
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    lines = readme_jq_lines()
+    assert len(lines) == 5
+    outputs = []
+    for line in lines:
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=demo, env=cli_env(),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (line, proc.stderr)
+        outputs.append(proc.stdout)
+    failures, per_gpu, one_object, summary, not_done = outputs
+    assert re.search(r"^\s*3 exit code 3$", failures, re.M)
+    gpus = [json.loads(line) for line in per_gpu.splitlines()]
+    assert [g["gpu"] for g in gpus] == [0, 1] and all(g["rounds"] > 0 for g in gpus)
+    progress = [json.loads(line) for line in one_object.splitlines()]
+    assert [p["event"] for p in progress].count("object_done") == 1
+    assert max(p["collected"] for p in progress) == 50
+    assert json.loads(summary) | {"exit_code": 0, "objects_done": 3, "grasps": 150} \
+        == json.loads(summary)
+    assert not_done == ""
+
+
+def test_every_demo_log_line_is_json_with_a_summary_last(demo: Path) -> None:
+    events = list(json_lines((demo / "run.jsonl").read_text()))
+    last = events[-1]
+    assert last["event"] == "run_finished"
+    for key in ("objects_done", "objects_failed", "grasps", "wall_s", "gpu_hours",
+                "rounds_retried"):
+        assert key in last
+    assert last["rounds_retried"] == 3
+
+
+def test_status_text_and_json(demo: Path) -> None:
+    proc = run_cli("status", "config.example.toml", cwd=demo)
+    assert proc.returncode == 0, proc.stderr
+    assert "objects 3/3 done" in proc.stdout and "grasps 150/150" in proc.stdout
+    assert "failures: exit code 3 x3" in proc.stdout
+    data = json.loads(run_cli("status", "config.example.toml", "--json", cwd=demo).stdout)
+    assert data["objects_done"] == 3 and data["grasps_done"] == data["grasps_total"] == 150
+    assert data["failures_by_reason"] == {"exit code 3": 3}
+    assert data["gpu_hours"] > 0 and data["eta_s"] == 0 and not data["run_live"]
+    for obj in data["per_object"]:
+        assert obj["collected"] == 50 and obj["rounds_failed"] == 0
+        assert 0 < obj["acceptance_rate"] <= 1 and obj["grasps_per_gpu_hour"] > 0
+
+
+def test_status_of_a_live_run(layout: Layout) -> None:
+    path = layout.write_config(target_count_per_object=16, env={"EMULATOR_ITER_S": "0.01"},
+                               num_iterations=20)
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", str(path)], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "round_merged":
+            break
+    status = run_cli("status", str(path), "--json")
+    data = json.loads(status.stdout)
+    assert data["run_live"] and 0 < data["grasps_done"] < data["grasps_total"]
+    assert data["eta_s"] is not None and data["eta_s"] > 0
+    proc.stdout.read()
+    assert proc.wait(timeout=60) == 0  # status did not disturb the run
+
+
+def test_status_without_a_run_is_a_clear_error(layout: Layout) -> None:
+    proc = run_cli("status", str(layout.write_config()))
+    assert proc.returncode == 2 and "has not started" in proc.stderr
+
+
+def test_export_is_main_py_format_and_reimports_bit_for_bit(demo: Path) -> None:
+    out = demo / "export"
+    proc = run_cli("export", "config.example.toml", "--out", str(out), cwd=demo)
+    assert proc.returncode == 0, proc.stderr
+    real = np.load(FIXTURES / "results" / "probe1" / "Curver_Storage_Bin_Black_Small.npy",
+                   allow_pickle=True)
+    codes = [line.split(":")[0] for line in proc.stdout.splitlines()]
+    assert len(codes) == 3
+    for code in codes:
+        items = np.load(out / f"{code}.npy", allow_pickle=True)
+        assert items.dtype == object and items.shape == (50,)
+        assert list(items[0])[:-1] == list(real[0])[:-1] == list(LEGACY_ORDER)
+        assert tuple(items[0]["qpos_left"]) == QPOS_NAMES
+        assert type(items[0]["E_pen"]) is float
+        final = dataset.load(demo / "demo/experiments/demo/final" / code / "final.npz")
+        back = from_legacy(out / f"{code}.npy")
+        assert set(back) == set(final) - {"qpos_names"}
+        for key, value in back.items():
+            assert value.dtype == final[key].dtype
+            assert value.tobytes() == final[key].tobytes(), key
+
+
+def test_live_view_on_stderr_leaves_stdout_json(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=8)
+    live = run_cli(str(path), "--live")
+    assert live.returncode == 0
+    assert "GPU 0:" in live.stderr and "grasps 8/8" in live.stderr
+    assert all(json.loads(line) for line in live.stdout.splitlines())
+    path = layout.write_config(exp_name="quiet", object_code_list=["obj_a"],
+                               target_count_per_object=8)
+    quiet = run_cli(str(path))  # stderr is not a terminal: no live view
+    assert quiet.returncode == 0 and "GPU 0:" not in quiet.stderr
+
+
+def test_dataset_load_api(demo: Path) -> None:
+    data = dataset.load(demo / "demo/experiments/demo/final/Curver_Storage_Bin_Black_Small"
+                        / "final.npz")
+    assert data["qpos_left"].shape == (50, 28) and data["seed"].dtype == np.int64
