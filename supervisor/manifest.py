@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,13 @@ class RoundRecord:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not dataclasses.asdict: its deep copy is the slowest part of writing a big manifest.
+        data = {name: getattr(self, name) for name in ROUND_FIELDS}
+        data["failures"] = [dict(f) for f in self.failures]
+        return data
+
+
+ROUND_FIELDS = tuple(f.name for f in fields(RoundRecord))
 
 
 @dataclass
@@ -98,6 +104,31 @@ class Manifest:
         return max((o.index for o in self.objects.values()), default=-1) + 1
 
     def to_json(self) -> dict[str, Any]:
+        data = self.to_json_without_objects()
+        data["objects"] = {code: o.to_json() for code, o in self.objects.items()}
+        return data
+
+    # Encoded objects, reused until touch() says an object changed: a manifest of
+    # thousands of objects is rewritten after every event, and most of them are done.
+    _encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def touch(self, code: str) -> None:
+        """Say that object ``code`` (or one of its rounds) changed since the last dumps()."""
+        self._encoded.pop(code, None)
+
+    def dumps(self) -> bytes:
+        """The manifest as JSON, one line (json's C encoder only runs without indent)."""
+        self.updated_at = now()
+        head = self.to_json_without_objects()
+        parts = []
+        for code, obj in self.objects.items():
+            encoded = self._encoded.get(code)
+            if encoded is None:
+                encoded = self._encoded[code] = _encode(obj.to_json())
+            parts.append(_encode(code) + b":" + encoded)
+        return _encode(head)[:-1] + b',"objects":{' + b",".join(parts) + b"}}\n"
+
+    def to_json_without_objects(self) -> dict[str, Any]:
         return {
             "version": MANIFEST_VERSION,
             "exp_name": self.exp_name,
@@ -106,12 +137,11 @@ class Manifest:
             "identity": self.identity,
             "config": self.config,
             "runs": self.runs,
-            "objects": {code: o.to_json() for code, o in self.objects.items()},
         }
 
-    def dumps(self) -> bytes:
-        self.updated_at = now()
-        return json.dumps(self.to_json(), indent=1).encode() + b"\n"
+
+def _encode(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _round_from_json(data: dict[str, Any]) -> RoundRecord:

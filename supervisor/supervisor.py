@@ -211,6 +211,7 @@ class Supervisor:
 
     def _start(self, pick: plan.Pick, gpu: int) -> RoundJob:
         obj = self.manifest.objects[pick.object_code]
+        self.manifest.touch(obj.code)
         if pick.new:
             obj.rounds[pick.round_id] = RoundRecord(
                 pick.round_id,
@@ -256,6 +257,7 @@ class Supervisor:
     def _handle(self, message: Message) -> None:
         obj = self.manifest.objects[message.job.object_code]
         rnd = obj.rounds[message.job.round_id]
+        self.manifest.touch(obj.code)
         self.dirty = True
         if isinstance(message, Started):
             rnd.pid = message.pid
@@ -306,6 +308,7 @@ class Supervisor:
     def _settle(self, obj: mf.ObjectRecord) -> None:
         if obj.status != ACTIVE:
             return
+        self.manifest.touch(obj.code)
         status = plan.settle(obj, self.config.max_rounds,
                              self.config.retry.max_consecutive_failed_rounds)
         if status == DONE:
@@ -350,6 +353,7 @@ class Supervisor:
         for code, count in list(self.unwritten.items()):
             if count and (drain or count >= self.config.merge_stride):
                 obj = self.manifest.objects[code]
+                self.manifest.touch(code)
                 merged = [r for r in obj.rounds.values() if r.status == FINISHED]
                 for rnd in merged:
                     rnd.status = MERGED

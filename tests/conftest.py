@@ -134,7 +134,12 @@ def run_in_process(config, probe=None, timeout_s: float = 120.0) -> int:
     async def main() -> int:
         with anyio.fail_after(timeout_s):
             with open_supervisor(config, probe, handle_signals=False) as sup:
-                return await sup.run()
+                code = await sup.run()
+            # The manifest on disk is the whole state: the cached encoding missed nothing.
+            written = json.loads((config.exp_dir / "manifest.json").read_text())
+            if sup.write_error is None:
+                assert written == json.loads(json.dumps(sup.manifest.to_json()))
+            return code
 
     return anyio.run(main)
 

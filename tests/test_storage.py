@@ -95,3 +95,17 @@ def test_manifest_round_trip_and_nonsense(tmp_path: Path) -> None:
     path.write_text(json.dumps({"version": 1, "objects": {"o": {"index": "x"}}}))
     with pytest.raises(mf.ManifestError, match="unexpected content"):
         mf.load(path)
+
+
+def test_cached_manifest_encoding_matches_a_full_encoding() -> None:
+    m = mf.Manifest("e", {"seed_base": 0}, {"x": 1})
+    for code in ("a", "b"):
+        m.objects[code] = mf.ObjectRecord(code, len(m.objects), 10)
+        m.objects[code].rounds[0] = mf.RoundRecord(0, f"e__{code}__r0", 0)
+    first = json.loads(m.dumps())
+    assert first == m.to_json()
+    m.objects["a"].rounds[0].status = mf.MERGED
+    m.touch("a")
+    m.objects["c"] = mf.ObjectRecord("c", 2, 10)
+    m.runs.append({"pid": 1})
+    assert json.loads(m.dumps()) == m.to_json()
