@@ -41,14 +41,15 @@ def dataset_costs(tmp: Path) -> None:
     items[:] = make_grasps("o", 1, 2048, 10000)
     start = time.perf_counter()
     cols = with_provenance(to_columns(items, 2048), 1, 0)
-    print(f"validate + columns, one 2048-grasp round: {1000 * (time.perf_counter() - start):.1f} ms")
+    took = time.perf_counter() - start
+    print(f"validate + columns, one 2048-grasp round: {1000 * took:.1f} ms")
     for n in (2048, 10_000, 30_000):
         reps = -(-n // 2048)
         big = {k: np.concatenate([v] * reps)[:n] for k, v in cols.items()}
         big["round_id"] = np.repeat(np.arange(reps), 2048)[:n]  # distinct rounds, in order
         path = tmp / f"final_{n}.npz"
-        write = best_of(lambda: dataset.write(path, big))
-        load = best_of(lambda: dataset.load(path))
+        write = best_of(lambda p=path, b=big: dataset.write(p, b))
+        load = best_of(lambda p=path: dataset.load(p))
         print(f"final.npz with {n:>6} grasps: write {1000 * write:7.1f} ms, load+check "
               f"{1000 * load:6.1f} ms, {path.stat().st_size / 2**20:.1f} MiB")
 

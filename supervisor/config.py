@@ -183,7 +183,7 @@ class _Reader:
     def raw(self, key: str, default: Any = None) -> Any:
         return self.table.pop(key, default)
 
-    def int(self, key: str, default: int | None, minimum: int | None = 1,
+    def integer(self, key: str, default: int | None, minimum: int | None = 1,
             maximum: int | None = None) -> int:
         value = self.table.pop(key, default)
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -195,7 +195,7 @@ class _Reader:
             raise self.error(key, value, f"an integer{bounds}")
         return value
 
-    def float(self, key: str, default: float | None, minimum: float = 0.0) -> float:
+    def number(self, key: str, default: float | None, minimum: float = 0.0) -> float:
         value = self.table.pop(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
             value >= minimum and value != float("inf")
@@ -203,13 +203,13 @@ class _Reader:
             raise self.error(key, value, f"a finite number >= {minimum:g}")
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.table.pop(key, default)
         if not isinstance(value, bool):
             raise self.error(key, value, "true or false")
         return value
 
-    def str(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> str:
+    def text(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> str:
         value = self.table.pop(key, default)
         if not isinstance(value, str) or not value or (choices and value not in choices):
             expected = " or ".join(map(repr, choices)) if choices else "a non-empty string"
@@ -282,7 +282,7 @@ def _object_codes(r: _Reader, base: Path) -> tuple[tuple[str, ...], str]:
             raise r.error(key, codes, "a list of object codes")
     else:
         key = "object_code_file"
-        codes = read_object_file(r.source, _resolve(base, r.str(key, None)))
+        codes = read_object_file(r.source, _resolve(base, r.text(key, None)))
     if not codes:
         raise r.error(key, codes, "at least one object code")
     seen: set[str] = set()
@@ -334,7 +334,7 @@ def _command(r: _Reader) -> tuple[str, ...]:
 def _main(r: _Reader, base: Path) -> MainSettings:
     m = r.table_of("main")
     command = _command(m)
-    cwd = _resolve(base, m.str("cwd", "."))
+    cwd = _resolve(base, m.text("cwd", "."))
     if not cwd.is_dir():
         raise m.error("cwd", str(cwd), "an existing folder (main.py's BimanGrasp-Optimization/)")
     env = m.raw("env", {})
@@ -342,8 +342,8 @@ def _main(r: _Reader, base: Path) -> MainSettings:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise m.error("env", env, "a table of string values")
-    output_dir = _resolve(cwd, m.str("output_dir", "../data/experiments"))
-    threads = m.int("threads", 2)
+    output_dir = _resolve(cwd, m.text("output_dir", "../data/experiments"))
+    threads = m.integer("threads", 2)
     m.finish(("command", "cwd", "env", "output_dir", "threads"))
     return MainSettings(command, cwd, env, output_dir, threads)
 
@@ -351,34 +351,34 @@ def _main(r: _Reader, base: Path) -> MainSettings:
 def _sections(r: _Reader) -> dict[str, Any]:
     g = r.table_of("gpu")
     gpu = GpuSettings(
-        probe=g.str("probe", "auto", PROBES),
-        min_free_mib=g.int("min_free_mib", 8000, minimum=0),
-        max_rounds_per_gpu=g.int("max_rounds_per_gpu", 1),
-        round_memory_mib=g.int("round_memory_mib", 6000, minimum=0),
-        poll_interval_s=g.float("poll_interval_s", 10.0, minimum=0.001),
+        probe=g.text("probe", "auto", PROBES),
+        min_free_mib=g.integer("min_free_mib", 8000, minimum=0),
+        max_rounds_per_gpu=g.integer("max_rounds_per_gpu", 1),
+        round_memory_mib=g.integer("round_memory_mib", 6000, minimum=0),
+        poll_interval_s=g.number("poll_interval_s", 10.0, minimum=0.001),
     )
     g.finish(tuple(vars(GpuSettings())))
     t = r.table_of("retry")
-    retry = RetrySettings(t.int("max_attempts", 3), t.int("max_consecutive_failed_rounds", 5))
+    retry = RetrySettings(t.integer("max_attempts", 3), t.integer("max_consecutive_failed_rounds", 5))
     t.finish(tuple(vars(RetrySettings())))
     t = r.table_of("timeouts")
     timeouts = TimeoutSettings(
-        t.float("round_timeout_s", 0.0), t.float("stall_timeout_s", 1800.0),
-        t.float("grace_s", 30.0),
+        t.number("round_timeout_s", 0.0), t.number("stall_timeout_s", 1800.0),
+        t.number("grace_s", 30.0),
     )
     t.finish(tuple(vars(TimeoutSettings())))
     t = r.table_of("filter")
     known = tuple(f"max_{k}" for k in FILTER_KEYS)
-    thresholds = {k[4:]: t.float(k, None, minimum=float("-inf")) for k in known if t.has(k)}
+    thresholds = {k[4:]: t.number(k, None, minimum=float("-inf")) for k in known if t.has(k)}
     t.finish(known)
     t = r.table_of("cleanup")
-    cleanup = CleanupSettings(t.str("mode", "remove", CLEANUP_MODES))
+    cleanup = CleanupSettings(t.text("mode", "remove", CLEANUP_MODES))
     t.finish(("mode",))
     t = r.table_of("disk")
-    disk = DiskSettings(t.float("min_free_gib", 5.0))
+    disk = DiskSettings(t.number("min_free_gib", 5.0))
     t.finish(("min_free_gib",))
     t = r.table_of("logs")
-    logs = LogSettings(t.float("progress_interval_s", 30.0))
+    logs = LogSettings(t.number("progress_interval_s", 30.0))
     t.finish(("progress_interval_s",))
     return dict(gpu=gpu, retry=retry, timeouts=timeouts, filter=thresholds,
                 cleanup=cleanup, disk=disk, logs=logs)
@@ -397,22 +397,22 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
     source = source or str(path)
     base = path.parent
     r = _Reader(source, data)
-    exp_name = check_name(source, "exp_name", r.str("exp_name", None))
+    exp_name = check_name(source, "exp_name", r.text("exp_name", None))
     codes, code_source = _object_codes(r, base)
     config = Config(
         path=path,
         exp_name=exp_name,
-        experiments_dir=_resolve(base, r.str("experiments_dir", "experiments")),
+        experiments_dir=_resolve(base, r.text("experiments_dir", "experiments")),
         object_codes=codes,
         object_code_source=code_source,
-        target_count_per_object=r.int("target_count_per_object", None),
-        round_batch_size=r.int("round_batch_size", 512),
-        num_iterations=r.int("num_iterations", 10000, minimum=0),
-        seed_base=r.int("seed_base", 0, minimum=0),
-        max_rounds=r.int("max_rounds", 1000, maximum=SEED_STRIDE),
-        merge_stride=r.int("merge_stride", 1),
-        resume=r.bool("resume", True),
-        keep_intermediate=r.bool("keep_intermediate", False),
+        target_count_per_object=r.integer("target_count_per_object", None),
+        round_batch_size=r.integer("round_batch_size", 512),
+        num_iterations=r.integer("num_iterations", 10000, minimum=0),
+        seed_base=r.integer("seed_base", 0, minimum=0),
+        max_rounds=r.integer("max_rounds", 1000, maximum=SEED_STRIDE),
+        merge_stride=r.integer("merge_stride", 1),
+        resume=r.flag("resume", True),
+        keep_intermediate=r.flag("keep_intermediate", False),
         gpus=_gpus(r),
         main=_main(r, base),
         **_sections(r),

@@ -192,7 +192,8 @@ def _bar(i: int, total: int, elapsed: float) -> str:
     clock = lambda s: f"{int(s) // 60:02d}:{int(s) % 60:02d}"  # noqa: E731
     rate_s = f"{rate:5.2f}it/s" if i else "?it/s"
     eta_s = clock(eta) if i else "?"
-    return f"\roptimizing: {int(frac * 100):3d}%|{bar}| {i}/{total} [{clock(elapsed)}<{eta_s}, {rate_s}]"
+    return (f"\roptimizing: {int(frac * 100):3d}%|{bar}| {i}/{total} "
+            f"[{clock(elapsed)}<{eta_s}, {rate_s}]")
 
 
 def _config_line(args: argparse.Namespace, codes: list[str], device: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 from supervisor.faults import crash_point
 
@@ -18,7 +18,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write ``path`` through ``write(fileobj)``: temp file in the same folder, fsync, rename.
 
     On any error (ENOSPC included) the temp file is removed and ``path`` keeps its old

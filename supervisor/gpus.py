@@ -29,7 +29,7 @@ class Probe(Protocol):
 
 
 class NvmlProbe:
-    """Free memory per GPU from NVML, numbered in PCI bus order like CUDA_DEVICE_ORDER=PCI_BUS_ID."""
+    """Free memory per GPU from NVML, numbered in PCI bus order (CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
 
     def __init__(self) -> None:
         try:

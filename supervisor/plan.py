@@ -76,7 +76,8 @@ def completion(obj: ObjectRecord) -> Completion:
     An object is done once every round up to the one that reaches the target has produced
     grasps or failed for good: a round still running below it could change the content.
     """
-    total, used = 0, {}
+    total = 0
+    used: dict[int, int] = {}
     for rid in sorted(obj.rounds):
         rnd = obj.rounds[rid]
         if rnd.status in (FAILED, DISCARDED):

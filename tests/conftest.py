@@ -44,7 +44,8 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items()) + "}"
+        items = (f"{json.dumps(k, ensure_ascii=False)} = {toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     raise TypeError(value)
 
 
@@ -153,7 +154,8 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "supervisor", *args], cwd=cwd, env=cli_env(),
         capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
@@ -164,3 +166,21 @@ def json_lines(text: str) -> Iterator[dict[str, Any]]:
     for line in text.splitlines():
         if line.strip():
             yield json.loads(line)
+
+
+def live_emulators(exp_name: str) -> list[int]:
+    """Pids of emulator processes, not zombies, running rounds of ``exp_name``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"supervisor.emulator" in cmd and state != "Z" and any(
+            part.startswith(f"{exp_name}__".encode()) for part in cmd
+        ):
+            pids.append(int(entry.name))
+    return pids

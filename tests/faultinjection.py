@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import live_emulators
 from supervisor import dataset, manifest as mf
 from supervisor.faults import CRASH_POINTS
 
@@ -39,21 +40,6 @@ class Report:
     wall_s: float = 0.0
 
 
-def _alive_children(exp: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"supervisor.emulator" in cmd and f"{exp}__".encode() in cmd and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def _check_state(layout, exp: str) -> None:
     path = layout.experiments / exp / "manifest.json"
     if path.exists():
@@ -63,7 +49,7 @@ def _check_state(layout, exp: str) -> None:
         if final.exists():
             dataset.load(final)
     deadline = time.monotonic() + 10
-    while _alive_children(exp):
+    while live_emulators(exp):
         assert time.monotonic() < deadline, f"children of {exp} survived the kill"
         time.sleep(0.01)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import IO, Any
@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 import pytest
 
-from conftest import ROOT, Layout, cli_env, json_lines, run_cli, run_in_process
+from conftest import ROOT, Layout, cli_env, json_lines, live_emulators, run_cli, run_in_process
 
 SLOW_ENV = {"EMULATOR_ITER_S": "0.02"}
 
@@ -37,24 +37,6 @@ def read_until(stream: IO[str], event: str, seen: list[dict[str, Any]], count: i
             if n == count:
                 return
     raise AssertionError(f"stream ended before {count} {event} events")
-
-
-def emulators_of(exp_name: str) -> list[int]:
-    """Pids of live emulator processes running rounds of ``exp_name``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"supervisor.emulator" in cmd and state != "Z" and any(
-            part.startswith(f"{exp_name}__".encode()) for part in cmd
-        ):
-            pids.append(int(entry.name))
-    return pids
 
 
 def check_complete(layout: Layout, exp: str, codes: tuple[str, ...], target: int) -> None:
@@ -122,7 +104,7 @@ def test_second_sigint_stops_children_and_marks_them_interrupted(layout: Layout)
     m = layout.manifest(exp)
     statuses = [r["status"] for o in m["objects"].values() for r in o["rounds"].values()]
     assert "interrupted" in statuses and "running" not in statuses
-    assert emulators_of(exp) == []
+    assert live_emulators(exp) == []
     fast = layout.write_config(exp_name=exp, target_count_per_object=8, round_batch_size=4,
                                num_iterations=2000, env={"EMULATOR_ITER_S": "0"})
     assert run_cli(str(fast)).returncode == 0
@@ -138,15 +120,14 @@ def test_kill_9_then_resume_gives_exact_counts_and_no_orphans(layout: Layout) ->
     seen: list[dict[str, Any]] = []
     assert proc.stdout is not None
     read_until(proc.stdout, "round_merged", seen, count=3)
-    assert emulators_of(exp)  # rounds are running right now
+    assert live_emulators(exp)  # rounds are running right now
     proc.kill()
     proc.wait(timeout=30)
     # The children die with the supervisor (PR_SET_PDEATHSIG), before any resume.
-    deadline_reads = 0
-    while emulators_of(exp) and deadline_reads < 500:
-        deadline_reads += 1
-        os.sched_yield()
-    assert emulators_of(exp) == []
+    deadline = time.monotonic() + 10
+    while live_emulators(exp) and time.monotonic() < deadline:
+        time.sleep(0.01)  # SIGKILL delivery to the children is immediate but asynchronous
+    assert live_emulators(exp) == []
     resumed = run_cli(str(path))
     assert resumed.returncode == 0, resumed.stderr
     codes = ("obj_a", "obj_b", "obj_c")

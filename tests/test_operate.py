@@ -23,7 +23,8 @@ def demo(tmp_path_factory) -> Path:
     """The README's demo, with one failing attempt per object, run once for this module."""
     root = tmp_path_factory.mktemp("demo")
     text = (ROOT / "config.example.toml").read_text()
-    text, n = re.subn(r'env = \{ (.*) \}', r'env = { \1, EMULATOR_FAULTS = "*__r1=exit", EMULATOR_STATE_DIR = "../state" }', text)
+    faults = 'EMULATOR_FAULTS = "*__r1=exit", EMULATOR_STATE_DIR = "../state"'
+    text, n = re.subn(r"env = \{ (.*) \}", r"env = { \1, " + faults + " }", text)
     assert n == 1
     text = text.replace('EMULATOR_ITER_S = "0.01"', 'EMULATOR_ITER_S = "0.002"')
     (root / "config.example.toml").write_text(text)

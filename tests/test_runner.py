@@ -34,8 +34,8 @@ async def test_streams_split_on_newline_and_carriage_return(tmp_path: Path) -> N
     )
     exit_, lines = await run(code, tmp_path)
     assert exit_.returncode == 0 and exit_.stopped is None
-    assert [l for s, l in lines if s == "stdout"] == ["banner", "second", "no newline at end"]
-    assert [l for s, l in lines if s == "stderr"] == ["bar 1/3", "bar 2/3", "bar 3/3"]
+    assert [t for s, t in lines if s == "stdout"] == ["banner", "second", "no newline at end"]
+    assert [t for s, t in lines if s == "stderr"] == ["bar 1/3", "bar 2/3", "bar 3/3"]
 
 
 async def test_exit_code_is_reported(tmp_path: Path) -> None:

@@ -290,6 +290,6 @@ def test_round_progress_events(layout: Layout) -> None:
 def test_seed_plan_formula_matches_manifest(layout: Layout) -> None:
     config = layout.config(seed_base=7, target_count_per_object=4)
     assert run_in_process(config) == 0
-    for code, obj in layout.manifest()["objects"].items():
+    for obj in layout.manifest()["objects"].values():
         for rid, rnd in obj["rounds"].items():
             assert rnd["seed"] == plan.round_seed(7, obj["index"], int(rid))
