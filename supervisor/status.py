@@ -38,8 +38,18 @@ def _gpu_seconds(obj: ObjectRecord, now: float) -> float:
     return total
 
 
+def _wall_span(obj: ObjectRecord, now: float) -> float:
+    """Seconds from the object's first round start to its last round end (or now)."""
+    starts = [r.started_at for r in obj.rounds.values() if r.started_at]
+    ends = [now if r.status == RUNNING else r.finished_at for r in obj.rounds.values()
+            if r.started_at]
+    ends = [e for e in ends if e]
+    return max(ends) - min(starts) if starts and ends else 0.0
+
+
 def object_status(obj: ObjectRecord, batch_size: int, now: float) -> dict[str, Any]:
     rounds = list(obj.rounds.values())
+    span = _wall_span(obj, now)
     rate = plan.acceptance_rate(obj)
     gpu_s = _gpu_seconds(obj, now)
     collected = min(plan.collected(obj), obj.target) if obj.status != mf.DONE else obj.target
@@ -51,6 +61,7 @@ def object_status(obj: ObjectRecord, batch_size: int, now: float) -> dict[str, A
         "rounds_failed": sum(r.status == FAILED for r in rounds),
         "rounds_running": sum(r.status == RUNNING for r in rounds),
         "acceptance_rate": None if rate is None else round(rate, 4),
+        "grasps_per_hour": round(collected / (span / 3600), 1) if span > 0 else None,
         "grasps_per_gpu_hour": round(collected / (gpu_s / 3600), 1) if gpu_s > 0 else None,
         "gpu_hours": round(gpu_s / 3600, 4),
         "rounds_to_go": math.ceil(remaining / plan.expected_yield(obj, batch_size))
@@ -111,11 +122,12 @@ def render(summary: dict[str, Any]) -> str:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in
                                                s["failures_by_reason"].items()))
     lines.append(f"{'object':40} {'status':9} {'grasps':>13} {'merged':>6} {'failed':>6} "
-                 f"{'running':>7} {'accept':>6} {'grasps/GPU-h':>12}")
+                 f"{'running':>7} {'accept':>6} {'grasps/h':>9} {'grasps/GPU-h':>12}")
     for o in s["per_object"]:
         rate = "-" if o["acceptance_rate"] is None else f"{o['acceptance_rate']:.0%}"
         speed = "-" if o["grasps_per_gpu_hour"] is None else f"{o['grasps_per_gpu_hour']:.0f}"
+        hourly = "-" if o["grasps_per_hour"] is None else f"{o['grasps_per_hour']:.0f}"
         lines.append(f"{o['object_code'][:40]:40} {o['status']:9} "
                      f"{o['collected']:>6}/{o['target']:<6} {o['rounds_merged']:>6} "
-                     f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} {speed:>12}")
+                     f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} {hourly:>9} {speed:>12}")
     return "\n".join(lines)

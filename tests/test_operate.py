@@ -87,6 +87,11 @@ def test_status_text_and_json(demo: Path) -> None:
     for obj in data["per_object"]:
         assert obj["collected"] == 50 and obj["rounds_failed"] == 0
         assert 0 < obj["acceptance_rate"] <= 1 and obj["grasps_per_gpu_hour"] > 0
+    manifest = json.loads((demo / "demo/experiments/demo/manifest.json").read_text())
+    for obj in data["per_object"]:
+        rounds = manifest["objects"][obj["object_code"]]["rounds"].values()
+        span = max(r["finished_at"] for r in rounds) - min(r["started_at"] for r in rounds)
+        assert obj["grasps_per_hour"] == pytest.approx(50 / (span / 3600), rel=1e-3)
 
 
 def test_status_of_a_live_run(layout: Layout) -> None:
