@@ -1,5 +1,5 @@
 import sys
 
-from supervisor.cli import main
+from supervisor.cli import main_guarded
 
-sys.exit(main())
+sys.exit(main_guarded())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence, TextIO
@@ -138,6 +139,17 @@ def _run(argv: Sequence[str]) -> int:
         return dry_run(config)
     live = sys.stderr.isatty() if args.live is None else args.live
     return run_supervisor(config, live_stream=sys.stderr if live else None)
+
+
+def main_guarded() -> int:
+    """``main`` for ``python -m supervisor``: ``| head`` closing stdout is not an error."""
+    try:
+        code = main()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

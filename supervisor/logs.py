@@ -12,6 +12,30 @@ import structlog
 FORMATS = ("auto", "json", "console")
 
 
+class _Printer:
+    """Prints one event a line; a reader that went away (``| head``, a closed SSH
+    session) silences the logs instead of killing a run that takes days."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def msg(self, message: str) -> None:
+        stream = self.stream or sys.stdout
+        if stream is None or getattr(stream, "closed", False):
+            return
+        try:
+            stream.write(message + "\n")
+            stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self.stream = _Silent()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+class _Silent:
+    closed = True
+
+
 def configure(fmt: str = "auto", stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if fmt == "auto":
@@ -31,7 +55,7 @@ def configure(fmt: str = "auto", stream: TextIO | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         # None: each new logger prints to the sys.stdout of its time.
-        logger_factory=structlog.PrintLoggerFactory(None if stream is sys.stdout else stream),
+        logger_factory=lambda *args: _Printer(None if stream is sys.stdout else stream),
         cache_logger_on_first_use=False,
     )
 

@@ -141,7 +141,8 @@ class Supervisor:
         )
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # SIGHUP (a closed SSH session) drains like SIGTERM instead of killing rounds.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 self.on_signal(signum)
 

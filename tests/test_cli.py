@@ -63,7 +63,8 @@ def test_demo_config_runs_and_every_stdout_line_is_json(tmp_path: Path) -> None:
     assert "optimizing" not in proc.stdout.replace('"round_progress"', "")
 
 
-def test_sigint_drains_then_resume_completes(layout: Layout) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_drains_then_resume_completes(layout: Layout, signum: int) -> None:
     exp = "sigint"
     path = layout.write_config(exp_name=exp, target_count_per_object=24, round_batch_size=4,
                                num_iterations=20, env=SLOW_ENV)
@@ -71,7 +72,7 @@ def test_sigint_drains_then_resume_completes(layout: Layout) -> None:
     seen: list[dict[str, Any]] = []
     assert proc.stdout is not None
     read_until(proc.stdout, "round_started", seen, count=2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
     seen += list(json_lines(out))
     assert proc.returncode == 130, err
@@ -234,3 +235,16 @@ def test_dry_run_prints_the_plan_and_writes_nothing(layout: Layout) -> None:
     assert "--name t__obj_a__r0" in proc.stdout and "CUDA_VISIBLE_DEVICES=0" in proc.stdout
     assert "GPU 1: unknown (no memory checks), admitted" in proc.stdout
     assert not layout.experiments.exists() and not layout.rounds.exists()
+
+
+def test_a_reader_going_away_does_not_stop_the_run(layout: Layout) -> None:
+    path = layout.write_config(target_count_per_object=8)
+    proc = start(path)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # like "| head -1"
+    assert proc.wait(timeout=120) == 0
+    check_complete(layout, "t", ("obj_a", "obj_b", "obj_c"), 8)
+    status = subprocess.run(f"{sys.executable} -m supervisor status {path} | head -1",
+                            shell=True, env=cli_env(), capture_output=True, text=True)
+    assert status.returncode == 0 and "Traceback" not in status.stderr
