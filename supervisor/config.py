@@ -359,7 +359,8 @@ def _sections(r: _Reader) -> dict[str, Any]:
     )
     g.finish(tuple(vars(GpuSettings())))
     t = r.table_of("retry")
-    retry = RetrySettings(t.integer("max_attempts", 3), t.integer("max_consecutive_failed_rounds", 5))
+    retry = RetrySettings(t.integer("max_attempts", 3),
+                          t.integer("max_consecutive_failed_rounds", 5))
     t.finish(tuple(vars(RetrySettings())))
     t = r.table_of("timeouts")
     timeouts = TimeoutSettings(

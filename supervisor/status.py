@@ -129,5 +129,6 @@ def render(summary: dict[str, Any]) -> str:
         hourly = "-" if o["grasps_per_hour"] is None else f"{o['grasps_per_hour']:.0f}"
         lines.append(f"{o['object_code'][:40]:40} {o['status']:9} "
                      f"{o['collected']:>6}/{o['target']:<6} {o['rounds_merged']:>6} "
-                     f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} {hourly:>9} {speed:>12}")
+                     f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} "
+                     f"{hourly:>9} {speed:>12}")
     return "\n".join(lines)

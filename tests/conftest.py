@@ -138,7 +138,7 @@ def run_in_process(config, probe=None, timeout_s: float = 120.0) -> int:
                 code = await sup.run()
             # The manifest on disk is the whole state: the cached encoding missed nothing.
             written = json.loads((config.exp_dir / "manifest.json").read_text())
-            if sup.write_error is None:
+            if sup.merger.write_error is None:
                 assert written == json.loads(json.dumps(sup.manifest.to_json()))
             return code
 

@@ -38,12 +38,12 @@ async def test_rounds_beyond_the_quota_are_discarded_not_merged(layout: Layout) 
     jobs = [sup._start(Pick("obj_a", rid, new=True), rid % 2) for rid in range(4)]
     with capture_logs() as logs:
         for rid in (2, 0):  # completes out of order; round 1 still running
-            sup._handle(ok(jobs[rid]))
+            sup.merger.handle(ok(jobs[rid]))
         assert m.objects["obj_a"].status == mf.ACTIVE  # 8 grasps, but round 1 may change them
-        sup._handle(ok(jobs[1]))
+        sup.merger.handle(ok(jobs[1]))
         assert m.objects["obj_a"].status == mf.DONE
-        sup._handle(ok(jobs[3]))  # started beyond what was needed, finished after done
-        await sup._flush(drain=True)
+        sup.merger.handle(ok(jobs[3]))  # started beyond what was needed, finished after done
+        await sup.merger.flush(drain=True)
     statuses = {rid: r.status for rid, r in m.objects["obj_a"].rounds.items()}
     assert statuses == {0: mf.MERGED, 1: mf.MERGED, 2: mf.DISCARDED, 3: mf.DISCARDED}
     assert [r.used for r in m.objects["obj_a"].rounds.values()] == [4, 1, 0, 0]

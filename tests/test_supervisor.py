@@ -189,20 +189,20 @@ def test_gpu_short_of_memory_is_not_used_until_it_frees(layout: Layout) -> None:
                            round_batch_size=4, gpus=[0, 1], gpu={"probe": "auto"})
     with capture_logs() as logs:
         # Free GPU 1 once GPU 0 has finished a round: by then GPU 1 was refused.
-        import supervisor.supervisor as sup_mod
+        from supervisor.merger import Merger
 
-        original = sup_mod.Supervisor._handle
+        original = Merger.handle
 
         def handle(self, message):
             original(self, message)
             if type(message).__name__ == "Outcome":
                 fake.free[1] = BIG
 
-        sup_mod.Supervisor._handle = handle
+        Merger.handle = handle
         try:
             assert run_in_process(config, fake) == 0
         finally:
-            sup_mod.Supervisor._handle = original
+            Merger.handle = original
     started = events(logs, "round_started")
     wait = events(logs, "gpu_wait")
     assert wait and "1" in wait[0]["short"]
