@@ -145,10 +145,11 @@ class GpuPool:
                     f"reserved) < min_free_mib {s.min_free_mib}")
         return None
 
-    def admit(self) -> Admission:
-        """Take a slot on the least busy admissible GPU (lowest index on ties)."""
+    def admit(self, avoid: frozenset[int] = frozenset()) -> Admission:
+        """Take a slot on the least busy admissible GPU (lowest index on ties), one not in
+        ``avoid`` if any qualifies: a retry goes to another card than the one it failed on."""
         result = Admission(None)
-        for gpu in sorted(self.gpus, key=lambda g: (self.in_flight[g], g)):
+        for gpu in sorted(self.gpus, key=lambda g: (g in avoid, self.in_flight[g], g)):
             if self.in_flight[gpu] >= self.settings.max_rounds_per_gpu:
                 result.busy.append(gpu)
                 continue

@@ -163,7 +163,7 @@ class Supervisor:
                     continue
                 if not await self._wait_for_disk():
                     break
-                gpu = await self._acquire_gpu()
+                gpu = await self._acquire_gpu(self._failed_on(self._pick()))
                 if gpu is None:
                     break
                 pick = self._pick()
@@ -186,10 +186,17 @@ class Supervisor:
             await self.changes.wait(self.config.gpu.poll_interval_s)
         return False
 
-    async def _acquire_gpu(self) -> int | None:
+    def _failed_on(self, pick: plan.Pick | None) -> frozenset[int]:
+        """The GPUs where the round to start next has failed before."""
+        if pick is None or pick.new:
+            return frozenset()
+        rnd = self.manifest.objects[pick.object_code].rounds[pick.round_id]
+        return frozenset(f["gpu"] for f in rnd.failures if f.get("gpu") is not None)
+
+    async def _acquire_gpu(self, avoid: frozenset[int] = frozenset()) -> int | None:
         logged = False
         while not self.draining.is_set():
-            admission = self.pool.admit()
+            admission = self.pool.admit(avoid)
             for gpu, reason in admission.lost.items():
                 self.log.warning("gpu_lost", gpu=gpu, reason=reason)
             if admission.gpu is not None:

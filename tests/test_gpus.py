@@ -80,3 +80,9 @@ def test_real_nvml_probe() -> None:
     assert indices == list(range(len(indices)))
     for index in indices:
         assert probe.free_mib(index) >= 0
+
+
+def test_retries_prefer_another_gpu_but_take_the_same_if_alone() -> None:
+    p = pool({0: 20000, 1: 20000})
+    assert p.admit(avoid=frozenset({0})).gpu == 1
+    assert p.admit(avoid=frozenset({0})).gpu == 0  # 1 is busy now: 0 is still allowed

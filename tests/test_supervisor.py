@@ -104,6 +104,7 @@ def test_round_failing_once_is_retried_with_same_name_and_seed(layout: Layout) -
     rnd = layout.manifest()["objects"]["obj_a"]["rounds"]["0"]
     assert rnd["attempts"] == 2 and rnd["status"] == "merged"
     assert rnd["failures"][0]["reason"] == "exit code 3"
+    assert rnd["failures"][0]["gpu"] == 0 and rnd["gpu"] == 1  # retried on the other GPU
     started = events(logs, "round_started")
     assert [(e["round"], e["seed"]) for e in started] == [("t__obj_a__r0", 1000)] * 2
     assert events(logs, "round_retry")[0]["attempt"] == 2
