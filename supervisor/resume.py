@@ -177,7 +177,11 @@ def _rebuild(config: Config, obj: ObjectRecord, path: Path) -> Accumulator:
             acc.add(rnd.round_id, cols)
             rnd.status, rnd.produced, rnd.accepted = FINISHED, produced, len(cols["round_id"])
         except ResultError as exc:
-            acc.rounds.pop(rnd.round_id, None)
+            if have:
+                # Part of it is in final.npz (the object was done, then its target raised,
+                # and its folder is gone): keep what was merged, never rerun over it.
+                rnd.status, rnd.accepted, rnd.used = MERGED, have, have
+                continue
             rnd.status, rnd.produced, rnd.accepted, rnd.used = PENDING, None, None, None
             rnd.reason = f"grasps not in final.npz and {exc}; running it again"
     obj.collected = sum(len(c["round_id"]) for rid, c in acc.rounds.items()

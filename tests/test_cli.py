@@ -187,6 +187,21 @@ def test_raising_the_target_on_resume_adds_grasps(layout: Layout) -> None:
                                       layout.final(code, "ref")["qpos_left"])
 
 
+def test_raising_the_target_after_cleanup_keeps_every_merged_grasp(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=6,
+                               round_batch_size=4, cleanup={"mode": "remove"})
+    assert run_cli(str(path)).returncode == 0
+    before = layout.final("obj_a")
+    assert run_cli(str(path), "--target_count_per_object", "13").returncode == 0
+    after = layout.final("obj_a")
+    assert len(after["energy"]) == 13
+    for key in before:  # the 6 grasps delivered first are still the first 6
+        np.testing.assert_array_equal(after[key][:6] if key != "qpos_names" else after[key],
+                                      before[key])
+    pairs = set(zip(after["round_id"].tolist(), after["item_index"].tolist()))
+    assert len(pairs) == 13
+
+
 def test_resume_of_a_finished_run_starts_nothing(layout: Layout) -> None:
     path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
     assert run_cli(str(path)).returncode == 0
