@@ -399,6 +399,11 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
     base = path.parent
     r = _Reader(source, data)
     exp_name = check_name(source, "exp_name", r.text("exp_name", None))
+    if "__" in exp_name or exp_name.endswith("_"):
+        # Round folders are {exp_name}__{object_code}__r{id}, side by side with other
+        # experiments' in main.py's output folder: the first "__" must end exp_name.
+        raise ConfigError(source, "exp_name", exp_name,
+                          "a name without '__' and not ending in '_' (round names use '__')")
     codes, code_source = _object_codes(r, base)
     config = Config(
         path=path,

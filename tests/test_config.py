@@ -67,6 +67,7 @@ BAD_CASES = [
     ("slash in exp_name", {"exp_name": "x/y"}, "exp_name"),
     ("dotdot in exp_name", {"exp_name": ".."}, "exp_name"),
     ("whitespace in exp_name", {"exp_name": "my run"}, "exp_name"),
+    ("double underscore in exp_name", {"exp_name": "a__b"}, "exp_name"),
     ("template without name",
      {"main": {"command": [c for c in EMULATOR_COMMAND if c != "{name}"]}}, "main.command"),
     ("template without seed",
