@@ -17,6 +17,17 @@ class LockedError(RuntimeError):
     """Another live supervisor holds this experiment."""
 
 
+def live_holder(exp_dir: Path) -> int | None:
+    """The pid of a live supervisor holding ``exp_dir``, read without touching the lock
+    (so that looking never blocks a supervisor that is starting)."""
+    try:
+        pid = int((exp_dir / LOCK_NAME).read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if b"supervisor" in cmdline else None
+
+
 class ExperimentLock:
     def __init__(self, exp_dir: Path) -> None:
         self.path = exp_dir / LOCK_NAME

@@ -13,6 +13,7 @@ from typing import Any
 
 from supervisor import manifest as mf, plan
 from supervisor.config import Config
+from supervisor.lock import live_holder
 from supervisor.manifest import FAILED, HAS_GRASPS, MERGED, RUNNING, Manifest, ObjectRecord
 
 
@@ -82,7 +83,7 @@ def summarize(config: Config, m: Manifest, now: float | None = None) -> dict[str
     rounds_to_go = sum(o["rounds_to_go"] for o in objects)
     mean_round_s = sum(durations) / len(durations) if durations else None
     eta = (rounds_to_go * mean_round_s / max(1, parallel)) if mean_round_s else None
-    live = bool(m.runs) and "ended_at" not in m.runs[-1]
+    live = live_holder(config.exp_dir) is not None
     return {
         "exp_name": m.exp_name,
         "updated_at": m.updated_at,

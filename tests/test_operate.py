@@ -109,6 +109,7 @@ def test_status_of_a_live_run(layout: Layout) -> None:
     assert data["eta_s"] is not None and data["eta_s"] > 0
     proc.stdout.read()
     assert proc.wait(timeout=60) == 0  # status did not disturb the run
+    assert not json.loads(run_cli("status", str(path), "--json").stdout)["run_live"]
 
 
 def test_status_without_a_run_is_a_clear_error(layout: Layout) -> None:
