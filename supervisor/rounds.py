@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import time
 from collections import deque
@@ -102,8 +103,10 @@ class LineSink:
     def __init__(self, config: Config, job: RoundJob) -> None:
         logs = config.exp_dir / "logs"
         (logs / "rounds").mkdir(parents=True, exist_ok=True)
-        self.round_log = (logs / "rounds" / f"{job.name}.log").open("a", encoding="utf-8")
-        self.gpu_log = (logs / f"gpu_{job.gpu}.log").open("a", encoding="utf-8")
+        # Line-buffered, so that `tail -f` shows a round as it runs.
+        self.round_log = (logs / "rounds" / f"{job.name}.log").open(
+            "a", encoding="utf-8", buffering=1)
+        self.gpu_log = (logs / f"gpu_{job.gpu}.log").open("a", encoding="utf-8", buffering=1)
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.interval_s = config.logs.progress_interval_s
         self.last_event = -float("inf")
@@ -142,7 +145,9 @@ def _describe(exit_: runner.ChildExit, config: Config) -> str:
     if exit_.stopped == "stall":
         return f"stalled: no output for timeouts.stall_timeout_s = {t.stall_timeout_s:g}"
     if exit_.returncode < 0:
-        return f"killed by signal {-exit_.returncode}"
+        name = signal.Signals(-exit_.returncode).name
+        hint = " (the OOM killer sends it)" if name == "SIGKILL" else ""
+        return f"killed by signal {-exit_.returncode}, {name}{hint}"
     return f"exit code {exit_.returncode}"
 
 
