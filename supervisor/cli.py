@@ -150,6 +150,8 @@ def main_guarded() -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:  # Ctrl+C before the run's own signal handling started
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,4 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(argv)
     except (UsageError, ConfigError, GpuError, RefusedError, LockedError) as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # at start-up: a folder that cannot be created, a full disk
+        print(f"error: cannot start: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -140,3 +140,11 @@ def test_gpus_all_without_nvml_fails_clearly(layout: Layout, capsys, monkeypatch
     assert cli.main([str(path)]) == 2
     err = capsys.readouterr().err
     assert 'gpus = "all" needs NVML' in err and not (layout.root / "exp").exists()
+
+
+def test_unwritable_experiments_folder_is_one_line(layout: Layout, capsys) -> None:
+    blocker = layout.root / "exp"
+    blocker.write_text("a file where the experiments folder should be")
+    assert cli.main([str(layout.write_config())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot start" in err[0] and "exp" in err[0]
