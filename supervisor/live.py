@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import anyio
 
-from supervisor import status
+from supervisor import logs, status
 
 if TYPE_CHECKING:
     from supervisor.supervisor import Supervisor
@@ -49,13 +49,18 @@ def render(sup: Supervisor) -> list[str]:
 class LiveView:
     def __init__(self, sup: Supervisor, stream: TextIO) -> None:
         self.sup, self.stream, self.height = sup, stream, 0
+        self.lines: list[str] = []
 
     def draw(self) -> None:
-        lines = render(self.sup)
+        self.lines = render(self.sup)
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Draw the last rendered lines again (after a log line scrolled past)."""
         up = f"\x1b[{self.height}F" if self.height else ""
-        self.stream.write(up + CLEAR_TO_END + "\n".join(lines) + "\n")
+        self.stream.write(up + CLEAR_TO_END + "\n".join(self.lines) + "\n")
         self.stream.flush()
-        self.height = len(lines)
+        self.height = len(self.lines)
 
     def clear(self) -> None:
         if self.height:
@@ -64,9 +69,12 @@ class LiveView:
             self.height = 0
 
     async def run(self) -> None:
+        # Console logs on the same terminal: the view steps aside for each log line.
+        logs.set_around_print((self.clear, self.redraw))
         try:
             while True:
                 self.draw()
                 await anyio.sleep(REFRESH_S)
         finally:
+            logs.set_around_print(None)
             self.draw()

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import structlog
 
 FORMATS = ("auto", "json", "console")
+
+
+# (before, after): called around each line printed to a terminal, so that a live view
+# drawn on the same terminal can step aside (see live.py).
+_around_print: tuple[Callable[[], None], Callable[[], None]] | None = None
+
+
+def set_around_print(hooks: tuple[Callable[[], None], Callable[[], None]] | None) -> None:
+    global _around_print
+    _around_print = hooks
 
 
 class _Printer:
@@ -23,9 +33,14 @@ class _Printer:
         stream = self.stream or sys.stdout
         if stream is None or getattr(stream, "closed", False):
             return
+        hooks = _around_print if _around_print and stream.isatty() else None
         try:
+            if hooks:
+                hooks[0]()
             stream.write(message + "\n")
             stream.flush()
+            if hooks:
+                hooks[1]()
         except (BrokenPipeError, OSError, ValueError):
             self.stream = _Silent()
 
