@@ -133,10 +133,23 @@ class GpuPool:
     def gpus(self) -> list[int]:
         return [g for g in self.in_flight if g not in self.dead]
 
-    def _short(self, gpu: int) -> str | None:
+    def poll(self) -> dict[int, int | None | ProbeError]:
+        """Free MiB of each usable GPU with a free slot, or the error reading it.
+
+        Blocking (NVML can hang on a failing card): the dispatcher runs it in a thread.
+        """
+        readings: dict[int, int | None | ProbeError] = {}
+        for gpu in self.gpus:
+            if self.in_flight[gpu] < self.settings.max_rounds_per_gpu:
+                try:
+                    readings[gpu] = self.probe.free_mib(gpu)
+                except ProbeError as exc:
+                    readings[gpu] = exc
+        return readings
+
+    def _short(self, gpu: int, free: int | None) -> str | None:
         """Why ``gpu`` lacks memory for one more round, or None if it has enough."""
         s, busy = self.settings, self.in_flight[gpu]
-        free = self.probe.free_mib(gpu)
         if free is None:
             return None
         available = free - busy * s.round_memory_mib
@@ -145,19 +158,26 @@ class GpuPool:
                     f"reserved) < min_free_mib {s.min_free_mib}")
         return None
 
-    def admit(self, avoid: frozenset[int] = frozenset()) -> Admission:
+    def admit(self, avoid: frozenset[int] = frozenset(),
+              readings: dict[int, int | None | ProbeError] | None = None) -> Admission:
         """Take a slot on the least busy admissible GPU (lowest index on ties), one not in
-        ``avoid`` if any qualifies: a retry goes to another card than the one it failed on."""
+        ``avoid`` if any qualifies: a retry goes to another card than the one it failed on.
+
+        ``readings`` comes from poll(); without it the probe is read here.
+        """
+        readings = self.poll() if readings is None else readings
         result = Admission(None)
+        for gpu, reading in readings.items():  # every failed reading, whichever GPU wins
+            if isinstance(reading, ProbeError) and gpu not in self.dead:
+                self.dead[gpu] = result.lost[gpu] = str(reading)
         for gpu in sorted(self.gpus, key=lambda g: (g in avoid, self.in_flight[g], g)):
             if self.in_flight[gpu] >= self.settings.max_rounds_per_gpu:
                 result.busy.append(gpu)
                 continue
-            try:
-                reason = self._short(gpu)
-            except ProbeError as exc:
-                self.dead[gpu] = result.lost[gpu] = str(exc)
+            reading = readings.get(gpu, 0)  # absent: its slot freed after the poll
+            if gpu not in readings or isinstance(reading, ProbeError):
                 continue
+            reason = self._short(gpu, reading)
             if reason is None:
                 result.gpu = gpu
                 self.in_flight[gpu] += 1

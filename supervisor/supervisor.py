@@ -196,7 +196,8 @@ class Supervisor:
     async def _acquire_gpu(self, avoid: frozenset[int] = frozenset()) -> int | None:
         logged = False
         while not self.draining.is_set():
-            admission = self.pool.admit(avoid)
+            readings = await anyio.to_thread.run_sync(self.pool.poll)
+            admission = self.pool.admit(avoid, readings)
             for gpu, reason in admission.lost.items():
                 self.log.warning("gpu_lost", gpu=gpu, reason=reason)
             if admission.gpu is not None:

@@ -53,6 +53,13 @@ def test_gpu_error_takes_it_out_of_the_pool() -> None:
     assert p.gpus == [1]
 
 
+def test_a_failed_reading_is_reported_even_when_another_gpu_is_chosen() -> None:
+    p = pool({0: 20000, 1: 20000})
+    p.probe.failing.add(1)
+    admission = p.admit(avoid=frozenset({1}))
+    assert admission.gpu == 0 and 1 in admission.lost and p.gpus == [0]
+
+
 def test_static_probe_admits_without_memory_checks() -> None:
     p = GpuPool(StaticProbe([3, 4]), [3, 4], GpuSettings(min_free_mib=10**9))
     assert [p.admit().gpu, p.admit().gpu, p.admit().gpu] == [3, 4, None]

@@ -41,8 +41,10 @@ def test_kill_anywhere_fifty_kills(layout: Layout) -> None:
 
 def test_orphan_of_a_dead_supervisor_is_stopped_before_its_round_reruns(tmp_path: Path) -> None:
     name = "t__obj_a__r0"
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", name],
-                             start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(120)", name],
+        start_new_session=True, stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"up\n"  # it runs now
     m = mf.Manifest("t", {}, {})
     m.objects["obj_a"] = mf.ObjectRecord("obj_a", 0, 4)
     m.objects["obj_a"].rounds[0] = mf.RoundRecord(0, name, 0, status=mf.RUNNING, attempts=1,
