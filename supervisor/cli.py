@@ -164,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, GpuError, RefusedError, LockedError) as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # the reader went away: main_guarded handles it
     except OSError as exc:  # at start-up: a folder that cannot be created, a full disk
         print(f"error: cannot start: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

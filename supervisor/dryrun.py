@@ -10,6 +10,7 @@ from typing import TextIO
 from supervisor import manifest as mf, plan
 from supervisor.config import Config
 from supervisor.gpus import GpuPool, Probe, ProbeError, make_probe
+from supervisor.lock import live_holder
 from supervisor.resume import manifest_path, open_manifest, register_objects
 from supervisor.rounds import RoundJob, command
 
@@ -45,10 +46,17 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
     manifest = open_manifest(config)
     register_objects(config, manifest)
     exists = manifest_path(config).exists()
+    holder = live_holder(config.exp_dir)
+    if holder is None:  # rounds "running" under a dead supervisor would run again
+        for obj in manifest.objects.values():
+            for rnd in obj.rounds.values():
+                if rnd.status == mf.RUNNING:
+                    rnd.status = mf.INTERRUPTED
     write = lambda text="": print(text, file=out)  # noqa: E731
     write(f"Dry run of {config.path}: nothing is started or written.")
     write(f"Experiment {config.exp_name!r} in {config.exp_dir} "
-          f"({'resuming' if exists else 'new'}).")
+          f"({'resuming' if exists else 'new'})"
+          + (f"; a supervisor (pid {holder}) is running it now." if holder else "."))
     write(f"Objects ({len(config.object_codes)}), target {config.target_count_per_object} "
           f"grasps each, {config.round_batch_size} per round:")
     objects = [manifest.objects[code] for code in config.object_codes]

@@ -122,9 +122,12 @@ def test_zero_batch_fails_zero_iterations_succeeds(cwd: Path) -> None:
 def test_sigint_leaves_config_but_no_result(cwd: Path) -> None:
     env = cli_env()
     env.update({"EMULATOR_STARTUP_S": "0", "EMULATOR_ITER_S": "0.05"})
+    # A shell's "&" starts jobs with SIGINT ignored, and children inherit that: give the
+    # emulator the default disposition, as an interactive terminal would.
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.emulator",
                              *emu_args(iters=1000)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith(b"Starting optimization"):
