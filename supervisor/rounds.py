@@ -126,9 +126,10 @@ class LineSink:
         if bar is None:
             self.tail.append(line)
             return
-        self.latest = bar
+        last, self.latest = self.latest, bar
         now = time.monotonic()
-        if now - self.last_event >= self.interval_s or bar.n == bar.total:
+        finished = bar.n == bar.total and (last is None or last.n != last.total)
+        if now - self.last_event >= self.interval_s or finished:  # tqdm redraws 100% twice
             self.last_event = now
             self.log.info("round_progress", step=bar.n, total=bar.total,
                           it_per_s=bar.it_per_s, eta_s=bar.eta_s)

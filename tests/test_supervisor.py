@@ -280,11 +280,13 @@ def test_per_round_and_per_gpu_logs(layout: Layout) -> None:
 
 def test_round_progress_events(layout: Layout) -> None:
     config = layout.config(object_code_list=["obj_a"], target_count_per_object=4,
-                           num_iterations=20)
+                           num_iterations=20, logs={"progress_interval_s": 3600.0})
     with capture_logs() as logs:
         assert run_in_process(config) == 0
     progress = events(logs, "round_progress")
+    assert [e["step"] for e in progress] == [0, 20]  # rate-limited: the first and the end
     assert progress and progress[-1]["step"] == progress[-1]["total"] == 20
+    assert sum(e["step"] == 20 for e in progress) == 1  # the final redraw is not repeated
     assert all(e["round"] == "t__obj_a__r0" for e in progress)
 
 
