@@ -77,12 +77,16 @@ def run_parser() -> Parser:
                    "is a terminal)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the GPUs, start nothing, write nothing")
+    add_overrides(p)
+    return p
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
     seeds = p.add_argument_group("config overrides (same names as the config keys)")
     for key, kind in OVERRIDES.items():
         seeds.add_argument(f"--{key}", type=kind, default=None, metavar=key.upper())
     for key in BOOL_OVERRIDES:
         seeds.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=None)
-    return p
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,10 +14,12 @@ from supervisor.resume import RefusedError, manifest_path
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    from supervisor.cli import Parser
+    from supervisor.cli import Parser, add_overrides
 
-    p = Parser(prog=f"python -m supervisor {command}")
+    p = Parser(prog=f"python -m supervisor {command}",
+               description="Give the same config overrides as the run (--exp_name ...).")
     p.add_argument("config", type=Path, help="the experiment's TOML config file")
+    add_overrides(p)
     if command == "status":
         p.add_argument("--json", action="store_true", help="print one JSON document")
     if command == "export":
@@ -28,8 +30,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(command: str, argv: Sequence[str]) -> int:
+    from supervisor.cli import overrides_from
+
     args = _parser(command).parse_args(argv)
-    config = load_config(args.config)
+    config = load_config(args.config, overrides_from(args))
     if command == "recover":
         from supervisor.lock import ExperimentLock
         from supervisor.recover import recover

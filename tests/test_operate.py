@@ -112,6 +112,13 @@ def test_status_of_a_live_run(layout: Layout) -> None:
     assert not json.loads(run_cli("status", str(path), "--json").stdout)["run_live"]
 
 
+def test_status_takes_the_same_overrides_as_the_run(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    assert run_cli(str(path), "--exp_name", "other").returncode == 0
+    data = json.loads(run_cli("status", str(path), "--exp_name", "other", "--json").stdout)
+    assert data["exp_name"] == "other" and data["objects_done"] == 1
+
+
 def test_status_without_a_run_is_a_clear_error(layout: Layout) -> None:
     proc = run_cli("status", str(layout.write_config()))
     assert proc.returncode == 2 and "has not started" in proc.stderr
