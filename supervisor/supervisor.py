@@ -30,6 +30,9 @@ from supervisor.resume import manifest_path
 from supervisor.rounds import Outcome, RoundJob, Started
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+# While waiting for a GPU or disk space, say so again this often, so a long wait on a
+# shared server never looks like a hang in the logs.
+WAIT_LOG_INTERVAL_S = 600.0
 
 
 class Changes:
@@ -174,13 +177,13 @@ class Supervisor:
 
     async def _wait_for_disk(self) -> bool:
         """Wait while a folder rounds write to has less than disk.min_free_gib free."""
-        logged = False
+        logged = -math.inf
         while not self.draining.is_set():
             short = cleanup.short_of_space(self.config)
             if short is None:
                 return True
-            if not logged:
-                logged = True
+            if time.monotonic() - logged >= WAIT_LOG_INTERVAL_S:
+                logged = time.monotonic()
                 self.log.warning("disk_wait", reason=short,
                                  poll_interval_s=self.config.gpu.poll_interval_s)
             await self.changes.wait(self.config.gpu.poll_interval_s)
@@ -194,7 +197,7 @@ class Supervisor:
         return frozenset(f["gpu"] for f in rnd.failures if f.get("gpu") is not None)
 
     async def _acquire_gpu(self, avoid: frozenset[int] = frozenset()) -> int | None:
-        logged = False
+        logged = -math.inf
         while not self.draining.is_set():
             readings = await anyio.to_thread.run_sync(self.pool.poll)
             admission = self.pool.admit(avoid, readings)
@@ -206,8 +209,8 @@ class Supervisor:
                 self.no_gpus = True
                 self.log.error("no_gpus_left", reasons=self.pool.dead)
                 return None
-            if admission.short and not logged:
-                logged = True
+            if admission.short and time.monotonic() - logged >= WAIT_LOG_INTERVAL_S:
+                logged = time.monotonic()
                 self.log.info("gpu_wait", short={str(g): r for g, r in admission.short.items()},
                               busy=admission.busy,
                               poll_interval_s=self.config.gpu.poll_interval_s)
