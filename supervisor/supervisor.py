@@ -91,6 +91,8 @@ class Supervisor:
                       manifest=str(manifest_path(self.config)))
         for obj in self.objects:
             self.merger.settle(obj)
+            if obj.status == DONE:  # a kill during cleanup may have left folders behind
+                self.merger.to_clean.append((obj.code, [r.name for r in obj.rounds.values()]))
         await self.merger.flush(drain=False, force=True)
         async with anyio.create_task_group() as tg:
             if self.handle_signals:

@@ -202,6 +202,16 @@ def test_raising_the_target_after_cleanup_keeps_every_merged_grasp(layout: Layou
     assert len(pairs) == 13
 
 
+def test_resume_finishes_a_cleanup_cut_short(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=8)
+    assert run_cli(str(path)).returncode == 0
+    leftover = layout.rounds / "t__obj_a__r0" / "results"
+    leftover.mkdir(parents=True)  # as if killed in the middle of removing round folders
+    (leftover / "config.txt").write_text("x")
+    assert run_cli(str(path)).returncode == 0
+    assert not (layout.rounds / "t__obj_a__r0").exists()
+
+
 def test_resume_of_a_finished_run_starts_nothing(layout: Layout) -> None:
     path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
     assert run_cli(str(path)).returncode == 0
