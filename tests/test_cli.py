@@ -15,6 +15,8 @@ from typing import IO, Any
 import numpy as np
 import pytest
 
+from supervisor import dataset
+
 from conftest import ROOT, Layout, cli_env, json_lines, live_emulators, run_cli, run_in_process
 
 SLOW_ENV = {"EMULATOR_ITER_S": "0.02"}
@@ -200,6 +202,23 @@ def test_raising_the_target_after_cleanup_keeps_every_merged_grasp(layout: Layou
                                       before[key])
     pairs = set(zip(after["round_id"].tolist(), after["item_index"].tolist()))
     assert len(pairs) == 13
+
+
+def test_rounds_reloaded_on_resume_reach_final_npz(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=40,
+                               merge_stride=100, max_rounds=3)
+    assert run_cli(str(path)).returncode == 1  # exhausted: 3 rounds of 4 grasps
+    manifest = layout.experiments / "t" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    # As if killed before the drain's write: rounds held but not in final.npz.
+    for rnd in data["objects"]["obj_a"]["rounds"].values():
+        rnd["status"] = "finished"
+    manifest.write_text(json.dumps(data))
+    dataset.final_path(layout.experiments / "t", "obj_a").unlink()
+    assert run_cli(str(path)).returncode == 1  # still exhausted: no round runs
+    assert len(layout.final("obj_a")["energy"]) == 12
+    statuses = {r["status"] for r in layout.manifest()["objects"]["obj_a"]["rounds"].values()}
+    assert statuses == {"merged"}
 
 
 def test_resume_finishes_a_cleanup_cut_short(layout: Layout) -> None:
