@@ -10,7 +10,7 @@ import json
 import re
 import string
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -450,7 +450,3 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Confi
             data.pop("object_code_list", None)
         source = f"{path} (with command-line overrides)"
     return parse_config(data, path.resolve(), source)
-
-
-def with_target(config: Config, target: int) -> Config:
-    return replace(config, target_count_per_object=target)
