@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,27 @@ def test_unwritable_experiments_folder_is_one_line(layout: Layout, capsys) -> No
     assert cli.main([str(layout.write_config())]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot start" in err[0] and "exp" in err[0]
+
+
+def test_example_config_documents_every_key() -> None:
+    import dataclasses
+
+    from conftest import ROOT
+    import supervisor.config as cfg
+    from supervisor.config import FILTER_KEYS, TOP_KEYS
+
+    text = (ROOT / "config.example.toml").read_text()
+    for key in TOP_KEYS:
+        if key not in ("main", "gpu", "retry", "timeouts", "filter", "cleanup", "disk", "logs"):
+            assert re.search(rf"^(# )?{key} =|\({key} = ", text, re.M), key
+    tables = {"gpu": "GpuSettings", "retry": "RetrySettings", "timeouts": "TimeoutSettings",
+              "cleanup": "CleanupSettings", "disk": "DiskSettings", "logs": "LogSettings"}
+    for table, cls in tables.items():
+        section = text.split(f"\n[{table}]\n", 1)[1].split("\n[", 1)[0]
+        for f in dataclasses.fields(getattr(cfg, cls)):
+            assert f"\n{f.name} =" in section, f"[{table}] {f.name}"
+    for key in FILTER_KEYS:
+        assert f"max_{key}" in text
+    main = text.split("\n[main]\n", 1)[1].split("\n[", 1)[0]
+    for key in ("command", "cwd", "output_dir", "threads", "env"):
+        assert f"\n{key} =" in main, key
