@@ -119,6 +119,13 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
             log.warning("orphan_stopped", round=name, pid=pid)
         if warning:
             log.warning("gpu_probe", message=warning)
+        inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if inherited and config.gpus == "all":
+            # NVML ignores it: on a scheduler's allocation, "all" means other people's GPUs.
+            log.warning("gpu_env", cuda_visible_devices=inherited, message=(
+                "CUDA_VISIBLE_DEVICES is set for the supervisor, but NVML sees every GPU and "
+                "gpus = \"all\" uses them all; list the allocated GPUs' indices in gpus "
+                "(PCI bus order) to stay inside an allocation"))
         for code in revived:
             log.info("object_revived", object_code=code)
         yield Supervisor(config, manifest, accs, pool, handle_signals=handle_signals,

@@ -296,3 +296,13 @@ def test_seed_plan_formula_matches_manifest(layout: Layout) -> None:
     for obj in layout.manifest()["objects"].values():
         for rid, rnd in obj["rounds"].items():
             assert rnd["seed"] == plan.round_seed(7, obj["index"], int(rid))
+
+
+def test_inherited_cuda_visible_devices_with_all_gpus_is_warned(layout: Layout,
+                                                                 monkeypatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=4, gpus="all",
+                           gpu={"probe": "auto"})
+    with capture_logs() as logs:
+        assert run_in_process(config, FakeProbe({0: BIG, 1: BIG})) == 0
+    assert events(logs, "gpu_env")[0]["cuda_visible_devices"] == "2,3"
