@@ -10,7 +10,7 @@ from typing import Sequence
 
 from supervisor import manifest as mf
 from supervisor.config import load_config
-from supervisor.resume import RefusedError, manifest_path
+from supervisor.resume import RefusedError, manifest_path, recover_hint
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -49,8 +49,7 @@ def main(command: str, argv: Sequence[str]) -> int:
     try:
         manifest = mf.load(path)
     except mf.ManifestError as exc:
-        raise RefusedError(f"{exc}; to rebuild it run: python -m supervisor recover "
-                           f"{config.path}") from None
+        raise RefusedError(f"{exc}; {recover_hint(config)}") from None
     if command == "status":
         from supervisor.status import render, summarize
 

@@ -174,8 +174,8 @@ class GpuPool:
             if self.in_flight[gpu] >= self.settings.max_rounds_per_gpu:
                 result.busy.append(gpu)
                 continue
-            reading = readings.get(gpu, 0)  # absent: its slot freed after the poll
-            if gpu not in readings or isinstance(reading, ProbeError):
+            reading = readings.get(gpu, ProbeError())  # absent: slot freed after the poll
+            if isinstance(reading, ProbeError):
                 continue
             reason = self._short(gpu, reading)
             if reason is None:

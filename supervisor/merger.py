@@ -44,6 +44,18 @@ class Merger:
         self.write_error: str | None = None
         self.dirty = False  # the manifest changed since it was last written
 
+    async def start(self, objects: list[mf.ObjectRecord]) -> None:
+        """Take over the state resume rebuilt, settle every object, write it once."""
+        for obj in objects:
+            # Rounds re-read from their folders still have to reach final.npz.
+            reloaded = sum(r.status == FINISHED for r in obj.rounds.values())
+            if reloaded and obj.code in self.accs:
+                self.unwritten[obj.code] = reloaded
+            self.settle(obj)
+            if obj.status == DONE:  # a kill during cleanup may have left folders behind
+                self.to_clean.append((obj.code, [r.name for r in obj.rounds.values()]))
+        await self.flush(drain=False, force=True)
+
     async def consume(self, recv: MemoryObjectReceiveStream[Message]) -> None:
         """Record every message until all senders have closed; write after each batch."""
         async with recv:

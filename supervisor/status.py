@@ -41,11 +41,10 @@ def _gpu_seconds(obj: ObjectRecord, now: float) -> float:
 
 def _wall_span(obj: ObjectRecord, now: float) -> float:
     """Seconds from the object's first round start to its last round end (or now)."""
-    starts = [r.started_at for r in obj.rounds.values() if r.started_at]
-    ends = [now if r.status == RUNNING else r.finished_at for r in obj.rounds.values()
-            if r.started_at]
+    started = [r for r in obj.rounds.values() if r.started_at]
+    ends = [now if r.status == RUNNING else r.finished_at for r in started]
     ends = [e for e in ends if e]
-    return max(ends) - min(starts) if starts and ends else 0.0
+    return max(ends) - min(r.started_at for r in started) if ends else 0.0
 
 
 def object_status(obj: ObjectRecord, batch_size: int, now: float) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from supervisor.dataset import Accumulator
 from supervisor.gpus import GpuPool
 from supervisor.live import LiveView
 from supervisor.logs import get_logger
-from supervisor.manifest import ACTIVE, DONE, FINISHED, RUNNING, Manifest, RoundRecord
+from supervisor.manifest import ACTIVE, DONE, RUNNING, Manifest, RoundRecord
 from supervisor.merger import Merger, Message
 from supervisor.resume import manifest_path
 from supervisor.rounds import Outcome, RoundJob, Started
@@ -89,15 +89,7 @@ class Supervisor:
                       objects=len(self.config.object_codes), gpus=self.pool.gpus,
                       target=self.config.target_count_per_object,
                       manifest=str(manifest_path(self.config)))
-        for obj in self.objects:
-            # Rounds resume re-read from their folders still have to reach final.npz.
-            reloaded = sum(r.status == FINISHED for r in obj.rounds.values())
-            if reloaded and obj.code in self.accs:
-                self.merger.unwritten[obj.code] = reloaded
-            self.merger.settle(obj)
-            if obj.status == DONE:  # a kill during cleanup may have left folders behind
-                self.merger.to_clean.append((obj.code, [r.name for r in obj.rounds.values()]))
-        await self.merger.flush(drain=False, force=True)
+        await self.merger.start(self.objects)
         async with anyio.create_task_group() as tg:
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
