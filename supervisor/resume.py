@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -128,8 +129,8 @@ def _final_is_complete(path: Path, target: int) -> bool:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return len(npz["round_id"]) == target
-    except (OSError, ValueError, KeyError, EOFError):
-        return False
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False  # unreadable: rebuilding it refuses with the recover hint
 
 
 def load_grasps(config: Config, m: Manifest) -> dict[str, Accumulator]:

@@ -150,6 +150,20 @@ def test_corrupt_final_npz_is_refused_then_recovered(layout: Layout) -> None:
                                   layout.final("obj_a", "ref")["qpos_right"])
 
 
+def test_corrupt_final_npz_of_a_done_object_is_refused_then_recovered(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=8,
+                               cleanup={"mode": "light"})
+    assert run_cli(str(path)).returncode == 0
+    before = layout.final("obj_a")
+    dataset.final_path(layout.experiments / "t", "obj_a").write_bytes(b"PK\x03\x04 junk")
+    refused = run_cli(str(path))
+    assert refused.returncode == 2 and "recover" in refused.stderr, refused.stderr
+    assert run_cli("recover", str(path)).returncode == 0
+    assert run_cli(str(path)).returncode == 0
+    for key, value in before.items():
+        np.testing.assert_array_equal(layout.final("obj_a")[key], value)
+
+
 def test_rebuild_without_any_manifest_from_folders_and_datasets(layout: Layout) -> None:
     path = layout.write_config(target_count_per_object=8, keep_intermediate=True,
                                object_code_list=["obj_a", "obj_b"])
