@@ -22,7 +22,7 @@ def _gpu_lines(config: Config, probe: Probe) -> tuple[list[str], list[int]]:
     pool = GpuPool(probe, config.gpus, config.gpu)
     for gpu in pool.gpus:
         try:
-            free = probe.free_mib(gpu)
+            free = probe.read(gpu).free_mib
         except ProbeError as exc:
             lines.append(f"  GPU {gpu}: unusable ({exc})")
             continue

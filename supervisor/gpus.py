@@ -5,8 +5,9 @@ Only NvmlProbe touches pynvml, and only when created, so CPU machines never need
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from supervisor.config import GpuSettings
 
@@ -21,15 +22,33 @@ class ProbeError(RuntimeError):
     """Reading one GPU failed (for example it fell off the bus)."""
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One look at one GPU. Fields are None when the probe cannot know them (no NVML)."""
+
+    free_mib: int | None = None
+    total_mib: int | None = None
+    util_percent: int | None = None
+    # pid -> MiB of GPU memory NVML attributes to that process (compute processes)
+    processes: Mapping[int, int] = field(default_factory=dict)
+
+    @property
+    def used_mib(self) -> int | None:
+        if self.free_mib is None or self.total_mib is None:
+            return None
+        return self.total_mib - self.free_mib
+
+
 class Probe(Protocol):
     def gpu_indices(self) -> list[int]: ...
 
-    def free_mib(self, index: int) -> int | None:
-        """Free memory in MiB, or None when it cannot be known (no NVML)."""
+    def read(self, index: int) -> Reading:
+        """Blocking (NVML can hang on a failing card): call it from a worker thread.
+        Raises ProbeError when the GPU cannot be read."""
 
 
 class NvmlProbe:
-    """Free memory per GPU from NVML, numbered in PCI bus order (CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
+    """GPUs from NVML, numbered in PCI bus order (CUDA_DEVICE_ORDER=PCI_BUS_ID)."""
 
     def __init__(self) -> None:
         try:
@@ -48,12 +67,26 @@ class NvmlProbe:
         except self._nvml.NVMLError as exc:
             raise ProbeError(f"NVML could not count GPUs ({exc})") from None
 
-    def free_mib(self, index: int) -> int:
+    def read(self, index: int) -> Reading:
+        nvml = self._nvml
         try:
-            handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
-            return int(self._nvml.nvmlDeviceGetMemoryInfo(handle).free // MIB)
-        except self._nvml.NVMLError as exc:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        except nvml.NVMLError as exc:
             raise ProbeError(f"NVML error on GPU {index} ({exc})") from None
+        util = processes = None
+        try:
+            util = int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except nvml.NVMLError:
+            pass  # not supported on every card: memory is what admission needs
+        try:
+            processes = {
+                int(p.pid): int((p.usedGpuMemory or 0) // MIB)
+                for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            }
+        except nvml.NVMLError:
+            pass
+        return Reading(int(memory.free // MIB), int(memory.total // MIB), util, processes or {})
 
 
 class StaticProbe:
@@ -65,26 +98,38 @@ class StaticProbe:
     def gpu_indices(self) -> list[int]:
         return list(self.indices)
 
-    def free_mib(self, index: int) -> None:
-        return None
+    def read(self, index: int) -> Reading:
+        return Reading()
 
 
 class FakeProbe:
-    """For tests: free memory per GPU that a test changes while the run goes on."""
+    """For tests: GPUs whose memory, utilisation and processes a test changes while the
+    run goes on; ``failing`` GPUs raise, ``hanging`` GPUs block until ``release_hang``."""
 
-    def __init__(self, free: dict[int, int]) -> None:
+    def __init__(self, free: dict[int, int], total_mib: int = 81_559) -> None:
         self.free = dict(free)
+        self.total = {g: max(total_mib, f) for g, f in self.free.items()}
+        self.util: dict[int, int] = {g: 0 for g in self.free}
+        self.processes: dict[int, dict[int, int]] = {g: {} for g in self.free}
         self.failing: set[int] = set()
+        self.hanging: set[int] = set()
+        self._unhang = threading.Event()
         self.polls = 0
 
     def gpu_indices(self) -> list[int]:
         return sorted(self.free)
 
-    def free_mib(self, index: int) -> int:
+    def release_hang(self) -> None:
+        self._unhang.set()
+
+    def read(self, index: int) -> Reading:
         self.polls += 1
+        if index in self.hanging:
+            self._unhang.wait()
         if index in self.failing:
             raise ProbeError(f"GPU {index} fell off the bus (fake)")
-        return self.free[index]
+        return Reading(self.free[index], self.total[index], self.util.get(index),
+                       dict(self.processes.get(index, {})))
 
 
 def make_probe(kind: str, gpus: str | Sequence[int]) -> tuple[Probe, str | None]:
@@ -142,7 +187,7 @@ class GpuPool:
         for gpu in self.gpus:
             if self.in_flight[gpu] < self.settings.max_rounds_per_gpu:
                 try:
-                    readings[gpu] = self.probe.free_mib(gpu)
+                    readings[gpu] = self.probe.read(gpu).free_mib
                 except ProbeError as exc:
                     readings[gpu] = exc
         return readings

@@ -86,7 +86,10 @@ def test_real_nvml_probe() -> None:
     indices = probe.gpu_indices()
     assert indices == list(range(len(indices)))
     for index in indices:
-        assert probe.free_mib(index) >= 0
+        reading = probe.read(index)
+        assert 0 <= reading.free_mib <= reading.total_mib
+        assert reading.util_percent is None or 0 <= reading.util_percent <= 100
+        assert all(pid > 0 and mib >= 0 for pid, mib in reading.processes.items())
 
 
 def test_retries_prefer_another_gpu_but_take_the_same_if_alone() -> None:
