@@ -16,53 +16,15 @@ from typing import Any, Iterator, NoReturn, Sequence, TextIO
 import anyio
 
 from supervisor import logs
+from supervisor.commands import COMMANDS, Parser, UsageError, add_overrides, overrides_from
 from supervisor.config import Config, ConfigError, load_config, one_line
 from supervisor.gpus import GpuError, GpuPool, Probe, make_probe
 from supervisor.lock import ExperimentLock, LockedError
-from supervisor.resume import (
-    RefusedError, load_grasps, open_manifest, register_objects, stop_orphans,
-)
+from supervisor.resume import RefusedError, load_grasps, open_experiment, start
+from supervisor.state import CleanRounds
 from supervisor.supervisor import Supervisor
 
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that fails with one line and exit code 2, never a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
-
-
-def _codes(text: str) -> list[str]:
-    return [c.strip() for c in text.split(",") if c.strip()]
-
-
-def _gpus(text: str) -> str | list[int]:
-    if text == "all":
-        return "all"
-    try:
-        return [int(g) for g in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'all' or comma-separated GPU indices, got {text!r}") from None
-
-
-def _abs_path(text: str) -> str:
-    return str(Path(text).expanduser().resolve())
-
-
-OVERRIDES: dict[str, Any] = {
-    "exp_name": str, "experiments_dir": _abs_path, "object_code_list": _codes,
-    "object_code_file": _abs_path, "target_count_per_object": int, "round_batch_size": int,
-    "num_iterations": int, "seed_base": int, "max_rounds": int, "merge_stride": int,
-    "gpus": _gpus,
-}
-BOOL_OVERRIDES = ("resume", "keep_intermediate")
 
 
 def run_parser() -> Parser:
@@ -81,19 +43,6 @@ def run_parser() -> Parser:
     return p
 
 
-def add_overrides(p: argparse.ArgumentParser) -> None:
-    seeds = p.add_argument_group("config overrides (same names as the config keys)")
-    for key, kind in OVERRIDES.items():
-        seeds.add_argument(f"--{key}", type=kind, default=None, metavar=key.upper())
-    for key in BOOL_OVERRIDES:
-        seeds.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=None)
-
-
-def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (*OVERRIDES, *BOOL_OVERRIDES)  # --live and --dry-run are not config keys
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-
-
 def prepare(config: Config, probe: Probe | None = None) -> tuple[GpuPool, str | None]:
     warning = None
     if probe is None:
@@ -104,19 +53,18 @@ def prepare(config: Config, probe: Probe | None = None) -> tuple[GpuPool, str | 
 @contextlib.contextmanager
 def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: bool = True,
                     live_stream: TextIO | None = None) -> Iterator[Supervisor]:
-    """Lock the experiment, open or resume its manifest, and build the Supervisor.
+    """Lock the experiment, open or resume its state, and build the Supervisor.
 
     Raises the errors that mean exit code 2; nothing is written before the checks pass.
     """
     pool, warning = prepare(config, probe)
     with ExperimentLock(config.exp_dir):
-        manifest = open_manifest(config)
-        revived = register_objects(config, manifest)
-        orphans = stop_orphans(manifest)
-        accs = load_grasps(config, manifest)
+        state = open_experiment(config)
+        store, effects, orphans = start(config, state, pool.gpus)
+        accs, reloaded, leftovers = load_grasps(config, store)
         log = logs.get_logger()
         for name, pid in orphans:
-            log.warning("orphan_stopped", round=name, pid=pid)
+            log.warning("orphan_stopped", round=name, pgid=pid)
         if warning:
             log.warning("gpu_probe", message=warning)
         inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -126,10 +74,15 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
                 "CUDA_VISIBLE_DEVICES is set for the supervisor, but NVML sees every GPU and "
                 "gpus = \"all\" uses them all; list the allocated GPUs' indices in gpus "
                 "(PCI bus order) to stay inside an allocation"))
-        for code in revived:
-            log.info("object_revived", object_code=code)
-        yield Supervisor(config, manifest, accs, pool, handle_signals=handle_signals,
+        sup = Supervisor(config, store, accs, pool, handle_signals=handle_signals,
                          live_stream=live_stream)
+        sup.merger.carry_out(effects + reloaded)
+        for code, names in leftovers:  # a kill cut the cleanup of a done object short
+            sup.merger.carry_out([CleanRounds(code, names)])
+        try:
+            yield sup
+        finally:
+            store.journal.close()
 
 
 def run_supervisor(config: Config, probe: Probe | None = None,
@@ -168,7 +121,7 @@ def main_guarded() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in ("status", "export", "recover"):
+        if argv and argv[0] in COMMANDS:
             from supervisor import commands
             return commands.main(argv[0], argv[1:])
         return _run(argv)

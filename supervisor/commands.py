@@ -1,4 +1,8 @@
-"""The read-and-repair commands: ``status``, ``export``, ``recover``."""
+"""The commands besides a run: ``status``, ``export``, ``recover``, ``report``,
+``dataset-info``; and the command-line pieces they share with the run (the parser that
+fails with one line, the config overrides). ``supervisor.cli`` imports this module,
+never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,68 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NoReturn, Sequence
 
-from supervisor import manifest as mf
+from supervisor import paths
 from supervisor.config import load_config
-from supervisor.resume import RefusedError, manifest_path, recover_hint
+
+COMMANDS = ("status", "export", "recover", "report", "dataset-info")
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that fails with one line and exit code 2, never a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _codes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _gpus(text: str) -> str | list[int]:
+    if text == "all":
+        return "all"
+    try:
+        return [int(g) for g in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'all' or comma-separated GPU indices, got {text!r}") from None
+
+
+def _abs_path(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return str(Path(text).expanduser().resolve())
+
+
+OVERRIDES: dict[str, Any] = {
+    "exp_name": str, "experiments_dir": _abs_path, "object_code_list": _codes,
+    "object_code_file": _abs_path, "target_count_per_object": int, "round_batch_size": int,
+    "num_iterations": int, "seed_base": int, "max_rounds": int, "merge_stride": int,
+    "gpus": _gpus,
+}
+BOOL_OVERRIDES = ("resume", "keep_intermediate")
+
+
+def add_overrides(p: argparse.ArgumentParser) -> None:
+    seeds = p.add_argument_group("config overrides (same names as the config keys)")
+    for key, kind in OVERRIDES.items():
+        seeds.add_argument(f"--{key}", type=kind, default=None, metavar=key.upper())
+    for key in BOOL_OVERRIDES:
+        seeds.add_argument(f"--{key}", action=argparse.BooleanOptionalAction, default=None)
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    keys = (*OVERRIDES, *BOOL_OVERRIDES)  # --live and --dry-run are not config keys
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
-    from supervisor.cli import Parser, add_overrides
-
     p = Parser(prog=f"python -m supervisor {command}",
                description="Give the same config overrides as the run (--exp_name ...).")
     p.add_argument("config", type=Path, help="the experiment's TOML config file")
@@ -30,8 +86,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(command: str, argv: Sequence[str]) -> int:
-    from supervisor.cli import overrides_from
-
+    if command == "report":
+        from supervisor import report
+        return report.main(list(argv))
+    if command == "dataset-info":
+        from supervisor import quality
+        return quality.main(list(argv))
     args = _parser(command).parse_args(argv)
     config = load_config(args.config, overrides_from(args))
     if command == "recover":
@@ -42,28 +102,23 @@ def main(command: str, argv: Sequence[str]) -> int:
             for line in recover(config):
                 print(line)
         return 0
-    path = manifest_path(config)
+    from supervisor.resume import RefusedError, open_state
+
+    path = paths.manifest(config.exp_dir)
     if not path.exists():
         raise RefusedError(f"{path}: no manifest; experiment {config.exp_name!r} has not "
                            f"started (run: python -m supervisor {config.path})")
-    try:
-        manifest = mf.load(path)
-    except mf.ManifestError as exc:
-        raise RefusedError(f"{exc}; {recover_hint(config)}") from None
+    state = open_state(config)
     if command == "status":
         from supervisor.status import render, summarize
 
-        summary = summarize(config, manifest)
+        summary = summarize(config, state)
         print(json.dumps(summary, indent=1) if args.json else render(summary))
         return 0
     from supervisor.export import export
 
-    codes = [c for c in config.object_codes if c in manifest.objects]
-    for code, target, n in export(config.exp_dir, codes, args.out):
-        done = manifest.objects[code].status == mf.DONE
-        print(f"{code}: {n} grasps -> {target}" + ("" if done else " (object not done yet)"))
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main(sys.argv[1], sys.argv[2:]))
+    problems = 0
+    for line, ok in export(config, state, args.out):
+        print(line, file=sys.stdout if ok else sys.stderr)
+        problems += not ok
+    return 1 if problems else 0

@@ -10,7 +10,7 @@ import json
 import re
 import string
 import sys
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,12 +19,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PLACEHOLDERS = frozenset(
-    {"name", "object_code", "batch_size", "num_iterations", "seed", "gpu", "python"}
-)
+PLACEHOLDERS = frozenset({
+    "name", "object_code", "batch_size", "num_iterations", "seed", "gpu", "python",
+    "upstream_launcher",
+})
 REQUIRED_PLACEHOLDERS = ("name", "seed")
 # Seeds are seed_base + object_index * SEED_STRIDE + round_id: round ids must stay below it.
 SEED_STRIDE = 100_000
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which main.py uses, takes seeds < 2**32
+MAX_NAME_BYTES = 255  # a file name on ext4, xfs, btrfs
 FILTER_KEYS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
 CLEANUP_MODES = ("remove", "light")
 PROBES = ("auto", "nvml", "static")
@@ -60,41 +63,56 @@ class MainSettings:
     threads: int = 2
 
 
+def _key(default: Any, **rules: Any) -> Any:
+    """A config key: its default and how it is checked (min, max, choices, auto)."""
+    return field(default=default, metadata=rules)
+
+
 @dataclass(frozen=True)
 class GpuSettings:
-    probe: str = "auto"
-    min_free_mib: int = 8000
-    max_rounds_per_gpu: int = 1
-    round_memory_mib: int = 6000
-    poll_interval_s: float = 10.0
+    probe: str = _key("auto", choices=PROBES)
+    min_free_mib: int = _key(8000, min=0)
+    # "auto": as many rounds as free memory admits (the footprint learned from NVML)
+    max_rounds_per_gpu: int | str = _key(1, min=1, auto=True)
+    round_memory_mib: int = _key(6000, min=0)
+    poll_interval_s: float = _key(10.0, min=0.001)
+    quarantine_after: int = _key(3, min=1)  # rounds failed in a row on one GPU
+    nvml_timeout_s: float = _key(10.0, min=0.001)
 
 
 @dataclass(frozen=True)
 class RetrySettings:
-    max_attempts: int = 3
-    max_consecutive_failed_rounds: int = 5
+    max_attempts: int = _key(3, min=1)
+    max_consecutive_failed_rounds: int = _key(5, min=1)
 
 
 @dataclass(frozen=True)
 class TimeoutSettings:
-    round_timeout_s: float = 0.0  # 0: no limit on a round's total time
-    stall_timeout_s: float = 1800.0  # 0: no limit on time without output
-    grace_s: float = 30.0
+    round_timeout_s: float = _key(0.0, min=0.0)  # 0: no limit on a round's total time
+    stall_timeout_s: float = _key(1800.0, min=0.0)  # 0: no limit on time without output
+    grace_s: float = _key(30.0, min=0.0)
+    drain_deadline_s: float = _key(0.0, min=0.0)  # 0: a drain waits for every round
 
 
 @dataclass(frozen=True)
 class CleanupSettings:
-    mode: str = "remove"
+    mode: str = _key("remove", choices=CLEANUP_MODES)
 
 
 @dataclass(frozen=True)
 class DiskSettings:
-    min_free_gib: float = 5.0  # 0: no check
+    min_free_gib: float = _key(5.0, min=0.0)  # 0: no check
 
 
 @dataclass(frozen=True)
 class LogSettings:
-    progress_interval_s: float = 30.0
+    progress_interval_s: float = _key(30.0, min=0.0)
+
+
+SECTIONS: dict[str, type] = {
+    "gpu": GpuSettings, "retry": RetrySettings, "timeouts": TimeoutSettings,
+    "cleanup": CleanupSettings, "disk": DiskSettings, "logs": LogSettings,
+}
 
 
 @dataclass(frozen=True)
@@ -109,7 +127,7 @@ class Config:
     num_iterations: int = 10000
     seed_base: int = 0
     max_rounds: int = 1000
-    merge_stride: int = 1
+    merge_stride: int | str = "auto"
     resume: bool = True
     keep_intermediate: bool = False
     gpus: str | tuple[int, ...] = "all"
@@ -127,45 +145,36 @@ class Config:
         return self.experiments_dir / self.exp_name
 
     def identity(self) -> dict[str, Any]:
-        """What decides a round's grasps; a resumed run must match it."""
+        """What decides which grasps are in the dataset; a resumed run must match it."""
         return {
             "seed_base": self.seed_base,
             "round_batch_size": self.round_batch_size,
             "num_iterations": self.num_iterations,
             "command": list(self.main.command),
+            "filter": dict(self.filter),
         }
 
     def snapshot(self) -> dict[str, Any]:
         """The whole resolved config as JSON data, stored in the manifest to rerun it."""
-        return {
-            "config_file": str(self.path),
-            "exp_name": self.exp_name,
-            "experiments_dir": str(self.experiments_dir),
-            "object_code_list": list(self.object_codes),
-            "target_count_per_object": self.target_count_per_object,
-            "round_batch_size": self.round_batch_size,
-            "num_iterations": self.num_iterations,
-            "seed_base": self.seed_base,
-            "max_rounds": self.max_rounds,
-            "merge_stride": self.merge_stride,
-            "resume": self.resume,
-            "keep_intermediate": self.keep_intermediate,
-            "gpus": self.gpus if isinstance(self.gpus, str) else list(self.gpus),
-            "main": {
-                "command": list(self.main.command),
-                "cwd": str(self.main.cwd),
-                "env": dict(self.main.env),
-                "output_dir": str(self.main.output_dir),
-                "threads": self.main.threads,
-            },
-            "gpu": vars(self.gpu).copy(),
-            "retry": vars(self.retry).copy(),
-            "timeouts": vars(self.timeouts).copy(),
-            "filter": dict(self.filter),
-            "cleanup": vars(self.cleanup).copy(),
-            "disk": vars(self.disk).copy(),
-            "logs": vars(self.logs).copy(),
-        }
+        data: dict[str, Any] = {"config_file": str(self.path)}
+        for f in fields(self):
+            if f.name in ("path", "object_codes", "object_code_source"):
+                continue
+            data[f.name] = _jsonable(getattr(self, f.name))
+        data["object_code_list"] = list(self.object_codes)
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
 
 
 class _Reader:
@@ -184,15 +193,17 @@ class _Reader:
         return self.table.pop(key, default)
 
     def integer(self, key: str, default: int | None, minimum: int | None = 1,
-            maximum: int | None = None) -> int:
+                maximum: int | None = None, auto: bool = False) -> int:
         value = self.table.pop(key, default)
+        if auto and value == "auto":
+            return value
         ok = isinstance(value, int) and not isinstance(value, bool)
         ok = ok and (minimum is None or value >= minimum)
         ok = ok and (maximum is None or value <= maximum)
         if not ok:
             bounds = f" >= {minimum}" if minimum is not None else ""
             bounds += f" and <= {maximum}" if maximum is not None else ""
-            raise self.error(key, value, f"an integer{bounds}")
+            raise self.error(key, value, f"an integer{bounds}" + (' or "auto"' if auto else ""))
         return value
 
     def number(self, key: str, default: float | None, minimum: float = 0.0) -> float:
@@ -255,7 +266,7 @@ def read_object_file(source: str, path: Path) -> list[Any]:
     if not path.is_file():
         raise ConfigError(source, key, str(path), "an existing .txt or .json file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first code
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, key, str(path), f"a readable UTF-8 file ({exc})") from None
     if path.suffix == ".json":
@@ -348,43 +359,38 @@ def _main(r: _Reader, base: Path) -> MainSettings:
     return MainSettings(command, cwd, env, output_dir, threads)
 
 
+def read_settings(r: _Reader, cls: type) -> Any:
+    """A settings dataclass from its TOML table: defaults, types and bounds come from
+    the dataclass fields, and so does the list of known keys."""
+    values = {}
+    for f in fields(cls):
+        rules, default = f.metadata, f.default
+        if rules.get("auto") and r.table.get(f.name) == "auto":
+            values[f.name] = r.raw(f.name)
+        elif "choices" in rules:
+            values[f.name] = r.text(f.name, default, rules["choices"])
+        elif isinstance(default, bool):
+            values[f.name] = r.flag(f.name, default)
+        elif isinstance(default, int):
+            values[f.name] = r.integer(f.name, default, minimum=rules.get("min"),
+                                       maximum=rules.get("max"), auto=rules.get("auto", False))
+        else:
+            values[f.name] = r.number(f.name, default, minimum=rules.get("min", 0.0))
+    r.finish(tuple(f.name for f in fields(cls)))
+    return cls(**values)
+
+
 def _sections(r: _Reader) -> dict[str, Any]:
-    g = r.table_of("gpu")
-    gpu = GpuSettings(
-        probe=g.text("probe", "auto", PROBES),
-        min_free_mib=g.integer("min_free_mib", 8000, minimum=0),
-        max_rounds_per_gpu=g.integer("max_rounds_per_gpu", 1),
-        round_memory_mib=g.integer("round_memory_mib", 6000, minimum=0),
-        poll_interval_s=g.number("poll_interval_s", 10.0, minimum=0.001),
-    )
-    g.finish(tuple(vars(GpuSettings())))
-    t = r.table_of("retry")
-    retry = RetrySettings(t.integer("max_attempts", 3),
-                          t.integer("max_consecutive_failed_rounds", 5))
-    t.finish(tuple(vars(RetrySettings())))
-    t = r.table_of("timeouts")
-    timeouts = TimeoutSettings(
-        t.number("round_timeout_s", 0.0), t.number("stall_timeout_s", 1800.0),
-        t.number("grace_s", 30.0),
-    )
-    t.finish(tuple(vars(TimeoutSettings())))
+    sections = {name: read_settings(r.table_of(name), cls) for name, cls in SECTIONS.items()}
     t = r.table_of("filter")
     known = tuple(f"max_{k}" for k in FILTER_KEYS)
-    thresholds = {k[4:]: t.number(k, None, minimum=float("-inf")) for k in known if t.has(k)}
+    sections["filter"] = {k[4:]: t.number(k, None, minimum=float("-inf"))
+                          for k in known if t.has(k)}
     t.finish(known)
-    t = r.table_of("cleanup")
-    cleanup = CleanupSettings(t.text("mode", "remove", CLEANUP_MODES))
-    t.finish(("mode",))
-    t = r.table_of("disk")
-    disk = DiskSettings(t.number("min_free_gib", 5.0))
-    t.finish(("min_free_gib",))
-    t = r.table_of("logs")
-    logs = LogSettings(t.number("progress_interval_s", 30.0))
-    t.finish(("progress_interval_s",))
-    return dict(gpu=gpu, retry=retry, timeouts=timeouts, filter=thresholds,
-                cleanup=cleanup, disk=disk, logs=logs)
+    return sections
 
 
+DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
 TOP_KEYS = (
     "exp_name", "experiments_dir", "object_code_list", "object_code_file",
     "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
@@ -405,6 +411,7 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
         raise ConfigError(source, "exp_name", exp_name,
                           "a name without '__' and not ending in '_' (round names use '__')")
     codes, code_source = _object_codes(r, base)
+    _check_lengths(source, exp_name, codes)
     config = Config(
         path=path,
         exp_name=exp_name,
@@ -412,19 +419,36 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
         object_codes=codes,
         object_code_source=code_source,
         target_count_per_object=r.integer("target_count_per_object", None),
-        round_batch_size=r.integer("round_batch_size", 512),
-        num_iterations=r.integer("num_iterations", 10000, minimum=0),
-        seed_base=r.integer("seed_base", 0, minimum=0),
-        max_rounds=r.integer("max_rounds", 1000, maximum=SEED_STRIDE),
-        merge_stride=r.integer("merge_stride", 1),
-        resume=r.flag("resume", True),
-        keep_intermediate=r.flag("keep_intermediate", False),
+        round_batch_size=r.integer("round_batch_size", DEFAULTS["round_batch_size"]),
+        num_iterations=r.integer("num_iterations", DEFAULTS["num_iterations"], minimum=0),
+        seed_base=r.integer("seed_base", DEFAULTS["seed_base"], minimum=0),
+        max_rounds=r.integer("max_rounds", DEFAULTS["max_rounds"], maximum=SEED_STRIDE),
+        merge_stride=r.integer("merge_stride", DEFAULTS["merge_stride"], auto=True),
+        resume=r.flag("resume", DEFAULTS["resume"]),
+        keep_intermediate=r.flag("keep_intermediate", DEFAULTS["keep_intermediate"]),
         gpus=_gpus(r),
         main=_main(r, base),
         **_sections(r),
     )
     r.finish(TOP_KEYS)
+    top_seed = config.seed_base + len(codes) * SEED_STRIDE
+    if top_seed > MAX_SEED:
+        raise ConfigError(source, "seed_base", config.seed_base,
+                          f"an integer with seed_base + objects x {SEED_STRIDE} <= {MAX_SEED} "
+                          f"(main.py seeds numpy, which takes seeds below 2**32)")
     return config
+
+
+def _check_lengths(source: str, exp_name: str, codes: tuple[str, ...]) -> None:
+    """Round folders and logs are named {exp_name}__{code}__r{id}(.log): a name past the
+    file system's 255 bytes would fail every round with ENAMETOOLONG."""
+    for code in codes:
+        longest = len(f"{exp_name}__{code}__r{SEED_STRIDE - 1}.log".encode())
+        if longest > MAX_NAME_BYTES:
+            raise ConfigError(source, "object_code_list", code,
+                              f"an object code short enough that round log names stay within "
+                              f"{MAX_NAME_BYTES} bytes (this one makes {longest} with "
+                              f"exp_name {exp_name!r})")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

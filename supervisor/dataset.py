@@ -15,15 +15,10 @@ from supervisor.results import (
     PROVENANCE_KEYS, QPOS_KEYS, QPOS_NAMES, SCALAR_KEYS, Columns,
 )
 
-FINAL_NAME = "final.npz"
 
 
 class DatasetError(ValueError):
     """A final.npz cannot be read or does not have the dataset's schema."""
-
-
-def final_path(exp_dir: Path, object_code: str) -> Path:
-    return exp_dir / "final" / object_code / FINAL_NAME
 
 
 def empty_columns() -> Columns:
@@ -87,6 +82,7 @@ class Accumulator:
 
     def __init__(self) -> None:
         self.rounds: dict[int, Columns] = {}
+        self.partial_keys: set[str] = set()  # extra keys that some rounds lack
 
     @classmethod
     def from_columns(cls, columns: Columns) -> Accumulator:
@@ -109,7 +105,11 @@ class Accumulator:
             parts.append(cols if used is None else {k: v[: used[rid]] for k, v in cols.items()})
         if not parts:
             return empty_columns()
-        keys = set(parts[0])
-        for part in parts[1:]:
-            keys &= set(part)
-        return {k: np.concatenate([p[k] for p in parts]) for k in sorted(keys)}
+        every = set.intersection(*(set(p) for p in parts))
+        extra = set.union(*(set(p) for p in parts)) - every
+        self.partial_keys |= extra
+        out = {k: np.concatenate([p[k] for p in parts]) for k in sorted(every)}
+        for key in sorted(extra):  # a newer main.py's key in some rounds: NaN elsewhere
+            out[key] = np.concatenate([p.get(key, np.full(len(p["energy"]), np.nan))
+                                       for p in parts])
+        return out

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import copy
-import math
 import shlex
 from typing import TextIO
 
-from supervisor import manifest as mf, plan
+from supervisor import events as ev, paths, plan
 from supervisor.config import Config
 from supervisor.gpus import GpuPool, Probe, ProbeError, make_probe
 from supervisor.lock import live_holder
-from supervisor.resume import manifest_path, open_manifest, register_objects
+from supervisor.records import now
+from supervisor.resume import open_experiment
 from supervisor.rounds import RoundJob, command
+from supervisor.transitions import apply
 
 FIRST_ROUNDS = 8
 
 
-def _gpu_lines(config: Config, probe: Probe) -> tuple[list[str], list[int]]:
+def _gpu_lines(pool: GpuPool, probe: Probe, config: Config) -> tuple[list[str], list[int]]:
     lines, admitted = [], []
-    pool = GpuPool(probe, config.gpus, config.gpu)
     for gpu in pool.gpus:
         try:
             free = probe.read(gpu).free_mib
@@ -43,15 +42,13 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
         probe, warning = make_probe(config.gpu.probe, config.gpus)
     else:
         warning = None
-    manifest = open_manifest(config)
-    register_objects(config, manifest)
-    exists = manifest_path(config).exists()
+    pool = GpuPool(probe, config.gpus, config.gpu)
+    exists = paths.manifest(config.exp_dir).exists()
+    state = open_experiment(config)  # a copy in memory: nothing here is written
+    apply(state, ev.ObjectsRegistered(config.object_codes, config.target_count_per_object))
     holder = live_holder(config.exp_dir)
     if holder is None:  # rounds "running" under a dead supervisor would run again
-        for obj in manifest.objects.values():
-            for rnd in obj.rounds.values():
-                if rnd.status == mf.RUNNING:
-                    rnd.status = mf.INTERRUPTED
+        apply(state, ev.SupervisorStarted(0, "", (), now(), gpus=tuple(pool.gpus)))
     write = lambda text="": print(text, file=out)  # noqa: E731
     write(f"Dry run of {config.path}: nothing is started or written.")
     write(f"Experiment {config.exp_name!r} in {config.exp_dir} "
@@ -59,29 +56,25 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
           + (f"; a supervisor (pid {holder}) is running it now." if holder else "."))
     write(f"Objects ({len(config.object_codes)}), target {config.target_count_per_object} "
           f"grasps each, {config.round_batch_size} per round:")
-    objects = [manifest.objects[code] for code in config.object_codes]
-    for obj in objects:
-        remaining = max(0, obj.target - plan.collected(obj))
-        rounds = math.ceil(remaining / plan.expected_yield(obj, config.round_batch_size))
-        write(f"  [{obj.index}] {obj.code}: {obj.status}, {plan.collected(obj)}/{obj.target}"
-              f" collected, about {rounds} more round(s)")
-    gpu_lines, admitted = _gpu_lines(config, probe)
+    for code in config.object_codes:
+        obj = state.objects[code]
+        have = min(state.collected(code), obj.target)
+        write(f"  [{obj.index}] {code}: {obj.status}, {have}/{obj.target} collected, "
+              f"about {plan.rounds_to_go(state, code)} more round(s)")
+    gpu_lines, admitted = _gpu_lines(pool, probe, config)
     write("GPUs:" + (f" ({warning})" if warning else ""))
     for line in gpu_lines:
         write(line)
     write("First rounds:")
-    shadow = copy.deepcopy(objects)
-    for i in range(FIRST_ROUNDS):
-        pick = plan.pick_next(shadow, config.round_batch_size, config.max_rounds)
+    for i in range(FIRST_ROUNDS if admitted else 0):
+        gpu = admitted[i % len(admitted)]
+        pick = plan.pick(state, gpu)
         if pick is None:
             break
-        obj = next(o for o in shadow if o.code == pick.object_code)
-        name = plan.round_name(config.exp_name, obj.code, pick.round_id)
-        seed = plan.round_seed(config.seed_base, obj.index, pick.round_id)
-        obj.rounds[pick.round_id] = mf.RoundRecord(pick.round_id, name, seed, mf.RUNNING)
-        gpu = admitted[i % len(admitted)] if admitted else "?"
-        job = RoundJob(obj.code, pick.round_id, name, seed, gpu, 1)  # type: ignore[arg-type]
-        write(f"  {name} seed={seed} gpu={gpu}")
+        apply(state, ev.RoundStarted(pick.object_code, pick.round_id, gpu, now()))
+        rnd = state.round_of(pick.object_code, pick.round_id)
+        job = RoundJob(pick.object_code, pick.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
+        write(f"  {rnd.name} seed={rnd.seed} gpu={gpu}")
         write(f"    cd {shlex.quote(str(config.main.cwd))} && "
               f"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={gpu} "
               + " ".join(shlex.quote(part) for part in command(config, job)))

@@ -1,7 +1,7 @@
-"""An emulator of BimanGrasp's main.py (the fork with ``--object_code``), on a CPU.
+"""An emulator of BimanGrasp's main.py, on a CPU: the fork (``--object_code``) or upstream.
 
-It honours ../shared/docs/main-py-contract.md: same command line, same files in the same
-places, the same output on stdout and stderr, the same traps:
+It honours docs/main-py.md: same command line, same files in the same places, the same
+output on stdout and stderr, the same traps:
 
 - it sets its own CUDA_VISIBLE_DEVICES from ``--gpu`` (the GPU trap) and records in
   ``config.txt`` the device it ended up on;
@@ -12,9 +12,19 @@ places, the same output on stdout and stderr, the same traps:
 
 Environment variables (never command-line flags: main.py rejects unknown flags):
 
+- ``EMULATOR_MODE``: ``fork`` (default) or ``upstream``. Upstream is the public release:
+  no ``--object_code`` nor ``--jitter_strength``, ``--object_code_list`` declared with
+  ``type=list`` (a command-line value becomes its characters) and a default list of five
+  objects, ``--batch_size`` 32 by default, one ``results/{code}.npy`` per object of the
+  list, without ``__meta__``. ``supervisor/upstream_launcher.py`` runs it for one object.
 - ``EMULATOR_STARTUP_S`` (default 0.2): seconds of "imports" before any work.
 - ``EMULATOR_ITER_S`` (default 0.005): seconds per optimizer iteration.
 - ``EMULATOR_EXPERIMENTS_BASE``: where ``{name}/`` goes instead of ``../data/experiments``.
+- ``EMULATOR_NEAR_DUPLICATES``: ``FRACTION[:NOISE]`` (noise default 0.001): that fraction
+  of each result file's grasps are copies, each final pose value moved by at most NOISE
+  (uniform), of one of ``ATTRACTOR_COUNT`` grasps fixed per object code (pose and scale,
+  the same for every seed): rounds then hold near-duplicates of each other and of
+  themselves. Which grasps and which attractors depend on the seed only.
 - ``EMULATOR_FAULTS``: ``GLOB=MODE[,MODE...][;GLOB=...]``; GLOB matches ``--name``, the
   n-th MODE applies to the n-th attempt of that name, ``MODE*`` to every later attempt,
   ``A+B`` combines modes. Attempts are counted in ``EMULATOR_STATE_DIR`` (without it,
@@ -22,7 +32,14 @@ Environment variables (never command-line flags: main.py rejects unknown flags):
   (traceback before saving), ``crash_mid_write`` (half a result file, then dies),
   ``truncated`` (half a result file, exit 0), ``hang`` (stops mid-run, silent),
   ``ignore_sigterm``, ``sigkill`` (killed mid-run, as by the OOM killer), ``nan``, ``inf``,
-  ``wrong_length``, ``wrong_type``, ``wrong_dtype``, ``missing_key``, ``extra_key``.
+  ``wrong_length``, ``wrong_type``, ``wrong_dtype``, ``missing_key``, ``extra_key``,
+  ``spawn_worker``.
+- ``spawn_worker`` models a data-loader worker: before ``Starting optimization...`` the
+  emulator starts a grandchild ``python -c ... MAX_S emulator-worker {name}`` in its own
+  process group, holding its stdout and stderr like a forked worker does. It sleeps until
+  the emulator ends normally (exit, exception, SIGINT), which stops it; when the emulator
+  is killed (SIGKILL, SIGTERM) it lives on, re-parented, for ``EMULATOR_WORKER_MAX_S``
+  (default 300) seconds, unless someone kills the process group.
 
 Object codes are known when ``../data/meshdata`` (relative to the working directory) has a
 folder of that name; without a ``../data/meshdata`` folder every code is known.
@@ -31,10 +48,13 @@ folder of that name; without a ``../data/meshdata`` folder every code is known.
 from __future__ import annotations
 
 import argparse
+import atexit
 import fnmatch
 import os
 import pickle
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import zlib
@@ -47,8 +67,24 @@ from supervisor.results import QPOS_NAMES
 FAULT_MODES = frozenset({
     "ok", "exit", "crash", "crash_mid_write", "truncated", "hang", "ignore_sigterm",
     "sigkill", "nan", "inf", "wrong_length", "wrong_type", "wrong_dtype", "missing_key",
-    "extra_key",
+    "extra_key", "spawn_worker",
 })
+MODES = ("fork", "upstream")
+UPSTREAM_OBJECTS = (
+    "Cole_Hardware_Dishtowel_Multicolors", "Curver_Storage_Bin_Black_Small",
+    "Hasbro_Monopoly_Hotels_Game", "Breyer_Horse_Of_The_Year_2015",
+    "Schleich_S_Bayala_Unicorn_70432",
+)
+ATTRACTOR_COUNT = 8
+NEAR_DUPLICATE_NOISE = 0.001
+WORKER_TAG = "emulator-worker"
+WORKER_CODE = (
+    "import sys, time\n"
+    "end = time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < end:\n"
+    "    time.sleep(0.1)\n"
+)
+SCALES = (0.06, 0.08, 0.1, 0.12, 0.15, 0.17)
 BAR_REDRAW_S = 0.1  # tqdm's default mininterval
 TORCH_WARNING = (
     "/opt/venv/lib/python3.11/site-packages/torch/nn/init.py:114: UserWarning: To copy "
@@ -77,6 +113,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_contacts", type=int, default=None)
     p.add_argument("--init_at_targets", action="store_true")
     return p
+
+
+def build_upstream_parser() -> argparse.ArgumentParser:
+    """The public release's argparse, flag for flag."""
+    p = argparse.ArgumentParser(prog="main.py", description="Bimanual Grasp Generation")
+    p.add_argument("--name", default="test", type=str, help="Experiment name")
+    p.add_argument("--seed", default=1, type=int)
+    p.add_argument("--gpu", default="0", type=str)
+    p.add_argument("--object_code_list", default=list(UPSTREAM_OBJECTS), type=list,
+                   help="List of object codes to process")
+    p.add_argument("--batch_size", default=32, type=int, help="Batch size per object")
+    p.add_argument("--num_iterations", default=10000, type=int,
+                   help="Number of optimization iterations")
+    return p
+
+
+def emulator_mode() -> str:
+    mode = os.environ.get("EMULATOR_MODE", "") or "fork"
+    if mode not in MODES:
+        raise ValueError(f"EMULATOR_MODE={mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def near_duplicates(spec: str) -> tuple[float, float] | None:
+    """``EMULATOR_NEAR_DUPLICATES`` as (fraction, noise); None when unset."""
+    if not spec:
+        return None
+    fraction_s, _, noise_s = spec.partition(":")
+    try:
+        fraction = float(fraction_s)
+        noise = float(noise_s) if noise_s else NEAR_DUPLICATE_NOISE
+    except ValueError:
+        fraction = noise = float("nan")
+    if not (0.0 <= fraction <= 1.0 and 0.0 <= noise < float("inf")):
+        raise ValueError(f"EMULATOR_NEAR_DUPLICATES={spec!r}: expected FRACTION[:NOISE] "
+                         "with 0 <= FRACTION <= 1 and NOISE >= 0")
+    return fraction, noise
 
 
 def fault_modes(name: str, attempt: int, spec: str) -> set[str]:
@@ -117,8 +190,34 @@ def _exit_code(modes: set[str]) -> int | None:
     return None
 
 
-def make_grasps(code: str, seed: int, batch_size: int, num_iterations: int) -> list[dict]:
-    """Deterministic grasps with energies of a realistic spread (most pass filters)."""
+def attractors(code: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The ATTRACTOR_COUNT grasps (final poses per side, scales) every seed can copy."""
+    rng = np.random.default_rng([zlib.crc32(code.encode()), 0xA77])
+    shape = (ATTRACTOR_COUNT, len(QPOS_NAMES))
+    poses = {side: rng.uniform(-0.5, 0.5, shape) for side in ("left", "right")}
+    return poses, rng.choice(np.float32(SCALES), ATTRACTOR_COUNT).astype(np.float64)
+
+
+def _copy_attractors(code: str, seed: int, final: dict[str, np.ndarray],
+                     scale: np.ndarray, spec: tuple[float, float]) -> None:
+    fraction, noise = spec
+    n, k = final["left"].shape
+    rng = np.random.default_rng([seed, zlib.crc32(code.encode()), n, 0xD0B])
+    rows = np.sort(rng.choice(n, int(round(fraction * n)), replace=False))
+    which = rng.integers(0, ATTRACTOR_COUNT, len(rows))
+    poses, scales = attractors(code)
+    for side in final:
+        final[side][rows] = poses[side][which] + rng.uniform(-noise, noise, (len(rows), k))
+    scale[rows] = scales[which]
+
+
+def make_grasps(code: str, seed: int, batch_size: int, num_iterations: int,
+                near_dup: tuple[float, float] | None = None, meta: bool = True) -> list[dict]:
+    """Deterministic grasps with energies of a realistic spread (most pass filters).
+
+    ``near_dup`` is ``EMULATOR_NEAR_DUPLICATES`` parsed; ``meta=False`` leaves out
+    ``__meta__`` as upstream main.py does.
+    """
     rng = np.random.default_rng([seed, zlib.crc32(code.encode()), batch_size, num_iterations])
     n, k = batch_size, len(QPOS_NAMES)
     settle = 1.0 - np.exp(-num_iterations / 2000.0)
@@ -130,7 +229,9 @@ def make_grasps(code: str, seed: int, batch_size: int, num_iterations: int) -> l
     e_spen = rng.lognormal(np.log(0.005), 1.0, n)
     e_joints = np.where(rng.random(n) < 0.9, 0.0, rng.uniform(0, 0.05, n))
     energy = e_fc + 100 * e_dis + 125 * e_pen + 10 * e_spen + e_joints
-    scale = rng.choice(np.float32([0.06, 0.08, 0.1, 0.12, 0.15, 0.17]), n).astype(np.float64)
+    scale = rng.choice(np.float32(SCALES), n).astype(np.float64)
+    if near_dup is not None:
+        _copy_attractors(code, seed, final, scale, near_dup)
     grasps = []
     for j in range(n):
         grasps.append({
@@ -145,8 +246,9 @@ def make_grasps(code: str, seed: int, batch_size: int, num_iterations: int) -> l
             "E_pen": float(e_pen[j]),
             "E_spen": float(e_spen[j]),
             "E_joints": float(e_joints[j]),
-            "__meta__": {"object_code": code, "item_index": j},
         })
+        if meta:
+            grasps[-1]["__meta__"] = {"object_code": code, "item_index": j}
     return grasps
 
 
@@ -204,7 +306,7 @@ def _config_line(args: argparse.Namespace, codes: list[str], device: str) -> str
         f"ExperimentConfig(name={args.name!r}, seed={args.seed}, gpu={args.gpu!r}, "
         f"object_code_list={codes!r}, optimizer=OptimizerConfig(num_iterations="
         f"{args.num_iterations}), initialization=InitializationConfig(jitter_strength="
-        f"{args.jitter_strength}), model=ModelConfig(batch_size={args.batch_size}), "
+        f"{getattr(args, 'jitter_strength', None)}), model=ModelConfig(batch_size={args.batch_size}), "
         f"emulator=EmulatorInfo(device={device!r}, cuda_visible_devices={visible!r}, "
         f"cuda_device_order={order!r}, physical_gpu={physical!r}, pid={os.getpid()}))"
     )
@@ -219,7 +321,7 @@ def _optimize(args: argparse.Namespace, modes: set[str], results: Path) -> None:
         if i == max(1, total // 2):
             _mid_run_faults(modes)
         time.sleep(iter_s)
-        if args.vis and i % args.vis_frame_stride == 0:
+        if getattr(args, "vis", False) and i % args.vis_frame_stride == 0:
             frames = results / "frames_0"
             frames.mkdir(exist_ok=True)
             (frames / f"frame_{i:05d}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
@@ -260,64 +362,108 @@ def _save(path: Path, payload: object, modes: set[str]) -> None:
     np.save(path, payload, allow_pickle=True)
 
 
-def run(args: argparse.Namespace) -> None:
-    attempt = next_attempt(args.name)
-    modes = fault_modes(args.name, attempt, os.environ.get("EMULATOR_FAULTS", ""))
-    if "ignore_sigterm" in modes:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    time.sleep(float(os.environ.get("EMULATOR_STARTUP_S", "0.2")))
-    sys.stderr.write(TORCH_WARNING)
-    sys.stderr.flush()
-    device = "cpu"
-    if args.gpu != "cpu":  # the GPU trap: main.py's setup_device does exactly this
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
-        device = "cuda:0"
-    if args.jitter_strength is None:
-        raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
-    if args.batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {args.batch_size}")
-    codes = [args.object_code] if args.object_code else ["".join(args.object_code_list or [])]
-    meshdata = Path("../data/meshdata")
-    for code in codes:
-        if meshdata.is_dir() and not (meshdata / code).is_dir():
-            raise FileNotFoundError(f"No mesh found for object {code} in {meshdata}")
-    _banner(args, codes)
+def _spawn_worker(name: str) -> None:
+    """A grandchild in our process group that outlives us unless we end normally."""
+    max_s = os.environ.get("EMULATOR_WORKER_MAX_S", "300")
+    worker = subprocess.Popen([sys.executable, "-c", WORKER_CODE, max_s, WORKER_TAG, name],
+                              stdin=subprocess.DEVNULL)
+
+    def stop() -> None:
+        worker.terminate()
+        try:
+            worker.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+    atexit.register(stop)
+
+
+def _object_codes(args: argparse.Namespace, upstream: bool) -> list[str]:
+    if upstream:
+        return list(args.object_code_list)
+    return [args.object_code] if args.object_code else ["".join(args.object_code_list or [])]
+
+
+def _setup_device(gpu: str) -> str:
+    if gpu == "cpu":
+        return "cpu"
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # the GPU trap: main.py's setup_device
+    return "cuda:0"
+
+
+def _prepare_output(args: argparse.Namespace, codes: list[str], device: str) -> Path:
     base = Path(os.environ.get("EMULATOR_EXPERIMENTS_BASE", "../data/experiments"))
-    print(f"Using device: {device}")
-    print("Setting up models...", flush=True)
     for sub in ("logs", "results"):  # main.py wipes its own output at start
         folder = base / args.name / sub
         if folder.exists():
-            import shutil
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
     results = base / args.name / "results"
     (results / "config.txt").write_text(_config_line(args, codes, device))
     (base / args.name / "logs" / f"events.out.tfevents.{int(time.time())}.emu.{os.getpid()}.0"
      ).write_bytes(b"\x18\x00\x00\x00\x00\x00\x00\x00brain.Event:2")
+    return results
+
+
+def _save_all(args: argparse.Namespace, codes: list[str], results: Path, modes: set[str],
+              upstream: bool) -> None:
+    near_dup = near_duplicates(os.environ.get("EMULATOR_NEAR_DUPLICATES", ""))
+    for code in codes:
+        grasps = make_grasps(code, args.seed, args.batch_size, args.num_iterations,
+                             near_dup, meta=not upstream)
+        _save(results / f"{code}.npy", corrupt(grasps, modes), modes)
+    if getattr(args, "vis", False):
+        (results / "optimization_0.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    if getattr(args, "metrics", False):
+        (results / "metrics").mkdir(exist_ok=True)
+        (results / "metrics" / "metrics.json").write_text("{}")
+
+
+def run(args: argparse.Namespace, mode: str = "fork") -> None:
+    upstream = mode == "upstream"
+    attempt = next_attempt(args.name)
+    modes = fault_modes(args.name, attempt, os.environ.get("EMULATOR_FAULTS", ""))
+    near_duplicates(os.environ.get("EMULATOR_NEAR_DUPLICATES", ""))  # a bad spec fails now
+    if "ignore_sigterm" in modes:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(float(os.environ.get("EMULATOR_STARTUP_S", "0.2")))
+    sys.stderr.write(TORCH_WARNING)
+    sys.stderr.flush()
+    device = _setup_device(args.gpu)
+    if not upstream and args.jitter_strength is None:
+        raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
+    if args.batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {args.batch_size}")
+    codes = _object_codes(args, upstream)
+    meshdata = Path("../data/meshdata")
+    for code in codes:
+        if meshdata.is_dir() and not (meshdata / code).is_dir():
+            raise FileNotFoundError(f"No mesh found for object {code} in {meshdata}")
+    _banner(args, codes)
+    print(f"Using device: {device}")
+    print("Setting up models...", flush=True)
+    results = _prepare_output(args, codes, device)
     print("Left hand contact candidates: 140")
     print("Right hand contact candidates: 140")
     print(f"Total batch size: {args.batch_size * len(codes)}")
+    if "spawn_worker" in modes:
+        _spawn_worker(args.name)
     print("Starting optimization...", flush=True)
     _optimize(args, modes, results)
     if "crash" in modes:
         raise RuntimeError("emulated crash before saving results")
     print("Saving final results...", flush=True)
-    for code in codes:
-        grasps = make_grasps(code, args.seed, args.batch_size, args.num_iterations)
-        _save(results / f"{code}.npy", corrupt(grasps, modes), modes)
-    if args.vis:
-        (results / "optimization_0.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    if args.metrics:
-        (results / "metrics").mkdir(exist_ok=True)
-        (results / "metrics" / "metrics.json").write_text("{}")
+    _save_all(args, codes, results, modes, upstream)
     print("\n=== Performance Statistics ===")
     print("Memory profiling unavailable (memory_profiler not installed)")
     print(f"Experiment completed: {args.name}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(build_parser().parse_args(argv))
+    mode = emulator_mode()
+    parser = build_upstream_parser() if mode == "upstream" else build_parser()
+    run(parser.parse_args(argv), mode)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,14 @@ item index, seed, round id), which makes export then re-import lossless.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from supervisor import dataset
+from supervisor import dataset, paths
+from supervisor.config import Config
+from supervisor.records import ObjectStatus
+from supervisor.state import State
 from supervisor.fsutil import atomic_write
 from supervisor.results import (
     META_KEY, PROVENANCE_KEYS, QPOS_KEYS, QPOS_NAMES, Columns, load_items, to_columns,
@@ -51,16 +55,30 @@ def from_legacy(path: Path) -> Columns:
     return columns
 
 
-def export(exp_dir: Path, codes: list[str], out: Path) -> list[tuple[str, Path, int]]:
-    """Write ``out/{code}.npy`` for every object with a final.npz; returns what was written."""
-    written = []
-    for code in codes:
-        source = dataset.final_path(exp_dir, code)
+def export(config: Config, state: State, out: Path) -> Iterator[tuple[str, bool]]:
+    """Write ``out/{code}.npy`` for every object with grasps; yields (line, ok) per
+    object. A final.npz that is missing, unreadable or not what the manifest recorded is
+    not exported: the line says so and how to repair it."""
+    hint = f"repair with: python -m supervisor recover {config.path}"
+    for code in state.order:
+        obj = state.objects[code]
+        source = paths.final(config.exp_dir, code)
         if not source.exists():
+            if obj.collected:
+                yield f"{code}: {source} is missing but held {obj.collected} grasps; {hint}", False
             continue
-        items = to_legacy(dataset.grasp_columns(dataset.load(source)), code)
+        try:
+            columns = dataset.grasp_columns(dataset.load(source))
+        except dataset.DatasetError as exc:
+            yield f"{code}: not exported: {exc}; {hint}", False
+            continue
+        n = len(columns["energy"])
+        if n != obj.collected:
+            yield (f"{code}: not exported: {source} holds {n} grasps, the manifest recorded "
+                   f"{obj.collected}; {hint}"), False
+            continue
+        items = to_legacy(columns, code)
         target = out / f"{code}.npy"
         atomic_write(target, lambda f, a=items: np.save(f, a, allow_pickle=True))
-        written.append((code, target, len(items)))
-    return written
-
+        done = "" if obj.status == ObjectStatus.DONE else " (object not done yet)"
+        yield f"{code}: {n} grasps -> {target}{done}", True

@@ -14,8 +14,9 @@ ENV = "SUPERVISOR_CRASH_AT"
 CRASH_POINTS = (
     "write.before_replace",  # temp file written and fsynced, not yet renamed
     "write.after_replace",  # renamed, folder not yet fsynced
-    "flush.after_manifest",  # manifest written, datasets not yet
-    "flush.after_datasets",  # datasets written, round folders not yet cleaned
+    "journal.before_fsync",  # events written to the journal, not yet fsynced
+    "flush.after_dataset",  # a final.npz written, the event recording it not yet
+    "flush.after_datasets",  # datasets written and journaled, round folders not yet cleaned
 )
 _hits: dict[str, int] = {}
 

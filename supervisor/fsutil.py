@@ -27,6 +27,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600: give the file the mode open() would, under the umask,
+        # so that other users of a shared server can read the datasets.
+        os.fchmod(fd, 0o666 & ~_IMPORT_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -41,6 +44,23 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for an instant,
+    for every thread): Linux shows it in /proc/self/status."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: at import, before any worker thread runs
+    os.umask(mask)
+    return mask
+
+
+_IMPORT_UMASK = current_umask()
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

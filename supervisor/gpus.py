@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Protocol, Sequence
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from supervisor.config import GpuSettings
 
@@ -148,16 +153,59 @@ def make_probe(kind: str, gpus: str | Sequence[int]) -> tuple[Probe, str | None]
         return StaticProbe(list(gpus)), f"{exc}: using gpus {list(gpus)} without memory checks"
 
 
-@dataclass
-class Admission:
-    gpu: int | None
-    short: dict[int, str] = field(default_factory=dict)  # GPUs refused for lack of memory
-    busy: list[int] = field(default_factory=list)  # GPUs whose slots are all taken
-    lost: dict[int, str] = field(default_factory=dict)  # GPUs taken out of the pool now
+def process_group(pid: int) -> int | None:
+    """The process group of ``pid`` (/proc/PID/stat field 5), None if it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def read_gpus(probe: Probe, gpus: Sequence[int], timeout_s: float,
+                    busy: set[int]) -> dict[int, Reading | ProbeError]:
+    """Read ``gpus`` concurrently, each in a daemon thread under ``timeout_s``.
+
+    A read that does not return in time is abandoned (its thread may stay stuck in NVML
+    for good, and must never block drain or exit: daemon threads do not); the GPU gets a
+    ProbeError and stays in ``busy`` until the thread comes back.
+    """
+    results: dict[int, Reading | ProbeError] = {}
+    token = anyio.lowlevel.current_token()
+    done = {gpu: anyio.Event() for gpu in gpus if gpu not in busy}
+
+    def work(gpu: int) -> None:
+        try:
+            value: Reading | ProbeError = probe.read(gpu)
+        except ProbeError as exc:
+            value = exc
+        except Exception as exc:  # a probe bug must cost one reading, not the run
+            value = ProbeError(f"reading GPU {gpu} failed ({type(exc).__name__}: {exc})")
+        busy.discard(gpu)
+        results.setdefault(gpu, value)
+        try:
+            anyio.from_thread.run_sync(done[gpu].set, token=token)
+        except RuntimeError:  # the event loop is gone: nobody waits any more
+            pass
+
+    for gpu in done:
+        busy.add(gpu)
+        threading.Thread(target=work, args=(gpu,), daemon=True, name=f"nvml-{gpu}").start()
+    with anyio.move_on_after(timeout_s):
+        for event in done.values():
+            await event.wait()
+    late = ProbeError  # a read still running when the time is up
+    return {gpu: results.get(gpu) or late(
+        f"NVML did not answer for GPU {gpu} within gpu.nvml_timeout_s = {timeout_s:g}")
+        for gpu in done}
 
 
 class GpuPool:
-    """Slots per GPU; a round is admitted where memory minus rounds in flight suffices."""
+    """Rounds in flight per GPU and free-memory admission that counts memory once.
+
+    A round's memory is reserved (the footprint learned so far, or round_memory_mib)
+    only until NVML shows its processes; from then on NVML's free memory already holds
+    it. Which GPUs are healthy is the state machine's business, not the pool's.
+    """
 
     def __init__(self, probe: Probe, gpus: str | Sequence[int], settings: GpuSettings) -> None:
         found = probe.gpu_indices()
@@ -171,64 +219,54 @@ class GpuPool:
         if not chosen:
             raise GpuError("no GPU found: set gpus to a list of GPU indices")
         self.probe, self.settings = probe, settings
-        self.in_flight = {g: 0 for g in chosen}
-        self.dead: dict[int, str] = {}
+        self.gpus = list(chosen)
+        self.rounds: dict[int, dict[str, int | None]] = {g: {} for g in chosen}  # name -> pgid
+        self.footprint_mib: int | None = None  # largest round seen in NVML so far
+        self.reading_now: set[int] = set()  # GPUs whose read thread has not returned
 
-    @property
-    def gpus(self) -> list[int]:
-        return [g for g in self.in_flight if g not in self.dead]
+    def in_flight(self, gpu: int) -> int:
+        return len(self.rounds[gpu])
 
-    def poll(self) -> dict[int, int | None | ProbeError]:
-        """Free MiB of each usable GPU with a free slot, or the error reading it.
+    def has_slot(self, gpu: int) -> bool:
+        limit = self.settings.max_rounds_per_gpu
+        return limit == "auto" or self.in_flight(gpu) < int(limit)
 
-        Blocking (NVML can hang on a failing card): the dispatcher runs it in a thread.
-        """
-        readings: dict[int, int | None | ProbeError] = {}
-        for gpu in self.gpus:
-            if self.in_flight[gpu] < self.settings.max_rounds_per_gpu:
-                try:
-                    readings[gpu] = self.probe.read(gpu).free_mib
-                except ProbeError as exc:
-                    readings[gpu] = exc
-        return readings
+    def take(self, gpu: int, name: str) -> None:
+        self.rounds[gpu][name] = None
 
-    def _short(self, gpu: int, free: int | None) -> str | None:
-        """Why ``gpu`` lacks memory for one more round, or None if it has enough."""
-        s, busy = self.settings, self.in_flight[gpu]
-        if free is None:
+    def started(self, gpu: int, name: str, pgid: int) -> None:
+        if name in self.rounds[gpu]:
+            self.rounds[gpu][name] = pgid
+
+    def release(self, gpu: int, name: str) -> None:
+        self.rounds[gpu].pop(name, None)
+
+    def _seen(self, gpu: int, reading: Reading) -> dict[str, int]:
+        """MiB NVML shows per round of ``gpu`` (by process group), learning footprints."""
+        groups = {pgid: name for name, pgid in self.rounds[gpu].items() if pgid}
+        seen: dict[str, int] = {}
+        for pid, mib in reading.processes.items():
+            name = groups.get(pid) or groups.get(process_group(pid) or -1)
+            if name is not None:
+                seen[name] = seen.get(name, 0) + mib
+        for mib in seen.values():
+            self.footprint_mib = max(self.footprint_mib or 0, mib)
+        return seen
+
+    def shortage(self, gpu: int, reading: Reading) -> str | None:
+        """Why ``gpu`` cannot take one more round now, or None if it can."""
+        if not self.has_slot(gpu):
+            return f"{self.in_flight(gpu)} round(s), max_rounds_per_gpu reached"
+        if reading.free_mib is None:
             return None
-        available = free - busy * s.round_memory_mib
-        if available < s.min_free_mib:
-            return (f"{available} MiB available ({free} free - {busy} x {s.round_memory_mib} "
-                    f"reserved) < min_free_mib {s.min_free_mib}")
+        s = self.settings
+        seen = self._seen(gpu, reading)
+        unseen = self.in_flight(gpu) - len(seen)
+        estimate = self.footprint_mib or s.round_memory_mib
+        need = max(s.min_free_mib, self.footprint_mib or 0) if s.max_rounds_per_gpu == "auto" \
+            else s.min_free_mib
+        available = reading.free_mib - unseen * estimate
+        if available < need:
+            return (f"{available} MiB available ({reading.free_mib} free - {unseen} x "
+                    f"{estimate} reserved for rounds NVML does not show yet) < {need}")
         return None
-
-    def admit(self, avoid: frozenset[int] = frozenset(),
-              readings: dict[int, int | None | ProbeError] | None = None) -> Admission:
-        """Take a slot on the least busy admissible GPU (lowest index on ties), one not in
-        ``avoid`` if any qualifies: a retry goes to another card than the one it failed on.
-
-        ``readings`` comes from poll(); without it the probe is read here.
-        """
-        readings = self.poll() if readings is None else readings
-        result = Admission(None)
-        for gpu, reading in readings.items():  # every failed reading, whichever GPU wins
-            if isinstance(reading, ProbeError) and gpu not in self.dead:
-                self.dead[gpu] = result.lost[gpu] = str(reading)
-        for gpu in sorted(self.gpus, key=lambda g: (g in avoid, self.in_flight[g], g)):
-            if self.in_flight[gpu] >= self.settings.max_rounds_per_gpu:
-                result.busy.append(gpu)
-                continue
-            reading = readings.get(gpu, ProbeError())  # absent: slot freed after the poll
-            if isinstance(reading, ProbeError):
-                continue
-            reason = self._short(gpu, reading)
-            if reason is None:
-                result.gpu = gpu
-                self.in_flight[gpu] += 1
-                return result
-            result.short[gpu] = reason
-        return result
-
-    def release(self, gpu: int) -> None:
-        self.in_flight[gpu] -= 1

@@ -1,8 +1,12 @@
-"""Exec a round's command so that it dies with the supervisor.
+"""Run a round's command so that its whole process group dies with the supervisor.
 
-``python -m supervisor.launch PARENT_PID -- argv...`` asks Linux for SIGKILL when the
-parent dies (PR_SET_PDEATHSIG survives exec), then becomes the command. anyio's
-open_process has no preexec hook, hence this tiny trampoline. Elsewhere it only execs.
+``python -m supervisor.launch PARENT_PID -- argv...`` is started as the leader of a new
+session and process group. It asks Linux for a signal when the supervisor dies
+(PR_SET_PDEATHSIG), forks the command, and stays as its parent: when the supervisor
+dies it SIGKILLs the whole group, so a worker that main.py spawned (a data loader, a
+renderer) dies too, not only main.py. SIGTERM from the supervisor reaches every member
+of the group; the launcher itself ignores it and exits the way the command exited.
+anyio's open_process has no preexec hook, hence this small parent.
 """
 
 from __future__ import annotations
@@ -13,18 +17,34 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+PARENT_GONE = signal.SIGUSR1
+
+
+def _kill_group(*_: object) -> None:
+    os.killpg(0, signal.SIGKILL)
 
 
 def _die_with_parent(parent_pid: int) -> None:
     if not sys.platform.startswith("linux"):
         return
+    signal.signal(PARENT_GONE, _kill_group)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, PARENT_GONE, 0, 0, 0)
     except (OSError, AttributeError):
         return
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(137)
+        _kill_group()
+
+
+def _exit_like(status: int) -> None:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)
+    os._exit(os.waitstatus_to_exitcode(status))
 
 
 def main(args: list[str]) -> None:
@@ -32,11 +52,20 @@ def main(args: list[str]) -> None:
         sys.exit("usage: python -m supervisor.launch PARENT_PID -- COMMAND [ARGS...]")
     _die_with_parent(int(args[0]))
     argv = args[2:]
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        sys.stderr.write(f"supervisor.launch: cannot run {argv[0]!r}: {exc}\n")
-        os._exit(127)
+    child = os.fork()
+    if child == 0:
+        for sig in (PARENT_GONE, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            sys.stderr.write(f"supervisor.launch: cannot run {argv[0]!r}: {exc}\n")
+            os._exit(127)
+    # The group gets SIGTERM to stop a round: the command decides, the launcher waits.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    _, status = os.waitpid(child, 0)
+    _exit_like(status)
 
 
 if __name__ == "__main__":

@@ -1,190 +1,99 @@
-"""The manifest: the run's state on disk, written atomically, the basis of every resume.
+"""manifest.json: a snapshot of the state, the file users and ``jq`` read.
 
-Plain data and JSON; no I/O scheduling here. The merger is its only writer.
+Written atomically every so many events or seconds, on drain and at the end; the journal
+holds the events since (``journal_seq`` says which were folded in). Only objects that
+changed since the last snapshot are encoded again.
 """
 
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from supervisor.fsutil import atomic_write_bytes
+from supervisor.records import GpuRecord, ObjectRecord, now
+from supervisor.state import Policy, State
 
 MANIFEST_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-
-# Round statuses. "finished": validated, grasps held for the dataset, not yet in final.npz.
-PENDING, RUNNING, INTERRUPTED = "pending", "running", "interrupted"
-FINISHED, MERGED, FAILED, DISCARDED = "finished", "merged", "failed", "discarded"
-TO_RUN = (PENDING, INTERRUPTED)
-IN_FLIGHT = (RUNNING,)
-HAS_GRASPS = (FINISHED, MERGED)
-# Object statuses.
-ACTIVE, DONE, OBJ_FAILED, EXHAUSTED = "active", "done", "failed", "exhausted"
 
 
 class ManifestError(ValueError):
     """The manifest cannot be read or makes no sense; the message says how to recover."""
 
 
-def now() -> float:
-    return round(time.time(), 3)
-
-
-@dataclass
-class RoundRecord:
-    round_id: int
-    name: str
-    seed: int
-    status: str = PENDING
-    attempts: int = 0
-    gpu: int | None = None
-    exit_code: int | None = None
-    produced: int | None = None
-    accepted: int | None = None
-    used: int | None = None  # grasps of this round in the final dataset
-    started_at: float | None = None
-    finished_at: float | None = None
-    reason: str | None = None
-    pid: int | None = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: its deep copy is the slowest part of writing a big manifest.
-        data = {name: getattr(self, name) for name in ROUND_FIELDS}
-        data["failures"] = [dict(f) for f in self.failures]
-        return data
-
-
-ROUND_FIELDS = tuple(f.name for f in fields(RoundRecord))
-
-
-@dataclass
-class ObjectRecord:
-    code: str
-    index: int
-    target: int
-    status: str = ACTIVE
-    collected: int = 0  # accepted grasps in final.npz
-    consecutive_failures: int = 0
-    reason: str | None = None
-    rounds: dict[int, RoundRecord] = field(default_factory=dict)
-
-    @property
-    def done(self) -> bool:
-        return self.status == DONE
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "target": self.target,
-            "status": self.status,
-            "done": self.done,
-            "collected": self.collected,
-            "consecutive_failures": self.consecutive_failures,
-            "reason": self.reason,
-            "rounds": {str(rid): r.to_json() for rid, r in sorted(self.rounds.items())},
-        }
-
-
-@dataclass
-class Manifest:
-    exp_name: str
-    identity: dict[str, Any]
-    config: dict[str, Any]
-    objects: dict[str, ObjectRecord] = field(default_factory=dict)
-    created_at: float = field(default_factory=now)
-    updated_at: float = field(default_factory=now)
-    runs: list[dict[str, Any]] = field(default_factory=list)
-
-    def next_index(self) -> int:
-        return max((o.index for o in self.objects.values()), default=-1) + 1
-
-    def to_json(self) -> dict[str, Any]:
-        data = self.to_json_without_objects()
-        data["objects"] = {code: o.to_json() for code, o in self.objects.items()}
-        return data
-
-    # Encoded objects, reused until touch() says an object changed: a manifest of
-    # thousands of objects is rewritten after every event, and most of them are done.
-    _encoded: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
-
-    def touch(self, code: str) -> None:
-        """Say that object ``code`` (or one of its rounds) changed since the last dumps()."""
-        self._encoded.pop(code, None)
-
-    def dumps(self) -> bytes:
-        """The manifest as JSON, one line (json's C encoder only runs without indent)."""
-        self.updated_at = now()
-        head = self.to_json_without_objects()
-        parts = []
-        for code, obj in self.objects.items():
-            encoded = self._encoded.get(code)
-            if encoded is None:
-                encoded = self._encoded[code] = _encode(obj.to_json())
-            parts.append(_encode(code) + b":" + encoded)
-        return _encode(head)[:-1] + b',"objects":{' + b",".join(parts) + b"}}\n"
-
-    def to_json_without_objects(self) -> dict[str, Any]:
-        return {
-            "version": MANIFEST_VERSION,
-            "exp_name": self.exp_name,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "identity": self.identity,
-            "config": self.config,
-            "runs": self.runs,
-        }
-
-
 def _encode(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def _round_from_json(data: dict[str, Any]) -> RoundRecord:
-    return RoundRecord(**data)
+class Encoder:
+    """Encodes a State as manifest.json, reusing the encoding of unchanged objects."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, bytes] = {}
+
+    def dumps(self, state: State) -> bytes:
+        state.updated_at = now()
+        for code in state.dirty:
+            self.cache.pop(code, None)
+        state.dirty.clear()
+        parts = []
+        for code, obj in state.objects.items():
+            encoded = self.cache.get(code)
+            if encoded is None:
+                encoded = self.cache[code] = _encode(obj.to_json())
+            parts.append(_encode(code) + b":" + encoded)
+        return _encode(head(state))[:-1] + b',"objects":{' + b",".join(parts) + b"}}\n"
 
 
-def from_json(data: Any) -> Manifest:
-    """Rebuild a manifest; any missing or mistyped part raises ManifestError."""
+def head(state: State) -> dict[str, Any]:
+    return {
+        "version": MANIFEST_VERSION,
+        "exp_name": state.policy.exp_name,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "journal_seq": state.seq,
+        "identity": state.identity,
+        "config": state.config,
+        "runs": state.runs,
+        "gpus": {str(g): r.to_json() for g, r in sorted(state.gpus.items())},
+    }
+
+
+def to_json(state: State) -> dict[str, Any]:
+    return json.loads(Encoder().dumps(state))
+
+
+def from_json(data: Any, policy: Policy) -> State:
+    """Rebuild a State; any missing or mistyped part raises ManifestError."""
     try:
         if data.get("version") != MANIFEST_VERSION:
             raise ValueError(f"version {data.get('version')!r}, expected {MANIFEST_VERSION}")
-        objects = {}
+        state = State(policy, dict(data["identity"]), dict(data["config"]),
+                      float(data["created_at"]))
+        state.updated_at = float(data["updated_at"])
+        state.seq = int(data.get("journal_seq", 0))
+        state.runs = list(data.get("runs", []))
+        state.gpus = {int(g): GpuRecord.from_json(r) for g, r in data.get("gpus", {}).items()}
         for code, o in data["objects"].items():
-            rounds = {int(k): _round_from_json(v) for k, v in o["rounds"].items()}
-            for rid, rnd in rounds.items():
-                if rnd.round_id != rid:
-                    raise ValueError(f"{code}: round key {rid} holds round {rnd.round_id}")
-            objects[code] = ObjectRecord(
-                code=code, index=int(o["index"]), target=int(o["target"]),
-                status=str(o["status"]), collected=int(o["collected"]),
-                consecutive_failures=int(o["consecutive_failures"]),
-                reason=o.get("reason"), rounds=rounds,
-            )
-        indices = [o.index for o in objects.values()]
+            state.add_object(ObjectRecord.from_json(code, o))
+        indices = [o.index for o in state.objects.values()]
         if len(set(indices)) != len(indices):
             raise ValueError("two objects share an index")
-        return Manifest(
-            exp_name=str(data["exp_name"]), identity=dict(data["identity"]),
-            config=dict(data["config"]), objects=objects,
-            created_at=float(data["created_at"]), updated_at=float(data["updated_at"]),
-            runs=list(data.get("runs", [])),
-        )
+        if str(data["exp_name"]) != policy.exp_name:
+            raise ValueError(f"exp_name {data['exp_name']!r}, expected {policy.exp_name!r}")
+        return state
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ManifestError(f"unexpected content ({type(exc).__name__}: {exc})") from None
 
 
-def load(path: Path) -> Manifest:
+def load(path: Path, policy: Policy) -> State:
     try:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ManifestError(f"{path}: unreadable ({exc})") from None
     try:
-        return from_json(data)
+        return from_json(data, policy)
     except ManifestError as exc:
         raise ManifestError(f"{path}: {exc}") from None
 

@@ -1,60 +1,96 @@
-"""The merger: the only writer of manifest.json and the datasets.
+"""The merger: the only writer of the journal, the snapshot, the datasets and cleanup.
 
-It records what each round task reports (started, finished, failed, interrupted), decides
-retries and when an object is done, and writes: the manifest first, then final.npz,
-then removes round folders, so that a kill anywhere leaves a state resume can complete.
-Blocking file work runs in a worker thread so the dispatcher never waits for a merge.
+It turns what round tasks report into events for the state machine and carries out the
+effects, in an order that a kill anywhere cannot break: events are journaled (fsync)
+before the files they allow to change; final.npz is written before the event that
+records it; round folders are removed only after that event is durable.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from supervisor import cleanup, dataset, manifest as mf, plan, rounds
+from supervisor import cleanup, dataset, events as ev, paths
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.faults import crash_point
 from supervisor.logs import get_logger
-from supervisor.manifest import (
-    ACTIVE, DISCARDED, DONE, FAILED, FINISHED, HAS_GRASPS, INTERRUPTED, MERGED, PENDING,
-    RUNNING, Manifest, RoundRecord,
+from supervisor.records import ObjectStatus, now
+from supervisor.rounds import FAILED, INTERRUPTED, OK, Outcome, Started
+from supervisor.state import (
+    CleanRounds, Effect, KillOrphans, Log, StopRounds, StopRun, WriteDataset,
 )
-from supervisor.resume import manifest_path
-from supervisor.rounds import Outcome, Started
+from supervisor.store import Store
 
 Message = Started | Outcome
 
 
 class Merger:
-    def __init__(self, config: Config, manifest: Manifest, accs: dict[str, Accumulator],
-                 stats: dict[str, Any], on_change: Callable[[], None],
-                 on_write_failed: Callable[[], None]) -> None:
-        self.config, self.manifest, self.accs, self.stats = config, manifest, accs, stats
-        self.on_change, self.on_write_failed = on_change, on_write_failed
+    def __init__(self, config: Config, store: Store, accs: dict[str, Accumulator],
+                 on_change: Callable[[], None], on_stop_rounds: Callable[[tuple[str, ...]], None],
+                 on_stop_run: Callable[[str], None]) -> None:
+        self.config, self.store, self.accs = config, store, accs
+        self.state = store.state
+        self.on_change, self.on_stop_rounds, self.on_stop_run = (
+            on_change, on_stop_rounds, on_stop_run)
         self.log = get_logger()
-        self.unwritten: dict[str, int] = {}  # object -> rounds held but not in final.npz
-        # done objects -> (grasps used per round, rounds merged by completing it)
-        self.finals: dict[str, tuple[dict[int, int], list[RoundRecord]]] = {}
-        self.to_clean: list[tuple[str, list[str]]] = []  # (object, round names)
-        # final.npz contents waiting to be written, with the rounds they merge
-        self.pending: dict[str, tuple[dict, list[RoundRecord]]] = {}
+        self.writes: dict[str, WriteDataset] = {}
+        self.to_clean: list[CleanRounds] = []
         self.write_error: str | None = None
-        self.dirty = False  # the manifest changed since it was last written
 
-    async def start(self, objects: list[mf.ObjectRecord]) -> None:
-        """Take over the state resume rebuilt, settle every object, write it once."""
-        for obj in objects:
-            # Rounds re-read from their folders still have to reach final.npz.
-            reloaded = sum(r.status == FINISHED for r in obj.rounds.values())
-            if reloaded and obj.code in self.accs:
-                self.unwritten[obj.code] = reloaded
-            self.settle(obj)
-            if obj.status == DONE:  # a kill during cleanup may have left folders behind
-                self.to_clean.append((obj.code, [r.name for r in obj.rounds.values()]))
-        await self.flush(drain=False, force=True)
+    # -- effects -------------------------------------------------------------------------
+    def record(self, event: ev.Event) -> None:
+        self.carry_out(self.store.record(event))
+
+    def carry_out(self, effects: list[Effect], tail: list[str] | None = None) -> None:
+        for effect in effects:
+            if isinstance(effect, Log):
+                extra = {"tail": tail} if tail and effect.event == "round_failed" else {}
+                getattr(self.log, effect.level)(effect.event, **effect.fields, **extra)
+            elif isinstance(effect, WriteDataset):
+                earlier = self.writes.get(effect.code)
+                if earlier is None or not earlier.final:
+                    self.writes[effect.code] = effect
+            elif isinstance(effect, CleanRounds):
+                self.to_clean.append(effect)
+            elif isinstance(effect, StopRounds):
+                self.on_stop_rounds(effect.names)
+            elif isinstance(effect, StopRun):
+                self.log.error("run_stopped", reason=effect.reason)
+                self.on_stop_run(effect.reason)
+            elif isinstance(effect, KillOrphans):  # only at start-up, see resume
+                raise AssertionError("KillOrphans outside start-up")
+
+    # -- messages from round tasks -------------------------------------------------------
+    def handle(self, message: Message) -> None:
+        job = message.job
+        if isinstance(message, Started):
+            self.record(ev.RoundSpawned(job.object_code, job.round_id, message.pid,
+                                        message.proc_start))
+            return
+        out, duration = message, message.finished_at - message.started_at
+        if out.kind == OK:
+            assert out.columns is not None
+            obj = self.state.objects[job.object_code]
+            if obj.status != ObjectStatus.DONE:  # held for final.npz, or for a revival
+                self.accs.setdefault(job.object_code, Accumulator()).add(job.round_id,
+                                                                         out.columns)
+            self.record(ev.RoundProduced(job.object_code, job.round_id, out.produced,
+                                         out.accepted, now(), duration))
+        elif out.kind == INTERRUPTED:
+            self.record(ev.RoundInterrupted(job.object_code, job.round_id,
+                                            out.reason or "interrupted", now(), duration))
+        else:
+            assert out.kind == FAILED
+            self.carry_out(self.store.record(ev.RoundFailed(
+                job.object_code, job.round_id, job.gpu, out.reason or "failed", now(),
+                duration, out.exit_code)), tail=out.tail[-5:])
+        if out.on_ended is not None:
+            out.on_ended(job)
 
     async def consume(self, recv: MemoryObjectReceiveStream[Message]) -> None:
         """Record every message until all senders have closed; write after each batch."""
@@ -66,157 +102,79 @@ class Merger:
                         self.handle(recv.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                await self.flush(drain=False)
+                await self.flush()
                 self.on_change()
         await self.flush(drain=True)
 
-    def handle(self, message: Message) -> None:
-        obj = self.manifest.objects[message.job.object_code]
-        rnd = obj.rounds[message.job.round_id]
-        self.manifest.touch(obj.code)
-        self.dirty = True
-        if isinstance(message, Started):
-            rnd.pid = message.pid
-            return
-        out = message
-        rnd.finished_at, rnd.exit_code, rnd.pid = mf.now(), out.exit_code, None
-        self.stats["gpu_seconds"] += out.finished_at - out.started_at
-        fields = out.job.fields()
-        if out.kind == rounds.OK:
-            rnd.produced, rnd.accepted, rnd.reason = out.produced, out.accepted, None
-            if obj.status != ACTIVE:
-                rnd.status, rnd.used = DISCARDED, 0
-                self.log.info("round_discarded", reason=f"object {obj.status}", **fields)
-                self.to_clean.append((obj.code, [rnd.name]))
-            else:
-                rnd.status = FINISHED
-                assert out.columns is not None
-                self.accs[obj.code].add(rnd.round_id, out.columns)
-                self.unwritten[obj.code] = self.unwritten.get(obj.code, 0) + 1
-                obj.consecutive_failures = 0
-        elif out.kind == rounds.INTERRUPTED:
-            rnd.status, rnd.attempts, rnd.reason = INTERRUPTED, rnd.attempts - 1, out.reason
-            self.log.info("round_interrupted", **fields)
-        else:
-            self._failed(obj, rnd, out)
-        self.settle(obj)
+    # -- writing -------------------------------------------------------------------------
+    async def commit(self) -> None:
+        lines = self.store.take_queued()
+        if lines:
+            await anyio.to_thread.run_sync(self.store.journal.append, lines)
 
-    def _failed(self, obj: mf.ObjectRecord, rnd: RoundRecord, out: Outcome) -> None:
-        self.stats["rounds_failed"] += 1
-        rnd.reason = out.reason
-        rnd.failures.append({"attempt": rnd.attempts, "reason": out.reason, "gpu": rnd.gpu,
-                             "exit_code": out.exit_code, "at": mf.now(),
-                             "duration_s": round(out.finished_at - out.started_at, 3)})
-        retry = rnd.attempts < self.config.retry.max_attempts and obj.status == ACTIVE
-        self.log.warning("round_failed", attempt=rnd.attempts, reason=out.reason,
-                         exit_code=out.exit_code, will_retry=retry, tail=out.tail[-5:],
-                         **out.job.fields())
-        if retry:
-            rnd.status = PENDING
-            self.stats["rounds_retried"] += 1
-            self.log.info("round_retry", attempt=rnd.attempts + 1,
-                          max_attempts=self.config.retry.max_attempts, **out.job.fields())
-            return
-        rnd.status = FAILED
-        if obj.status == ACTIVE:
-            obj.consecutive_failures += 1
-
-    def settle(self, obj: mf.ObjectRecord) -> None:
-        """Decide whether ``obj`` is done, failed or exhausted after a change."""
-        if obj.status != ACTIVE:
-            return
-        self.manifest.touch(obj.code)
-        status = plan.settle(obj, self.config.max_rounds,
-                             self.config.retry.max_consecutive_failed_rounds)
-        if status == DONE:
-            self._complete(obj)
-        elif status != ACTIVE:
-            obj.status = status
-            obj.reason = (f"{obj.consecutive_failures} consecutive rounds failed"
-                          if status == mf.OBJ_FAILED else
-                          f"max_rounds = {self.config.max_rounds} reached")
-            self.log.error("object_failed", object_code=obj.code, status=status,
-                           reason=obj.reason, collected=plan.collected(obj), target=obj.target)
-
-    def _complete(self, obj: mf.ObjectRecord) -> None:
-        comp = plan.completion(obj)
-        assert comp.last_round is not None
-        newly_merged = []
-        for rid, rnd in obj.rounds.items():
-            if rnd.status not in HAS_GRASPS:
-                continue
-            if rid > comp.last_round:
-                rnd.status, rnd.used = DISCARDED, 0
-                self.log.info("round_discarded", reason="object done", round=rnd.name,
-                              object_code=obj.code, gpu=rnd.gpu)
-                continue
-            if rnd.status == FINISHED:
-                newly_merged.append(rnd)
-            rnd.status, rnd.used = MERGED, comp.used.get(rid, 0)
-        obj.status, obj.collected = DONE, obj.target
-        self.finals[obj.code] = (comp.used, newly_merged)
-        self.log.info("object_done", object_code=obj.code, collected=obj.target,
-                      rounds_used=len(comp.used), last_round=comp.last_round)
-
-    def _due_writes(self, drain: bool) -> None:
-        """Queue final.npz writes: completed objects, and every merge_stride rounds."""
-        for code, (used, merged) in self.finals.items():
-            self.pending[code] = (self.accs.pop(code).build(used), merged)
-            self.unwritten.pop(code, None)
-            self.to_clean.append((code, [r.name for r in self.manifest.objects[code].rounds
-                                         .values() if r.status not in (RUNNING, PENDING,
-                                                                       INTERRUPTED)]))
-        self.finals = {}
-        for code, count in list(self.unwritten.items()):
-            if count and (drain or count >= self.config.merge_stride):
-                obj = self.manifest.objects[code]
-                self.manifest.touch(code)
-                merged = [r for r in obj.rounds.values() if r.status == FINISHED]
-                for rnd in merged:
-                    rnd.status = MERGED
-                columns = self.accs[code].build()
-                obj.collected = len(columns["round_id"])
-                earlier = self.pending.get(code, (None, []))[1]
-                self.pending[code] = (columns, earlier + merged)
-                self.unwritten[code] = 0
-
-    async def flush(self, drain: bool, force: bool = False) -> None:
-        """Manifest first, then datasets, then cleanup: resume relies on this order.
+    async def flush(self, drain: bool = False, snapshot: bool = False) -> None:
+        """Journal, then datasets (each recorded by an event), journal, cleanup, snapshot.
 
         A failed write (a full disk) keeps what was not written for the next flush and
         stops new rounds; the files on disk stay as they were.
         """
-        self._due_writes(drain)
-        if not (self.pending or force or self.dirty):
-            return
+        if drain:
+            for code, n in self.state.unwritten.items():
+                if n and self.state.objects[code].status != ObjectStatus.DONE:
+                    self.writes.setdefault(code, WriteDataset(code, None, final=False))
         try:
-            self.dirty = False
-            data = self.manifest.dumps()
-            await anyio.to_thread.run_sync(mf.save, manifest_path(self.config), data)
-            crash_point("flush.after_manifest")
-            for code in list(self.pending):
-                columns, merged = self.pending[code]
-                path = dataset.final_path(self.config.exp_dir, code)
-                await anyio.to_thread.run_sync(dataset.write, path, columns)
-                del self.pending[code]
-                for rnd in merged:
-                    self.log.info("round_merged", round=rnd.name, object_code=code,
-                                  gpu=rnd.gpu, accepted=rnd.accepted, produced=rnd.produced,
-                                  collected=len(columns["round_id"]))
+            await self.commit()
+            for code in list(self.writes):
+                await self._write_dataset(self.writes.pop(code))
             crash_point("flush.after_datasets")
+            await self.commit()
+            if snapshot or drain or self.store.snapshot_due():
+                data = self.store.encode_snapshot()
+                await anyio.to_thread.run_sync(self.store.write_snapshot, data)
         except OSError as exc:
-            self.dirty = True
             self._write_failed(exc)
             return
         if not self.config.keep_intermediate:
-            for code, names in self.to_clean:
-                await anyio.to_thread.run_sync(cleanup.clean_rounds, self.config, code, names)
+            for clean in self.to_clean:
+                await anyio.to_thread.run_sync(cleanup.clean_rounds, self.config, clean.code,
+                                               clean.names)
         self.to_clean = []
+
+    async def _write_dataset(self, write: WriteDataset) -> None:
+        acc = self.accs.get(write.code) or Accumulator()
+        columns = acc.build(write.used)
+        path = paths.final(self.config.exp_dir, write.code)
+        try:
+            await anyio.to_thread.run_sync(dataset.write, path, columns)
+        except OSError:
+            self.writes[write.code] = write  # tried again at the next flush
+            raise
+        crash_point("flush.after_dataset")
+        stat = os.stat(path)
+        rows = len(columns["round_id"])
+        used = write.used if write.used is not None else {
+            rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()}
+        if write.final:
+            self.accs.pop(write.code, None)
+        self.record(ev.DatasetWritten(write.code, dict(used), rows, stat.st_size,
+                                      stat.st_mtime_ns))
+        for name in acc.partial_keys:
+            self.log.warning("key_dropped", object_code=write.code, key=name, reason=(
+                "not saved by every round of this object: kept as NaN where missing"))
+        acc.partial_keys.clear()
 
     def _write_failed(self, exc: OSError) -> None:
         first = self.write_error is None
         self.write_error = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
         self.log.error("write_failed", error=self.write_error, errno=exc.errno,
-                       pending=sorted(self.pending), will_drain=first)
+                       pending=sorted(self.writes), will_drain=first)
         if first:
-            self.on_write_failed()
+            self.on_stop_run(f"a write failed: {self.write_error}")
+
+    def summary(self) -> dict[str, Any]:
+        s = self.state
+        return {"rounds_started": s.stats["rounds_started"],
+                "rounds_failed": s.stats["rounds_failed"],
+                "rounds_retried": s.stats["rounds_retried"],
+                "gpu_hours": round(s.stats["gpu_seconds"] / 3600, 4)}
+

@@ -1,19 +1,18 @@
-"""The plan: round names, seeds, and which object needs how many more rounds.
+"""The plan: round names, seeds, when an object's dataset is complete, and which round a
+free GPU should run next.
 
-Pure functions over the manifest's records; the dispatcher and the merger call them.
+Pure functions over the state's records and counters; picking is O(1) amortised: only
+this run's active objects are looked at, in list order, and the scan stops at the first
+that wants a round (the ones before it already have every round they can use).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Iterable
 
-from supervisor.config import SEED_STRIDE
-from supervisor.manifest import (
-    ACTIVE, DISCARDED, DONE, EXHAUSTED, FAILED, HAS_GRASPS, IN_FLIGHT, OBJ_FAILED, TO_RUN,
-    ObjectRecord, RoundRecord,
-)
+from supervisor.config import MAX_SEED, SEED_STRIDE
+from supervisor.records import HAS_GRASPS, GpuStatus, ObjectRecord, RoundStatus
+from supervisor.state import State
 
 
 def round_name(exp_name: str, object_code: str, round_id: int) -> str:
@@ -23,44 +22,10 @@ def round_name(exp_name: str, object_code: str, round_id: int) -> str:
 def round_seed(seed_base: int, object_index: int, round_id: int) -> int:
     if not 0 <= round_id < SEED_STRIDE:
         raise ValueError(f"round_id must be in [0, {SEED_STRIDE}), got {round_id}")
-    return seed_base + object_index * SEED_STRIDE + round_id
-
-
-def collected(obj: ObjectRecord) -> int:
-    """Accepted grasps of rounds that produced them, merged into final.npz or not yet."""
-    return sum(r.accepted or 0 for r in obj.rounds.values() if r.status in HAS_GRASPS)
-
-
-def acceptance_rate(obj: ObjectRecord) -> float | None:
-    produced = sum(r.produced or 0 for r in obj.rounds.values() if r.status in HAS_GRASPS)
-    if produced == 0:
-        return None
-    return collected(obj) / produced
-
-
-def expected_yield(obj: ObjectRecord, batch_size: int) -> float:
-    """Grasps a round is expected to add: the batch at the acceptance rate seen so far.
-
-    At least one grasp, so that an object whose rounds all got rejected so far still
-    asks for rounds (bounded by max_rounds and the failure limits).
-    """
-    rate = acceptance_rate(obj)
-    return max(1.0, batch_size * (1.0 if rate is None else rate))
-
-
-def outstanding(obj: ObjectRecord) -> list[RoundRecord]:
-    return [r for r in obj.rounds.values() if r.status in IN_FLIGHT or r.status in TO_RUN]
-
-
-def new_rounds_wanted(obj: ObjectRecord, batch_size: int) -> int:
-    """Rounds to start beyond those in flight or waiting, counted at their expected yield."""
-    if obj.status != ACTIVE:
-        return 0
-    remaining = obj.target - collected(obj)
-    if remaining <= 0:
-        return 0
-    needed = math.ceil(remaining / expected_yield(obj, batch_size))
-    return max(0, needed - len(outstanding(obj)))
+    seed = seed_base + object_index * SEED_STRIDE + round_id
+    if seed > MAX_SEED:
+        raise ValueError(f"seed {seed} is above {MAX_SEED}: lower seed_base")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -80,7 +45,7 @@ def completion(obj: ObjectRecord) -> Completion:
     used: dict[int, int] = {}
     for rid in sorted(obj.rounds):
         rnd = obj.rounds[rid]
-        if rnd.status in (FAILED, DISCARDED):
+        if rnd.status in (RoundStatus.FAILED, RoundStatus.DISCARDED):
             continue
         if rnd.status not in HAS_GRASPS:
             return Completion(False, None, used)
@@ -92,23 +57,6 @@ def completion(obj: ObjectRecord) -> Completion:
     return Completion(False, None, used)
 
 
-def next_round_id(obj: ObjectRecord) -> int:
-    return max(obj.rounds, default=-1) + 1
-
-
-def settle(obj: ObjectRecord, max_rounds: int, max_consecutive_failed: int) -> str:
-    """The object's status once a round of it has been settled."""
-    if obj.status != ACTIVE:
-        return obj.status
-    if completion(obj).done:
-        return DONE
-    if obj.consecutive_failures >= max_consecutive_failed:
-        return OBJ_FAILED
-    if next_round_id(obj) >= max_rounds and not outstanding(obj):
-        return EXHAUSTED
-    return ACTIVE
-
-
 @dataclass(frozen=True)
 class Pick:
     object_code: str
@@ -116,24 +64,41 @@ class Pick:
     new: bool
 
 
-def pick_next(objects: Iterable[ObjectRecord], batch_size: int, max_rounds: int) -> Pick | None:
-    """The next round to start: objects in list order, retries before new rounds.
+def allowed_on(state: State, failed_on: set[int], gpu: int) -> bool:
+    """A retry goes to a GPU it has not failed on whenever a healthy one exists, even if
+    that means waiting for it."""
+    if gpu not in failed_on:
+        return True
+    return not any(g not in failed_on for g in state.healthy_gpus())
+
+
+def failed_on(state: State, code: str, round_id: int) -> set[int]:
+    rnd = state.round_of(code, round_id)
+    return {f["gpu"] for f in rnd.failures if f.get("gpu") is not None
+            and f.get("kind", "failed") == "failed"}
+
+
+def pick(state: State, gpu: int) -> Pick | None:
+    """The next round to start on ``gpu``: objects in list order, retries first.
 
     Earlier objects get every round their remaining quota can use; later ones fill GPUs
     the earlier ones cannot use.
     """
-    for obj in objects:
-        if obj.status != ACTIVE:
-            continue
-        waiting = sorted(r.round_id for r in obj.rounds.values() if r.status in TO_RUN)
-        if waiting:
-            return Pick(obj.code, waiting[0], new=False)
-        rid = next_round_id(obj)
-        if rid < max_rounds and new_rounds_wanted(obj, batch_size) > 0:
-            return Pick(obj.code, rid, new=True)
+    if state.gpus.get(gpu) and state.gpus[gpu].status != GpuStatus.HEALTHY:
+        return None
+    for code in state.active:
+        for rid in sorted(state.tally[code].waiting):
+            if allowed_on(state, failed_on(state, code, rid), gpu):
+                return Pick(code, rid, new=False)
+        rid = state.next_round_id(code)
+        if rid < state.policy.max_rounds and state.new_rounds_wanted(code) > 0:
+            return Pick(code, rid, new=True)
     return None
 
 
-def terminal(status: str) -> bool:
-    return status in (DONE, OBJ_FAILED, EXHAUSTED)
-
+def rounds_to_go(state: State, code: str) -> int:
+    obj = state.objects[code]
+    if obj.status != "active":
+        return 0
+    remaining = max(0, obj.target - state.collected(code))
+    return -(-remaining // int(state.expected_yield(code))) if remaining else 0

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from supervisor import dataset, manifest as mf, plan
+from supervisor import dataset, events as ev, journal, manifest as mf, paths, plan, store as st
 from supervisor.config import SEED_STRIDE, Config
-from supervisor.manifest import ACTIVE, FINISHED, MERGED, PENDING, Manifest, ObjectRecord
-from supervisor.results import ResultError
-from supervisor.resume import manifest_path
-from supervisor.rounds import RoundJob, read_result, round_dir
+from supervisor.records import RoundStatus
+from supervisor.results import ResultError, read_accepted
+from supervisor.resume import RefusedError
+from supervisor.state import State
+from supervisor.transitions import apply
 
 
 def _aside(path: Path, stamp: str) -> Path:
@@ -40,7 +41,7 @@ def _round_ids(config: Config, code: str) -> list[int]:
 
 
 def _folder_index(config: Config, code: str, rid: int) -> int | None:
-    path = round_dir(config, plan.round_name(config.exp_name, code, rid)) / "results/config.txt"
+    path = paths.round_dir(config, plan.round_name(config.exp_name, code, rid)) / "results/config.txt"
     try:
         seed = int(re.search(r"\bseed=(\d+)", path.read_text()).group(1))  # type: ignore[union-attr]
     except (OSError, AttributeError, ValueError):
@@ -48,32 +49,28 @@ def _folder_index(config: Config, code: str, rid: int) -> int | None:
     return (seed - config.seed_base - rid) // SEED_STRIDE
 
 
-def _rebuild_object(config: Config, code: str, index: int,
-                    final: dict[str, np.ndarray] | None) -> ObjectRecord:
-    obj = ObjectRecord(code, index, config.target_count_per_object)
+def _object_from_files(config: Config, code: str, index: int,
+                       final: dict[str, np.ndarray] | None) -> ev.ObjectRecovered:
     in_final: dict[int, int] = {}
     if final is not None:
         rids, counts = np.unique(final["round_id"], return_counts=True)
         in_final = dict(zip(rids.tolist(), counts.tolist()))
-    ids = set(in_final) | set(_round_ids(config, code))
-    for rid in range(max(ids, default=-1) + 1):
+    folders = _round_ids(config, code)
+    from_folders = {}
+    for rid in folders:
         name = plan.round_name(config.exp_name, code, rid)
-        rnd = mf.RoundRecord(rid, name, plan.round_seed(config.seed_base, index, rid))
-        obj.rounds[rid] = rnd
         try:
-            produced, cols = read_result(config, RoundJob(code, rid, name, rnd.seed, 0, 0))
-            rnd.status, rnd.produced, rnd.accepted = FINISHED, produced, len(cols["round_id"])
+            produced, cols = read_accepted(
+                paths.result(config, name, code), config.round_batch_size, config.filter,
+                plan.round_seed(config.seed_base, index, rid), rid)
         except ResultError:
-            rnd.status = PENDING
-        if rid in in_final:
-            rnd.status = MERGED
-            if rnd.accepted is None:
-                rnd.produced = rnd.accepted = in_final[rid]
-    return obj
+            continue
+        from_folders[rid] = (produced, len(cols["round_id"]))
+    return ev.ObjectRecovered(code, index, config.target_count_per_object, in_final,
+                              from_folders, tuple(folders))
 
 
-def _rebuild(config: Config, finals: dict[str, dict[str, np.ndarray]]) -> Manifest:
-    m = Manifest(config.exp_name, config.identity(), config.snapshot())
+def _indices(config: Config, finals: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
     known: dict[str, int] = {}
     for code in config.object_codes:
         if code in finals and len(finals[code]["seed"]):
@@ -90,48 +87,77 @@ def _rebuild(config: Config, finals: dict[str, dict[str, np.ndarray]]) -> Manife
     for code in config.object_codes:
         if code not in known:
             known[code], next_index = next_index, next_index + 1
-        m.objects[code] = _rebuild_object(config, code, known[code], finals.get(code))
-    return m
+    return known
+
+
+def _rebuild(config: Config, finals: dict[str, dict[str, np.ndarray]]) -> State:
+    state = st.new_state(config)
+    for code, index in _indices(config, finals).items():
+        apply(state, _object_from_files(config, code, index, finals.get(code)))
+    apply(state, ev.ObjectsRegistered(config.object_codes, config.target_count_per_object))
+    return state
+
+
+def _has_experiment(config: Config) -> bool:
+    exp = config.exp_dir
+    if any((exp / name).exists() for name in ("manifest.json", "journal.jsonl", "final")):
+        return True
+    return any(_round_ids(config, code) for code in config.object_codes)
 
 
 def recover(config: Config) -> list[str]:
     """Repair the experiment on disk; returns what was done, one line each."""
+    if not _has_experiment(config):
+        raise RefusedError(
+            f"{config.exp_dir}: no experiment {config.exp_name!r} there (no manifest, "
+            f"journal, datasets or round folders): nothing to recover; check --exp_name "
+            f"and experiments_dir")
     stamp = time.strftime("%Y%m%dT%H%M%S")
     report: list[str] = []
     finals: dict[str, dict[str, np.ndarray]] = {}
-    broken_finals: list[str] = []
+    broken_finals: list[tuple[str, str]] = []
     for code in config.object_codes:
-        path = dataset.final_path(config.exp_dir, code)
+        path = paths.final(config.exp_dir, code)
         if not path.exists():
             continue
         try:
             finals[code] = dataset.load(path)
         except dataset.DatasetError as exc:
             report.append(f"moved aside {_aside(path, stamp)} ({exc})")
-            broken_finals.append(code)
-    path = manifest_path(config)
-    old: Manifest | None = None
+            broken_finals.append((code, str(exc)))
+    path = paths.manifest(config.exp_dir)
+    old: State | None = None
     if path.exists():
         try:
-            old = mf.load(path)
-        except mf.ManifestError as exc:
+            old = st.load_state(config)
+        except (mf.ManifestError, journal.JournalError) as exc:
             report.append(f"moved aside {_aside(path, stamp)} ({exc})")
+            journal_path = paths.journal(config.exp_dir)
+            if journal_path.exists():
+                report.append(f"moved aside {_aside(journal_path, stamp)}")
     if old is not None:
-        for code in broken_finals:
+        for code, reason in broken_finals:
             if code in old.objects:
-                old.objects[code].status = ACTIVE
+                apply(old, ev.DatasetLost(code, reason))
                 report.append(f"{code}: reopened; resume reloads or reruns its rounds")
         if not broken_finals:
             report.append(f"{path} and the datasets are readable: nothing to recover")
             return report
-        mf.save(path, old.dumps())
+        _save(config, old)
         return report
-    m = _rebuild(config, finals)
-    mf.save(path, m.dumps())
-    for obj in m.objects.values():
-        states = [r.status for r in obj.rounds.values()]
-        report.append(f"{obj.code}: index {obj.index}, {states.count(MERGED)} round(s) in "
-                      f"final.npz, {states.count(FINISHED)} to reload from their folders, "
-                      f"{states.count(PENDING)} to run again")
+    state = _rebuild(config, finals)
+    _save(config, state)
+    for code in config.object_codes:
+        by = state.tally[code].by_status
+        report.append(f"{code}: index {state.objects[code].index}, "
+                      f"{by[RoundStatus.MERGED]} round(s) in final.npz, "
+                      f"{by[RoundStatus.FINISHED]} to reload from their folders, "
+                      f"{by[RoundStatus.DISCARDED]} kept out of a delivered dataset")
     report.append(f"wrote {path}; resume with: python -m supervisor {config.path}")
     return report
+
+
+def _save(config: Config, state: State) -> None:
+    """The snapshot holds every event now: the journal starts empty."""
+    mf.save(paths.manifest(config.exp_dir), mf.Encoder().dumps(state))
+    paths.journal(config.exp_dir).unlink(missing_ok=True)

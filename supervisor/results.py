@@ -140,3 +140,11 @@ def with_provenance(columns: Columns, seed: int, round_id: int) -> Columns:
 
 def select(columns: Columns, mask: np.ndarray | slice) -> Columns:
     return {k: v[mask] for k, v in columns.items()}
+
+
+def read_accepted(path: Path, batch_size: int, thresholds: Mapping[str, float], seed: int,
+                  round_id: int) -> tuple[int, Columns]:
+    """Validate a round's result file; return (produced, accepted grasps with provenance)."""
+    columns = read_round(path, batch_size)
+    mask = accept_mask(columns, thresholds)
+    return len(mask), select(with_provenance(columns, seed, round_id), mask)

@@ -1,40 +1,35 @@
-"""Starting or resuming an experiment: open the manifest, check the config against it,
-and rebuild each unfinished object's grasps from final.npz and the round folders.
+"""Starting or resuming an experiment: open the state (snapshot + journal), check the
+config against it, stop what a dead supervisor left running, and reconcile each
+unfinished object with its files (final.npz and round folders).
 
-The merger writes the manifest before final.npz, so after a kill the manifest may name
-rounds as merged that final.npz lacks: their grasps are read again from their round
-folders (which are only removed after final.npz is written), or the round runs again with
-the same name and seed.
+Every change goes through the state machine as an event; this module only reads files
+and processes and turns what it finds into events.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from supervisor import dataset, manifest as mf
+from supervisor import dataset, events as ev, journal, manifest as mf, paths, store as st
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.fsutil import remove_stale_temps
-from supervisor.manifest import (
-    ACTIVE, DISCARDED, DONE, EXHAUSTED, FINISHED, HAS_GRASPS, INTERRUPTED, MERGED,
-    OBJ_FAILED, PENDING, RUNNING, Manifest, ObjectRecord, RoundRecord,
-)
-from supervisor.results import ResultError
-from supervisor.rounds import RoundJob, read_result
+from supervisor.records import HAS_GRASPS, ObjectStatus, RoundStatus, now
+from supervisor.results import ResultError, read_accepted
+from supervisor.state import Effect, KillOrphans, State
+from supervisor.store import Store
 
 
 class RefusedError(RuntimeError):
     """The experiment on disk does not allow this start; the message says what to do."""
-
-
-def manifest_path(config: Config) -> Path:
-    return config.exp_dir / mf.MANIFEST_NAME
 
 
 def recover_hint(config: Config) -> str:
@@ -42,149 +37,200 @@ def recover_hint(config: Config) -> str:
             f"recover {config.path}")
 
 
-def open_manifest(config: Config) -> Manifest:
-    path = manifest_path(config)
+def open_state(config: Config) -> State:
+    """The experiment's state as the snapshot and journal leave it (read only)."""
+    try:
+        return st.load_state(config)
+    except (mf.ManifestError, journal.JournalError) as exc:
+        raise RefusedError(f"{exc}; {recover_hint(config)}") from None
+
+
+def open_experiment(config: Config) -> State:
+    """A new state, or the stored one checked against the config."""
+    path = paths.manifest(config.exp_dir)
     if not path.exists():
-        return Manifest(config.exp_name, config.identity(), config.snapshot())
+        return st.new_state(config)
     if not config.resume:
         raise RefusedError(
             f"{path} exists: experiment {config.exp_name!r} was started before. Resume it "
             f"with --resume (resume = true), or pick a new exp_name; nothing was changed")
-    try:
-        m = mf.load(path)
-    except mf.ManifestError as exc:
-        raise RefusedError(f"{exc}; {recover_hint(config)}") from None
+    state = open_state(config)
     for key, value in config.identity().items():
-        if m.identity.get(key) != value:
+        if key in state.identity and state.identity[key] != value:
             raise RefusedError(
-                f"{config.path}: {key} = {value!r} differs from {m.identity.get(key)!r} used "
-                f"so far in {path}; it would change existing grasps. Restore it, or pick a "
-                f"new exp_name")
-    m.config = config.snapshot()
-    return m
-
-
-def register_objects(config: Config, m: Manifest) -> list[str]:
-    """Add new objects with fixed indices; raise targets; give failed objects a new chance.
-
-    Returns the codes whose status changed, for logging.
-    """
-    changed = []
+                f"{config.path}: {key} = {value!r} differs from {state.identity[key]!r} used "
+                f"so far in {path}; it would change which grasps are in the datasets. "
+                f"Restore it, or pick a new exp_name")
     for code in config.object_codes:
-        obj = m.objects.get(code)
-        target = config.target_count_per_object
-        if obj is None:
-            m.objects[code] = ObjectRecord(code, m.next_index(), target)
-            continue
-        if target < obj.target:
+        obj = state.objects.get(code)
+        if obj is not None and config.target_count_per_object < obj.target:
             raise RefusedError(
-                f"{config.path}: target_count_per_object = {target} is lower than {obj.target} "
-                f"used so far for {code!r}; datasets are never shrunk. Raise it, or pick a "
-                f"new exp_name")
-        if target > obj.target or obj.status in (OBJ_FAILED, EXHAUSTED):
-            obj.target = target
-            if obj.status != ACTIVE:
-                obj.status, obj.consecutive_failures, obj.reason = ACTIVE, 0, None
-                changed.append(code)
-    return changed
+                f"{config.path}: target_count_per_object = {config.target_count_per_object} "
+                f"is lower than {obj.target} used so far for {code!r}; datasets are never "
+                f"shrunk. Raise it, or pick a new exp_name")
+    state.identity, state.config = config.identity(), config.snapshot()
+    return state
 
 
-def _is_round_process(pid: int, name: str) -> bool:
-    """Is ``pid`` still a live process whose command line holds this round's name?"""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and name.encode() in cmdline
+def start(config: Config, state: State, gpus: list[int]) -> tuple[Store, list[Effect],
+                                                                   list[tuple[str, int]]]:
+    """Register the objects and this start; kill orphaned round groups before the start
+    is journaled (so that a kill here leaves their pids recorded for the next try)."""
+    store = Store(config, state)
+    effects = store.record(ev.ObjectsRegistered(config.object_codes,
+                                                config.target_count_per_object))
+    started = store.record(ev.SupervisorStarted(
+        os.getpid(), socket.gethostname(), tuple(sys.argv), now(), str(config.main.cwd),
+        dict(config.main.env), tuple(gpus)))
+    stopped: list[tuple[str, int]] = []
+    for effect in started:
+        if isinstance(effect, KillOrphans):
+            stopped += kill_orphans(effect.rounds)
+        else:
+            effects.append(effect)
+    return store, effects, stopped
 
 
-def stop_orphans(m: Manifest, wait_s: float = 10.0) -> list[tuple[str, int]]:
-    """Rounds the manifest says are running get rerun: first kill any child of a dead
-    supervisor still running them (normally PR_SET_PDEATHSIG has done so already)."""
+# -- orphans -----------------------------------------------------------------------------
+def _processes() -> dict[int, list[tuple[int, int, bytes]]]:
+    """Live processes by process group: (pid, start time in ticks, cmdline)."""
+    groups: dict[int, list[tuple[int, int, bytes]]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            groups.setdefault(int(fields[2]), []).append((int(entry.name), int(fields[19]),
+                                                          cmdline))
+    return groups
+
+
+def _members(groups: dict[int, list[tuple[int, int, bytes]]], name: str, pgid: int,
+             started: int | None) -> list[int]:
+    """Live processes of the round's process group.
+
+    While the leader lives, it must be the round's own (same start time, or, for records
+    without one, a command line naming the round): a reused pid is left alone. Once the
+    leader is gone, Linux cannot hand its pid to a new group while members of the old
+    one live, so every process still in that group is the round's.
+    """
+    members = groups.get(pgid, [])
+    leader = next(((ticks, cmd) for pid, ticks, cmd in members if pid == pgid), None)
+    if leader is None:
+        alive = any(pid == pgid for group in groups.values() for pid, _, _ in group)
+        return [] if alive else [pid for pid, _, _ in members]
+    ticks, cmd = leader
+    ours = ticks == started if started is not None else name.encode() in cmd.split(b"\0")
+    return [pid for pid, _, _ in members] if ours else []
+
+
+def kill_orphans(rounds: tuple[tuple[str, int, int | None], ...],
+                 wait_s: float = 10.0) -> list[tuple[str, int]]:
+    """SIGKILL every process of the recorded rounds' groups, grandchildren included."""
     stopped = []
-    for obj in m.objects.values():
-        for rnd in obj.rounds.values():
-            if rnd.status != RUNNING:
-                continue
-            if rnd.pid and _is_round_process(rnd.pid, rnd.name):
-                try:
-                    os.killpg(rnd.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                deadline = time.monotonic() + wait_s
-                while _is_round_process(rnd.pid, rnd.name) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                stopped.append((rnd.name, rnd.pid))
-            rnd.status, rnd.pid = INTERRUPTED, None
-            rnd.attempts = max(0, rnd.attempts - 1)
+    groups = _processes()
+    for name, pgid, started in rounds:
+        pids = _members(groups, name, pgid, started)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if pids:
+            stopped.append((name, pgid))
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        groups = _processes()
+        if not any(_members(groups, n, p, s) for n, p, s in rounds):
+            break
+        time.sleep(0.01)
     return stopped
 
 
-def _job(obj: ObjectRecord, rnd: RoundRecord) -> RoundJob:
-    return RoundJob(obj.code, rnd.round_id, rnd.name, rnd.seed, rnd.gpu or 0, rnd.attempts)
+# -- grasps ------------------------------------------------------------------------------
+def _final_matches(config: Config, code: str, state: State) -> bool:
+    obj = state.objects[code]
+    try:
+        stat = os.stat(paths.final(config.exp_dir, code))
+    except OSError:
+        return False
+    return (stat.st_size, stat.st_mtime_ns) == (obj.final_bytes, obj.final_mtime_ns) \
+        and obj.collected == obj.target
 
 
-def _final_is_complete(path: Path, target: int) -> bool:
+def _final_rows(path: Path) -> int | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return len(npz["round_id"]) == target
+            return len(npz["round_id"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return False  # unreadable: rebuilding it refuses with the recover hint
+        return None
 
 
-def load_grasps(config: Config, m: Manifest) -> dict[str, Accumulator]:
-    """Accumulators for every unfinished object, from final.npz plus round folders."""
-    accs = {}
+def load_grasps(config: Config, store: Store) -> tuple[dict[str, Accumulator], list[Effect],
+                                                       list[tuple[str, tuple[str, ...]]]]:
+    """Accumulators for unfinished objects, from final.npz plus round folders; and the
+    round folders of done objects that a kill left behind (to clean)."""
+    state = store.state
+    accs: dict[str, Accumulator] = {}
+    effects: list[Effect] = []
+    leftovers = []
     remove_stale_temps(config.exp_dir)
-    for code in config.object_codes:
-        obj = m.objects[code]
-        path = dataset.final_path(config.exp_dir, code)
+    for code in state.order:
+        obj = state.objects[code]
+        path = paths.final(config.exp_dir, code)
         remove_stale_temps(path.parent)
-        if obj.status == DONE and _final_is_complete(path, obj.target):
+        if obj.status == ObjectStatus.DONE:
+            if _final_matches(config, code, state) or _final_rows(path) == obj.target:
+                names = tuple(r.name for r in obj.rounds.values()
+                              if paths.round_dir(config, r.name).exists())
+                if names:
+                    leftovers.append((code, names))
+                continue
+        elif obj.status != ObjectStatus.ACTIVE:
             continue
-        if obj.status == DONE:  # killed between the manifest and final.npz writes
-            obj.status = ACTIVE
-        accs[code] = _rebuild(config, obj, path)
-    return accs
+        held = any(r.status in (*HAS_GRASPS, RoundStatus.DISCARDED) and r.accepted is not None
+                   for r in obj.rounds.values())
+        if not held and not path.exists():
+            continue  # nothing produced yet: nothing to reconcile
+        acc, event = _reload(config, state, code, path)
+        accs[code] = acc
+        effects += store.record(event)
+    return accs, effects, leftovers
 
 
-def _rebuild(config: Config, obj: ObjectRecord, path: Path) -> Accumulator:
+def _reload(config: Config, state: State, code: str, path: Path
+            ) -> tuple[Accumulator, ev.ObjectReloaded]:
+    obj = state.objects[code]
     acc = Accumulator()
     if path.exists():
         try:
             acc = Accumulator.from_columns(dataset.grasp_columns(dataset.load(path)))
         except dataset.DatasetError as exc:
             raise RefusedError(f"{exc}; {recover_hint(config)}") from None
-    for rid, cols in acc.rounds.items():
-        rnd = obj.rounds.get(rid)
-        if rnd is None:
-            raise RefusedError(f"{path}: holds grasps of round {rid}, which {config.exp_dir}/"
-                               f"manifest.json does not know; {recover_hint(config)}")
-        if rnd.status not in HAS_GRASPS:
-            rnd.status, rnd.accepted = MERGED, len(cols["round_id"])
-            rnd.produced = rnd.produced or rnd.accepted
+    in_final = {rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()}
+    unknown = sorted(set(in_final) - set(obj.rounds))
+    if unknown:
+        raise RefusedError(f"{path}: holds grasps of round(s) {unknown}, which "
+                           f"{paths.manifest(config.exp_dir)} does not know; "
+                           f"{recover_hint(config)}")
+    from_folders: dict[int, tuple[int, int]] = {}
+    missing: dict[int, str] = {}
     for rnd in obj.rounds.values():
-        if rnd.status not in (*HAS_GRASPS, DISCARDED) or rnd.accepted is None:
-            if rnd.status == DISCARDED:
-                rnd.status = PENDING
+        if rnd.status not in (*HAS_GRASPS, RoundStatus.DISCARDED) or rnd.accepted is None:
             continue
-        have = len(acc.rounds[rnd.round_id]["round_id"]) if rnd.round_id in acc.rounds else 0
-        if have == rnd.accepted:
-            rnd.status = MERGED
+        if in_final.get(rnd.round_id, 0) == rnd.accepted:
             continue
         try:
-            produced, cols = read_result(config, _job(obj, rnd))
-            acc.add(rnd.round_id, cols)
-            rnd.status, rnd.produced, rnd.accepted = FINISHED, produced, len(cols["round_id"])
+            produced, cols = read_accepted(
+                paths.result(config, rnd.name, code), config.round_batch_size, config.filter,
+                rnd.seed, rnd.round_id)
         except ResultError as exc:
-            if have:
-                # Part of it is in final.npz (the object was done, then its target raised,
-                # and its folder is gone): keep what was merged, never rerun over it.
-                rnd.status, rnd.accepted, rnd.used = MERGED, have, have
-                continue
-            rnd.status, rnd.produced, rnd.accepted, rnd.used = PENDING, None, None, None
-            rnd.reason = f"grasps not in final.npz and {exc}; running it again"
-    obj.collected = sum(len(c["round_id"]) for rid, c in acc.rounds.items()
-                        if obj.rounds[rid].status == MERGED)
-    return acc
+            missing[rnd.round_id] = str(exc)
+            continue
+        acc.add(rnd.round_id, cols)
+        from_folders[rnd.round_id] = (produced, len(cols["round_id"]))
+    return acc, ev.ObjectReloaded(code, in_final, from_folders, missing)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import anyio
-from supervisor import progress, results, runner
+from supervisor import paths, progress, results, runner
 from supervisor.config import Config
 from supervisor.logs import get_logger
 
@@ -41,7 +41,16 @@ class RoundJob:
 @dataclass(frozen=True)
 class Started:
     job: RoundJob
-    pid: int
+    pid: int  # the round's process group leader (supervisor.launch)
+    proc_start: int | None = None
+
+
+@dataclass
+class Control:
+    """How the supervisor stops one round: ``stop`` (SIGTERM, SIGKILL after grace_s),
+    ``kill`` (SIGKILL now)."""
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    kill: anyio.Event = field(default_factory=anyio.Event)
 
 
 @dataclass
@@ -56,14 +65,8 @@ class Outcome:
     accepted: int = 0
     columns: results.Columns | None = None  # accepted grasps with provenance
     tail: list[str] = field(default_factory=list)
-
-
-def round_dir(config: Config, name: str) -> Path:
-    return config.main.output_dir / name
-
-
-def result_path(config: Config, job: RoundJob) -> Path:
-    return round_dir(config, job.name) / "results" / f"{job.object_code}.npy"
+    # Called by the merger once the outcome is recorded (frees the GPU slot).
+    on_ended: Callable[[RoundJob], None] | None = None
 
 
 def command(config: Config, job: RoundJob) -> list[str]:
@@ -72,6 +75,9 @@ def command(config: Config, job: RoundJob) -> list[str]:
         "batch_size": config.round_batch_size, "num_iterations": config.num_iterations,
         "seed": job.seed, "gpu": job.gpu, "python": sys.executable,
     }
+    if any("{upstream_launcher}" in part for part in config.main.command):
+        from supervisor.upstream_launcher import LAUNCHER_PATH
+        values["upstream_launcher"] = str(LAUNCHER_PATH)
     return [part.format(**values) for part in config.main.command]
 
 
@@ -88,25 +94,16 @@ def child_env(config: Config, gpu: int) -> dict[str, str]:
     return env
 
 
-def read_result(config: Config, job: RoundJob) -> tuple[int, results.Columns]:
-    """Validate the round's result; return (produced, accepted grasps with provenance)."""
-    columns = results.read_round(result_path(config, job), config.round_batch_size)
-    mask = results.accept_mask(columns, config.filter)
-    produced = len(mask)
-    accepted = results.select(results.with_provenance(columns, job.seed, job.round_id), mask)
-    return produced, accepted
-
-
 class LineSink:
     """Writes a child's lines to its round log and its GPU's log; turns tqdm into events."""
 
     def __init__(self, config: Config, job: RoundJob) -> None:
-        logs = config.exp_dir / "logs"
-        (logs / "rounds").mkdir(parents=True, exist_ok=True)
+        round_log = paths.round_log(config.exp_dir, job.name)
+        round_log.parent.mkdir(parents=True, exist_ok=True)
         # Line-buffered, so that `tail -f` shows a round as it runs.
-        self.round_log = (logs / "rounds" / f"{job.name}.log").open(
+        self.round_log = round_log.open("a", encoding="utf-8", buffering=1)
+        self.gpu_log = paths.gpu_log(config.exp_dir, job.gpu).open(
             "a", encoding="utf-8", buffering=1)
-        self.gpu_log = (logs / f"gpu_{job.gpu}.log").open("a", encoding="utf-8", buffering=1)
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.interval_s = config.logs.progress_interval_s
         self.last_event = -float("inf")
@@ -152,23 +149,23 @@ def _describe(exit_: runner.ChildExit, config: Config) -> str:
     return f"exit code {exit_.returncode}"
 
 
-async def run_round(config: Config, job: RoundJob, stop: anyio.Event,
+async def run_round(config: Config, job: RoundJob, control: Control,
                     on_start: Callable[[int], None],
                     watch: dict[str, tuple[RoundJob, LineSink]] | None = None) -> Outcome:
     """Run one attempt; ``watch`` lists the rounds running now (for the live view)."""
     watch = {} if watch is None else watch
     try:
-        return await _run_round(config, job, stop, on_start, watch)
+        return await _run_round(config, job, control, on_start, watch)
     finally:
         watch.pop(job.name, None)
 
 
-async def _run_round(config: Config, job: RoundJob, stop: anyio.Event,
+async def _run_round(config: Config, job: RoundJob, control: Control,
                      on_start: Callable[[int], None],
                      watch: dict[str, tuple[RoundJob, LineSink]]) -> Outcome:
     log = get_logger(**job.fields())
     started = time.time()
-    folder = round_dir(config, job.name)
+    folder = paths.round_dir(config, job.name)
     # A stale result from an earlier attempt must never pass for this attempt's.
     await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
     sink = LineSink(config, job)
@@ -178,7 +175,8 @@ async def _run_round(config: Config, job: RoundJob, stop: anyio.Event,
     try:
         exit_ = await runner.run_child(
             argv, cwd=config.main.cwd, env=child_env(config, job.gpu), on_line=sink,
-            on_start=on_start, stop=stop, timeout_s=config.timeouts.round_timeout_s,
+            on_start=on_start, stop=control.stop, kill=control.kill,
+            timeout_s=config.timeouts.round_timeout_s,
             stall_timeout_s=config.timeouts.stall_timeout_s, grace_s=config.timeouts.grace_s,
         )
     except OSError as exc:
@@ -194,7 +192,9 @@ async def _run_round(config: Config, job: RoundJob, stop: anyio.Event,
         outcome.reason = _describe(exit_, config)
         return outcome
     try:
-        produced, columns = await anyio.to_thread.run_sync(read_result, config, job)
+        produced, columns = await anyio.to_thread.run_sync(
+            results.read_accepted, paths.result(config, job.name, job.object_code),
+            config.round_batch_size, config.filter, job.seed, job.round_id)
     except results.ResultError as exc:
         outcome.reason = f"invalid result: {exc}"
         return outcome

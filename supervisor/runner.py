@@ -69,12 +69,21 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-async def stop_group(process: Process, grace_s: float) -> None:
-    """SIGTERM the child's group, SIGKILL it after ``grace_s``; wait for the exit."""
+async def stop_group(process: Process, grace_s: float,
+                     kill: anyio.Event | None = None) -> None:
+    """SIGTERM the child's group, SIGKILL it after ``grace_s`` or as soon as ``kill`` is
+    set; wait for the exit."""
     with anyio.CancelScope(shield=True):
         _signal_group(process.pid, signal.SIGTERM)
         with anyio.move_on_after(grace_s):
-            await process.wait()
+            async with anyio.create_task_group() as tg:
+                async def killed() -> None:
+                    if kill is not None:
+                        await kill.wait()
+                        tg.cancel_scope.cancel()
+                tg.start_soon(killed)
+                await process.wait()
+                tg.cancel_scope.cancel()
         if process.returncode is None:
             _signal_group(process.pid, signal.SIGKILL)
         await process.wait()
@@ -91,8 +100,9 @@ async def run_child(
     cwd: Path,
     env: Mapping[str, str],
     on_line: LineHandler,
-    on_start: Callable[[int], None] = lambda pid: None,
+    on_start: Callable[[int], None] = lambda pid: None,  # the group leader's pid
     stop: anyio.Event | None = None,
+    kill: anyio.Event | None = None,
     timeout_s: float = 0.0,
     stall_timeout_s: float = 0.0,
     grace_s: float = 30.0,
@@ -154,7 +164,7 @@ async def run_child(
             while process.returncode is None:
                 stopped, wait_s = overdue(anyio.current_time())
                 if stopped:
-                    await stop_group(process, grace_s)
+                    await stop_group(process, grace_s, kill)
                     break
                 with anyio.move_on_after(wait_s):
                     await wake.wait()
@@ -166,7 +176,7 @@ async def run_child(
             tg.cancel_scope.cancel()
     finally:
         if process.returncode is None:
-            await stop_group(process, grace_s)
+            await stop_group(process, grace_s, kill)
         with anyio.CancelScope(shield=True):
             await process.aclose()
     assert process.returncode is not None

@@ -1,20 +1,25 @@
-"""``python -m supervisor status CONFIG [--json]``: where a run stands, from its manifest.
+"""``python -m supervisor status CONFIG [--json]``: where a run stands, from its state.
 
-Reads manifest.json only (it is replaced atomically), so it works while a run is live
-without disturbing it, and after it ended.
+Reads manifest.json and the journal only (never locks, never writes), so it works while
+a run is live without disturbing it, and after it ended. Each done object's final.npz is
+checked against what the run recorded (size and time, one stat), so a dataset that was
+cut, deleted or replaced shows as such instead of as done.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import time
 from collections import Counter
 from typing import Any
 
-from supervisor import manifest as mf, plan
+from supervisor import paths, plan
 from supervisor.config import Config
 from supervisor.lock import live_holder
-from supervisor.manifest import FAILED, HAS_GRASPS, MERGED, RUNNING, Manifest, ObjectRecord
+from supervisor.records import HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus
+from supervisor.state import State
+
+R = RoundStatus
 
 
 def failure_kind(reason: str | None) -> str:
@@ -25,76 +30,102 @@ def failure_kind(reason: str | None) -> str:
 def _round_seconds(obj: ObjectRecord) -> list[float]:
     """Durations of successful attempts (rounds that produced grasps)."""
     return [r.finished_at - r.started_at for r in obj.rounds.values()
-            if r.status in (*HAS_GRASPS, mf.DISCARDED) and r.finished_at and r.started_at]
+            if r.status in (*HAS_GRASPS, R.DISCARDED) and r.finished_at and r.started_at]
 
 
-def _gpu_seconds(obj: ObjectRecord, now: float) -> float:
+def _gpu_seconds(obj: ObjectRecord, end: float) -> float:
     total = 0.0
     for r in obj.rounds.values():
         total += sum(f.get("duration_s") or 0.0 for f in r.failures)
-        if r.started_at and r.finished_at and r.status != RUNNING:
+        if r.started_at and r.finished_at and r.status != R.RUNNING:
             total += r.finished_at - r.started_at
-        elif r.started_at and r.status == RUNNING:
-            total += now - r.started_at
+        elif r.started_at and r.status == R.RUNNING:
+            total += max(0.0, end - r.started_at)
     return total
 
 
-def _wall_span(obj: ObjectRecord, now: float) -> float:
+def _wall_span(obj: ObjectRecord, end: float) -> float:
     """Seconds from the object's first round start to its last round end (or now)."""
     started = [r for r in obj.rounds.values() if r.started_at]
-    ends = [now if r.status == RUNNING else r.finished_at for r in started]
+    ends = [end if r.status == R.RUNNING else r.finished_at for r in started]
     ends = [e for e in ends if e]
     return max(ends) - min(r.started_at for r in started) if ends else 0.0
 
 
-def object_status(obj: ObjectRecord, batch_size: int, now: float) -> dict[str, Any]:
+def dataset_problem(config: Config, obj: ObjectRecord) -> str | None:
+    """Why the object's final.npz is not what the run recorded, or None."""
+    if obj.final_bytes is None:
+        return None
+    try:
+        stat = os.stat(paths.final(config.exp_dir, obj.code))
+    except FileNotFoundError:
+        return "final.npz is missing"
+    if (stat.st_size, stat.st_mtime_ns) != (obj.final_bytes, obj.final_mtime_ns):
+        return "final.npz changed since the run wrote it"
+    if obj.status == ObjectStatus.DONE and obj.collected < obj.target:
+        return f"final.npz holds {obj.collected} of {obj.target} (the last write failed)"
+    return None
+
+
+def object_status(config: Config, state: State, obj: ObjectRecord, end: float) -> dict[str, Any]:
     rounds = list(obj.rounds.values())
-    span = _wall_span(obj, now)
-    rate = plan.acceptance_rate(obj)
-    gpu_s = _gpu_seconds(obj, now)
-    collected = min(plan.collected(obj), obj.target) if obj.status != mf.DONE else obj.target
-    remaining = max(0, obj.target - collected) if obj.status == mf.ACTIVE else 0
+    span = _wall_span(obj, end)
+    t = state.tally[obj.code]
+    rate = t.accepted / t.produced if t.produced else None
+    gpu_s = _gpu_seconds(obj, end)
+    problem = dataset_problem(config, obj)
+    status = obj.status.value if problem is None else "broken"
+    collected = min(state.collected(obj.code), obj.target)
     return {
-        "object_code": obj.code, "index": obj.index, "status": obj.status,
-        "collected": collected, "target": obj.target,
-        "rounds_merged": sum(r.status == MERGED for r in rounds),
-        "rounds_failed": sum(r.status == FAILED for r in rounds),
-        "rounds_running": sum(r.status == RUNNING for r in rounds),
+        "object_code": obj.code, "index": obj.index, "status": status,
+        "collected": obj.collected if obj.status == ObjectStatus.DONE else collected,
+        "in_final": obj.collected, "target": obj.target, "problem": problem,
+        "rounds_merged": t.by_status[R.MERGED],
+        "rounds_failed": t.by_status[R.FAILED],
+        "rounds_running": t.by_status[R.RUNNING],
         "acceptance_rate": None if rate is None else round(rate, 4),
         "grasps_per_hour": round(collected / (span / 3600), 1) if span > 0 else None,
         "grasps_per_gpu_hour": round(collected / (gpu_s / 3600), 1) if gpu_s > 0 else None,
         "gpu_hours": round(gpu_s / 3600, 4),
-        "rounds_to_go": math.ceil(remaining / plan.expected_yield(obj, batch_size))
-        if remaining else 0,
+        "rounds_to_go": plan.rounds_to_go(state, obj.code),
+        "failures": len([f for r in rounds for f in r.failures]),
     }
 
 
-def summarize(config: Config, m: Manifest, now: float | None = None) -> dict[str, Any]:
+def summarize(config: Config, state: State, now: float | None = None) -> dict[str, Any]:
+    live = live_holder(config.exp_dir) is not None
     now = time.time() if now is None else now
-    codes = [c for c in config.object_codes if c in m.objects]
-    objects = [object_status(m.objects[c], config.round_batch_size, now) for c in codes]
-    durations = [d for c in codes for d in _round_seconds(m.objects[c])]
+    # A dead supervisor's "running" rounds stopped when it did: count them up to then.
+    end = now if live else state.updated_at
+    codes = [c for c in config.object_codes if c in state.objects]
+    objects = [object_status(config, state, state.objects[c], end) for c in codes]
+    for o in objects if not live else ():
+        o["rounds_running"] = 0
+    durations = [d for c in codes for d in _round_seconds(state.objects[c])]
     failures = Counter(failure_kind(f.get("reason")) for c in codes
-                       for r in m.objects[c].rounds.values() for f in r.failures)
-    gpus = config.gpus if isinstance(config.gpus, str) else list(config.gpus)
-    gpu_ids = {r.gpu for c in codes for r in m.objects[c].rounds.values() if r.gpu is not None}
-    parallel = len(gpu_ids) if gpus == "all" else len(gpus)
+                       for r in state.objects[c].rounds.values() for f in r.failures
+                       if f.get("kind", "failed") == "failed")
+    parallel = len([g for g, r in state.gpus.items() if r.status == "healthy"]) or 1
     rounds_to_go = sum(o["rounds_to_go"] for o in objects)
     mean_round_s = sum(durations) / len(durations) if durations else None
-    eta = (rounds_to_go * mean_round_s / max(1, parallel)) if mean_round_s else None
-    live = live_holder(config.exp_dir) is not None
+    eta = 0.0 if not rounds_to_go else (
+        rounds_to_go * mean_round_s / parallel if mean_round_s and live else None)
     return {
-        "exp_name": m.exp_name,
-        "updated_at": m.updated_at,
+        "exp_name": state.policy.exp_name,
+        "updated_at": state.updated_at,
         "run_live": live,
         "objects": len(objects),
-        "objects_done": sum(o["status"] == mf.DONE for o in objects),
-        "objects_failed": sum(o["status"] in (mf.OBJ_FAILED, mf.EXHAUSTED) for o in objects),
+        "objects_done": sum(o["status"] == "done" for o in objects),
+        "objects_failed": sum(o["status"] in ("failed", "exhausted") for o in objects),
+        "objects_broken": sum(o["status"] == "broken" for o in objects),
         "grasps_done": sum(o["collected"] for o in objects),
         "grasps_total": sum(o["target"] for o in objects),
-        "rounds_running": sum(o["rounds_running"] for o in objects),
+        "rounds_running": sum(o["rounds_running"] for o in objects) if live else 0,
         "gpu_hours": round(sum(o["gpu_hours"] for o in objects), 4),
         "failures_by_reason": dict(failures.most_common()),
+        "gpus": {str(g): {"status": r.status.value, "reason": r.reason,
+                          "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed}
+                 for g, r in sorted(state.gpus.items())},
         "mean_round_s": None if mean_round_s is None else round(mean_round_s, 3),
         "rounds_to_go": rounds_to_go,
         "eta_s": None if eta is None else round(eta, 1),
@@ -102,7 +133,7 @@ def summarize(config: Config, m: Manifest, now: float | None = None) -> dict[str
     }
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "unknown"
     seconds = int(seconds)
@@ -116,8 +147,15 @@ def render(summary: dict[str, Any]) -> str:
         f"manifest updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['updated_at']))}",
         f"objects {s['objects_done']}/{s['objects']} done, {s['objects_failed']} failed; "
         f"grasps {s['grasps_done']}/{s['grasps_total']}; {s['rounds_running']} round(s) "
-        f"running; {s['gpu_hours']:.2f} GPU-hours; ETA {_duration(s['eta_s'])}",
+        f"running; {s['gpu_hours']:.2f} GPU-hours; ETA {duration(s['eta_s'])}",
     ]
+    bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
+    for gpu, v in bad.items():
+        lines.append(f"GPU {gpu} {v['status']}: {v['reason']}")
+    for o in s["per_object"]:
+        if o["problem"]:
+            lines.append(f"{o['object_code']}: {o['problem']}; repair with: python -m "
+                         f"supervisor recover CONFIG")
     if s["failures_by_reason"]:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in
                                                s["failures_by_reason"].items()))

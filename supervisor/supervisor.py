@@ -1,8 +1,11 @@
 """Wires the pieces together: a signal watcher, a dispatcher and the merger.
 
-The dispatcher starts rounds in plan order on admitted GPUs; each round task sends what
-happened on a memory object stream; the merger, the only writer of the manifest and the
-datasets, records it and writes files in a worker thread so dispatching never waits.
+The dispatcher asks the plan which round each free, healthy GPU should run, checks its
+memory, records the start through the state machine and spawns a round task; each round
+task sends what happened on a memory object stream to the merger, the only writer of
+files. Signals: the first drains (no round starts after it, whatever the dispatcher was
+awaiting), the second stops the rounds (SIGTERM, SIGKILL after grace_s), the third
+SIGKILLs them at once.
 """
 
 from __future__ import annotations
@@ -10,29 +13,32 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
-import sys
+import threading
 import time
 from typing import TextIO
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from supervisor import cleanup, manifest as mf, plan, rounds
+from supervisor import cleanup, events as ev, plan, rounds
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
-from supervisor.gpus import GpuPool
+from supervisor.gpus import GpuPool, ProbeError, read_gpus
 from supervisor.live import LiveView
 from supervisor.logs import get_logger
-from supervisor.manifest import ACTIVE, DONE, RUNNING, Manifest, RoundRecord
 from supervisor.merger import Merger, Message
-from supervisor.resume import manifest_path
-from supervisor.rounds import Outcome, RoundJob, Started
+from supervisor.records import GpuStatus, ObjectStatus, now
+from supervisor.rounds import Control, Outcome, RoundJob, Started
+from supervisor.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 # While waiting for a GPU or disk space, say so again this often, so a long wait on a
 # shared server never looks like a hang in the logs.
 WAIT_LOG_INTERVAL_S = 600.0
+# After the second signal the process exits within grace_s + this, whatever a child or
+# NVML does (a child stuck in the kernel ignores even SIGKILL).
+EXIT_MARGIN_S = 4.5
 
 
 class Changes:
@@ -51,45 +57,42 @@ class Changes:
             await event.wait()
 
 
+def proc_start(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Supervisor:
-    def __init__(self, config: Config, manifest: Manifest, accs: dict[str, Accumulator],
+    def __init__(self, config: Config, store: Store, accs: dict[str, Accumulator],
                  pool: GpuPool, handle_signals: bool = True,
                  live_stream: TextIO | None = None) -> None:
-        self.config, self.manifest, self.accs, self.pool = config, manifest, accs, pool
+        self.config, self.store, self.pool = config, store, pool
+        self.state = store.state
         self.handle_signals, self.live_stream = handle_signals, live_stream
         self.watch: dict[str, tuple[RoundJob, rounds.LineSink]] = {}  # rounds running now
+        self.controls: dict[str, Control] = {}
         self.draining = anyio.Event()
-        self.stop_children = anyio.Event()
-        self.changes = Changes()
-        self.log = get_logger()
-        self.stats = {"rounds_started": 0, "rounds_failed": 0, "rounds_retried": 0,
-                      "gpu_seconds": 0.0}
-        self.merger = Merger(config, manifest, accs, self.stats, self.changes.notify,
-                             self._stop_starting)
+        self.signals = 0
+        self.stop_reason: str | None = None
         self.no_gpus = False
-
-    # -- the objects this run works on ------------------------------------------------
-    @property
-    def objects(self) -> list[mf.ObjectRecord]:
-        return [self.manifest.objects[code] for code in self.config.object_codes]
-
-    def _settled(self) -> bool:
-        return all(plan.terminal(o.status) and not any(
-            r.status == RUNNING for r in o.rounds.values()) for o in self.objects)
-
-    def _pick(self) -> plan.Pick | None:
-        return plan.pick_next(self.objects, self.config.round_batch_size, self.config.max_rounds)
+        self.changes = Changes()
+        self.dispatch_scope = anyio.CancelScope()
+        self.log = get_logger()
+        self.started = time.time()
+        self.merger = Merger(config, store, accs, self.changes.notify, self.stop_rounds,
+                             self.stop_run)
 
     # -- main ------------------------------------------------------------------------
     async def run(self) -> int:
-        started = time.time()
-        self.manifest.runs.append({"pid": os.getpid(), "host": socket.gethostname(),
-                                   "argv": sys.argv, "started_at": mf.now()})
         self.log.info("run_started", exp_name=self.config.exp_name,
-                      objects=len(self.config.object_codes), gpus=self.pool.gpus,
+                      objects=len(self.state.order), gpus=self.pool.gpus,
                       target=self.config.target_count_per_object,
-                      manifest=str(manifest_path(self.config)))
-        await self.merger.start(self.objects)
+                      manifest=str(self.config.exp_dir / "manifest.json"))
+        await self.merger.flush(snapshot=True)
         async with anyio.create_task_group() as tg:
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
@@ -100,148 +103,205 @@ class Supervisor:
                 work.start_soon(self.merger.consume, recv)
                 work.start_soon(self._dispatch, send)
             tg.cancel_scope.cancel()
-        self.manifest.runs[-1].update(ended_at=mf.now(), exit_code=self._exit_code())
-        await self.merger.flush(drain=True, force=True)
+        await self.merger.flush(drain=True)
         code = self._exit_code()
-        self._summary(code, time.time() - started)
+        self.merger.record(ev.SupervisorStopped(now(), code))
+        await self.merger.flush(snapshot=True)
+        code = self._exit_code()  # a failed last write makes it 1
+        self._summary(code)
         return code
 
     def _exit_code(self) -> int:
-        if self.merger.write_error is not None:
+        if self.merger.write_error is not None or self.stop_reason is not None:
             return EXIT_FAILED
-        if self.draining.is_set():
+        if self.signals:
             return EXIT_INTERRUPTED
-        if self.no_gpus or any(o.status != DONE for o in self.objects):
+        objects = self.state.objects
+        if self.no_gpus or any(objects[c].status != ObjectStatus.DONE for c in self.state.order):
             return EXIT_FAILED
         return EXIT_OK
 
-    def _summary(self, code: int, wall_s: float) -> None:
-        counts = {s: sum(o.status == s for o in self.objects)
-                  for s in (DONE, mf.OBJ_FAILED, mf.EXHAUSTED, ACTIVE)}
+    def _summary(self, code: int) -> None:
+        s, by = self.state, self.state.objects_by_status
         self.log.info(
-            "run_finished", exit_code=code, objects=len(self.objects),
-            objects_done=counts[DONE], objects_failed=counts[mf.OBJ_FAILED],
-            objects_exhausted=counts[mf.EXHAUSTED], objects_unfinished=counts[ACTIVE],
-            grasps=sum(o.collected for o in self.objects),
-            grasps_target=sum(o.target for o in self.objects),
-            rounds_started=self.stats["rounds_started"],
-            rounds_failed=self.stats["rounds_failed"],
-            rounds_retried=self.stats["rounds_retried"],
-            gpu_hours=round(self.stats["gpu_seconds"] / 3600, 4), wall_s=round(wall_s, 3),
-            **({"error": self.merger.write_error} if self.merger.write_error else {}),
+            "run_finished", exit_code=code, objects=len(s.order),
+            objects_done=by[ObjectStatus.DONE], objects_failed=by[ObjectStatus.FAILED],
+            objects_exhausted=by[ObjectStatus.EXHAUSTED],
+            objects_unfinished=by[ObjectStatus.ACTIVE],
+            grasps=sum(s.objects[c].collected for c in s.order),
+            grasps_target=sum(s.objects[c].target for c in s.order),
+            gpus_quarantined=[g for g, r in s.gpus.items()
+                              if r.status == GpuStatus.QUARANTINED],
+            wall_s=round(time.time() - self.started, 3), **self.merger.summary(),
+            **({"error": self.merger.write_error or self.stop_reason}
+               if self.merger.write_error or self.stop_reason else {}),
         )
 
-    def _stop_starting(self) -> None:
-        """A write failed (a full disk): start no more rounds, finish those running."""
-        if not self.draining.is_set():
-            self.draining.set()
-            self.changes.notify()
+    # -- stopping --------------------------------------------------------------------
+    def drain(self) -> None:
+        """Start no more rounds, from now on, whatever the dispatcher was awaiting."""
+        self.draining.set()
+        self.dispatch_scope.cancel()
+        self.changes.notify()
+
+    def stop_run(self, reason: str) -> None:
+        """A write failed or every GPU fails every object: finish what runs, exit 1."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.drain()
+
+    def stop_rounds(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            if name in self.controls:
+                self.controls[name].stop.set()
 
     async def _watch_signals(self) -> None:
         # SIGHUP (a closed SSH session) drains like SIGTERM instead of killing rounds.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async for signum in signals:
-                self.on_signal(signum)
+            async with anyio.create_task_group() as tg:
+                async for signum in signals:
+                    self.on_signal(signum, tg)
 
-    def on_signal(self, signum: int) -> None:
-        """First signal: drain. Second: stop the children too."""
+    def on_signal(self, signum: int, tg: TaskGroup | None = None) -> None:
+        """First signal: drain. Second: stop the rounds. Third: kill them now."""
+        self.signals += 1
         name = signal.Signals(signum).name
-        if not self.draining.is_set():
-            self.draining.set()
-            self.log.info("drain_started", signal=name,
-                          running=sum(self.pool.in_flight.values()))
-        elif not self.stop_children.is_set():
-            self.stop_children.set()
-            self.log.info("stop_children", signal=name, grace_s=self.config.timeouts.grace_s)
-        self.changes.notify()
+        running = len(self.controls)
+        if self.signals == 1:
+            self.drain()
+            deadline = self.config.timeouts.drain_deadline_s
+            self.log.info("drain_started", signal=name, running=running,
+                          drain_deadline_s=deadline or None)
+            if deadline and tg is not None:
+                tg.start_soon(self._drain_deadline, deadline)
+        elif self.signals == 2:
+            self.stop_children(f"signal {name}")
+        else:
+            self.log.info("kill_children", signal=name, running=running)
+            for control in self.controls.values():
+                control.stop.set()
+                control.kill.set()
+
+    def stop_children(self, why: str) -> None:
+        grace = self.config.timeouts.grace_s
+        self.log.info("stop_children", reason=why, grace_s=grace, running=len(self.controls))
+        self.drain()
+        for control in self.controls.values():
+            control.stop.set()
+        if self.handle_signals:  # never outlive grace_s + EXIT_MARGIN_S from here
+            timer = threading.Timer(grace + EXIT_MARGIN_S, self._force_exit)
+            timer.daemon = True
+            timer.start()
+
+    def _force_exit(self) -> None:
+        self.log.error("exit_forced", reason="rounds or NVML did not end in time",
+                       running=sorted(self.controls))
+        os._exit(EXIT_INTERRUPTED)
+
+    async def _drain_deadline(self, deadline_s: float) -> None:
+        await anyio.sleep(deadline_s)
+        if self.controls and self.signals < 2:
+            self.signals = max(self.signals, 1)
+            self.stop_children(f"timeouts.drain_deadline_s = {deadline_s:g} passed")
 
     # -- dispatcher ------------------------------------------------------------------
     async def _dispatch(self, send: MemoryObjectSendStream[Message]) -> None:
         async with send, anyio.create_task_group() as rounds_tg:
-            while not self.draining.is_set() and not self._settled():
-                if self._pick() is None:
-                    await self.changes.wait()
-                    continue
-                if not await self._wait_for_disk():
-                    break
-                gpu = await self._acquire_gpu(self._failed_on(self._pick()))
-                if gpu is None:
-                    break
-                pick = self._pick()
-                if pick is None:
-                    self.pool.release(gpu)
-                    continue
-                rounds_tg.start_soon(self._round, self._start(pick, gpu), send.clone())
+            with self.dispatch_scope:
+                await self._dispatch_loop(send, rounds_tg)
 
-    async def _wait_for_disk(self) -> bool:
-        """Wait while a folder rounds write to has less than disk.min_free_gib free."""
-        logged = -math.inf
-        while not self.draining.is_set():
-            short = cleanup.short_of_space(self.config)
-            if short is None:
-                return True
-            if time.monotonic() - logged >= WAIT_LOG_INTERVAL_S:
-                logged = time.monotonic()
-                self.log.warning("disk_wait", reason=short,
-                                 poll_interval_s=self.config.gpu.poll_interval_s)
-            await self.changes.wait(self.config.gpu.poll_interval_s)
-        return False
+    def _candidates(self) -> list[int]:
+        """Healthy GPUs with a free slot, when the plan has a round for one of them (all
+        are read: a card that fell off the bus is noticed even while nothing suits it)."""
+        gpus = self.state.gpus
+        free = [g for g in self.pool.gpus if gpus[g].status == GpuStatus.HEALTHY
+                and self.pool.has_slot(g)]
+        return free if any(plan.pick(self.state, g) is not None for g in free) else []
 
-    def _failed_on(self, pick: plan.Pick | None) -> frozenset[int]:
-        """The GPUs where the round to start next has failed before."""
-        if pick is None or pick.new:
-            return frozenset()
-        rnd = self.manifest.objects[pick.object_code].rounds[pick.round_id]
-        return frozenset(f["gpu"] for f in rnd.failures if f.get("gpu") is not None)
-
-    async def _acquire_gpu(self, avoid: frozenset[int] = frozenset()) -> int | None:
-        logged = -math.inf
-        while not self.draining.is_set():
-            readings = await anyio.to_thread.run_sync(self.pool.poll)
-            admission = self.pool.admit(avoid, readings)
-            for gpu, reason in admission.lost.items():
-                self.log.warning("gpu_lost", gpu=gpu, reason=reason)
-            if admission.gpu is not None:
-                return admission.gpu
-            if not self.pool.gpus:
+    async def _dispatch_loop(self, send: MemoryObjectSendStream[Message],
+                             rounds_tg: TaskGroup) -> None:
+        logged = {"gpu": -math.inf, "disk": -math.inf}
+        poll_s = self.config.gpu.poll_interval_s
+        while not self.draining.is_set() and not self.state.settled():
+            if not self.state.healthy_gpus():
                 self.no_gpus = True
-                self.log.error("no_gpus_left", reasons=self.pool.dead)
-                return None
-            if admission.short and time.monotonic() - logged >= WAIT_LOG_INTERVAL_S:
-                logged = time.monotonic()
-                self.log.info("gpu_wait", short={str(g): r for g, r in admission.short.items()},
-                              busy=admission.busy,
-                              poll_interval_s=self.config.gpu.poll_interval_s)
-            await self.changes.wait(self.config.gpu.poll_interval_s)
-        return None
+                self.log.error("no_gpus_left", reasons={
+                    str(g): r.reason for g, r in self.state.gpus.items()})
+                return
+            candidates = self._candidates()
+            if not candidates:
+                await self.changes.wait()
+                continue
+            short = await anyio.to_thread.run_sync(cleanup.short_of_space, self.config,
+                                                   abandon_on_cancel=True)
+            if short is not None:
+                if self._due(logged, "disk"):
+                    self.log.warning("disk_wait", reason=short, poll_interval_s=poll_s)
+                await self.changes.wait(poll_s)
+                continue
+            readings = await read_gpus(self.pool.probe, candidates,
+                                       self.config.gpu.nvml_timeout_s, self.pool.reading_now)
+            if self.draining.is_set():  # a signal came while NVML answered
+                return
+            if not self._start_where_admitted(readings, send, rounds_tg, logged):
+                await self.changes.wait(poll_s)
 
-    def _start(self, pick: plan.Pick, gpu: int) -> RoundJob:
-        obj = self.manifest.objects[pick.object_code]
-        self.manifest.touch(obj.code)
-        if pick.new:
-            obj.rounds[pick.round_id] = RoundRecord(
-                pick.round_id,
-                plan.round_name(self.config.exp_name, obj.code, pick.round_id),
-                plan.round_seed(self.config.seed_base, obj.index, pick.round_id),
-            )
-        rnd = obj.rounds[pick.round_id]
-        rnd.status, rnd.gpu, rnd.started_at = RUNNING, gpu, mf.now()
-        rnd.attempts += 1
-        rnd.pid = rnd.exit_code = rnd.finished_at = None
-        self.stats["rounds_started"] += 1
-        return RoundJob(obj.code, rnd.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
+    def _due(self, logged: dict[str, float], key: str) -> bool:
+        if time.monotonic() - logged[key] < WAIT_LOG_INTERVAL_S:
+            return False
+        logged[key] = time.monotonic()
+        return True
 
-    async def _round(self, job: RoundJob, send: MemoryObjectSendStream[Message]) -> None:
+    def _start_where_admitted(self, readings: dict, send: MemoryObjectSendStream[Message],
+                              rounds_tg: TaskGroup, logged: dict[str, float]) -> bool:
+        short: dict[str, str] = {}
+        started = False
+        for gpu in sorted(readings, key=lambda g: (self.pool.in_flight(g), g)):
+            reading = readings[gpu]
+            if isinstance(reading, ProbeError):
+                self.merger.record(ev.GpuLost(gpu, str(reading)))
+                continue
+            reason = self.pool.shortage(gpu, reading)
+            pick = plan.pick(self.state, gpu)
+            if reason is not None or pick is None:
+                if reason:
+                    short[str(gpu)] = reason
+                continue
+            self._start(pick, gpu, send, rounds_tg)
+            started = True
+        if not started and short and self._due(logged, "gpu"):
+            self.log.info("gpu_wait", short=short, poll_interval_s=self.config.gpu.poll_interval_s)
+        return started
+
+    def _start(self, pick: plan.Pick, gpu: int, send: MemoryObjectSendStream[Message],
+               rounds_tg: TaskGroup) -> None:
+        assert not self.draining.is_set()
+        self.merger.record(ev.RoundStarted(pick.object_code, pick.round_id, gpu, now()))
+        rnd = self.state.round_of(pick.object_code, pick.round_id)
+        job = RoundJob(pick.object_code, rnd.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
+        self.pool.take(gpu, job.name)
+        self.controls[job.name] = Control()
+        rounds_tg.start_soon(self._round, job, self.controls[job.name], send.clone())
+
+    async def _round(self, job: RoundJob, control: Control,
+                     send: MemoryObjectSendStream[Message]) -> None:
+        def on_start(pid: int) -> None:
+            self.pool.started(job.gpu, job.name, pid)
+            send.send_nowait(Started(job, pid, proc_start(pid)))
+
         async with send:
             try:
-                outcome = await rounds.run_round(
-                    self.config, job, self.stop_children,
-                    lambda pid: send.send_nowait(Started(job, pid)), self.watch)
+                outcome = await rounds.run_round(self.config, job, control, on_start, self.watch)
             except Exception as exc:  # a bug must cost one round, not the run
                 self.log.exception("round_error", **job.fields())
                 outcome = Outcome(job, rounds.FAILED, time.time(), time.time(),
                                   reason=f"supervisor error: {type(exc).__name__}: {exc}")
-            finally:
-                self.pool.release(job.gpu)
-                self.changes.notify()
+            # The merger records the outcome before the slot is free again (on_ended), so
+            # that the next pick already knows where this round failed.
+            outcome.on_ended = self._ended
             await send.send(outcome)
+
+    def _ended(self, job: RoundJob) -> None:
+        self.pool.release(job.gpu, job.name)
+        self.controls.pop(job.name, None)
+        self.changes.notify()

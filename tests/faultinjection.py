@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import live_emulators
-from supervisor import dataset, manifest as mf
+from supervisor import dataset, manifest as mf, paths
 from supervisor.faults import CRASH_POINTS
 
 CODES = ("obj_a", "obj_b", "obj_c")
@@ -43,9 +43,12 @@ class Report:
 def _check_state(layout, exp: str) -> None:
     path = layout.experiments / exp / "manifest.json"
     if path.exists():
-        mf.load(path)
+        from supervisor import journal
+        from supervisor.state import Policy
+        mf.load(path, Policy(exp))
+        list(journal.read(paths.journal(layout.experiments / exp), 0))
     for code in CODES:
-        final = dataset.final_path(layout.experiments / exp, code)
+        final = paths.final(layout.experiments / exp, code)
         if final.exists():
             dataset.load(final)
     deadline = time.monotonic() + 10

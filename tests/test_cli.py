@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 import pytest
 
-from supervisor import dataset
+from supervisor import dataset, paths
 
 from conftest import ROOT, Layout, cli_env, json_lines, live_emulators, run_cli, run_in_process
 
@@ -214,7 +214,7 @@ def test_rounds_reloaded_on_resume_reach_final_npz(layout: Layout) -> None:
     for rnd in data["objects"]["obj_a"]["rounds"].values():
         rnd["status"] = "finished"
     manifest.write_text(json.dumps(data))
-    dataset.final_path(layout.experiments / "t", "obj_a").unlink()
+    paths.final(layout.experiments / "t", "obj_a").unlink()
     assert run_cli(str(path)).returncode == 1  # still exhausted: no round runs
     assert len(layout.final("obj_a")["energy"]) == 12
     statuses = {r["status"] for r in layout.manifest()["objects"]["obj_a"]["rounds"].values()}

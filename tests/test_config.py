@@ -18,7 +18,7 @@ def test_valid_config_resolves_paths_against_its_folder(layout: Layout) -> None:
     assert config.main.output_dir.resolve() == layout.rounds
     assert config.object_codes == ("obj_a", "obj_b", "obj_c")
     assert config.gpus == (0, 1)
-    assert config.retry.max_attempts == 3 and config.merge_stride == 1
+    assert config.retry.max_attempts == 3 and config.merge_stride == "auto"
 
 
 def test_object_list_from_txt_with_comments(layout: Layout) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from supervisor import gpus
@@ -12,31 +14,56 @@ def pool(free: dict[int, int], selection="all", **settings) -> GpuPool:
     return GpuPool(FakeProbe(free), selection, GpuSettings(**{**defaults, **settings}))
 
 
-def test_admits_least_busy_gpu_with_enough_memory() -> None:
+def test_slots_limit_rounds_per_gpu() -> None:
     p = pool({0: 20000, 1: 20000})
-    assert p.admit().gpu == 0
-    assert p.admit().gpu == 1
-    full = p.admit()
-    assert full.gpu is None and full.busy == [0, 1]
-    p.release(1)
-    assert p.admit().gpu == 1
+    assert p.shortage(0, p.probe.read(0)) is None
+    p.take(0, "r0")
+    assert "max_rounds_per_gpu" in p.shortage(0, p.probe.read(0))
+    p.release(0, "r0")
+    assert p.shortage(0, p.probe.read(0)) is None
 
 
 def test_gpu_short_of_memory_waits_until_it_frees() -> None:
     p = pool({0: 4000})
-    refused = p.admit()
-    assert refused.gpu is None and "min_free_mib 8000" in refused.short[0]
+    assert "< 8000" in p.shortage(0, p.probe.read(0))
     p.probe.free[0] = 9000
-    assert p.admit().gpu == 0
+    assert p.shortage(0, p.probe.read(0)) is None
 
 
-def test_memory_of_rounds_in_flight_is_reserved() -> None:
+def test_memory_of_rounds_nvml_does_not_show_yet_is_reserved() -> None:
     p = pool({0: 16000}, max_rounds_per_gpu=4)
-    assert p.admit().gpu == 0  # 16000 >= 8000
-    second = p.admit()  # 16000 - 6000 = 10000 >= 8000
-    assert second.gpu == 0
-    third = p.admit()  # 16000 - 12000 = 4000 < 8000: NVML has not seen them yet
-    assert third.gpu is None and "2 x 6000 reserved" in third.short[0]
+    p.take(0, "a")  # 16000 - 6000 = 10000 >= 8000
+    assert p.shortage(0, p.probe.read(0)) is None
+    p.take(0, "b")  # 16000 - 12000 = 4000 < 8000: NVML has not seen them yet
+    assert "2 x 6000 reserved" in p.shortage(0, p.probe.read(0))
+
+
+def test_memory_nvml_already_shows_is_not_subtracted_again() -> None:
+    """80 GB card, 20 GB rounds, estimate = real footprint: 3 rounds fit, not 2."""
+    p = pool({0: 80_000}, max_rounds_per_gpu=8, min_free_mib=25_000, round_memory_mib=20_000)
+    me = os.getpid()  # stands for a round's process group leader
+    for n, name in enumerate(("a", "b", "c")):
+        assert p.shortage(0, p.probe.read(0)) is None, name
+        p.take(0, name)
+        p.started(0, name, me + n)
+        p.probe.free[0] -= 20_000  # NVML now shows the round's memory...
+        p.probe.processes[0][me + n] = 20_000  # ...as its process's
+    assert p.probe.free[0] == 20_000 and p.shortage(0, p.probe.read(0)) is not None
+    assert p.footprint_mib == 20_000
+
+
+def test_auto_packing_learns_the_footprint() -> None:
+    p = pool({0: 80_000}, max_rounds_per_gpu="auto", min_free_mib=1000, round_memory_mib=50_000)
+    p.take(0, "a")
+    p.started(0, "a", 4242)
+    # Before any measurement the estimate (50 GB) is reserved: 80 - 50 = 30 GB left.
+    assert p.shortage(0, p.probe.read(0)) is None
+    p.take(0, "b")
+    assert "2 x 50000" in p.shortage(0, p.probe.read(0))
+    p.probe.processes[0] = {4242: 10_000}  # NVML shows round a: 10 GB
+    p.probe.free[0] = 70_000
+    # b is now reserved at the learned 10 GB: 70 - 10 = 60 GB >= max(1000, 10000)
+    assert p.shortage(0, p.probe.read(0)) is None and p.footprint_mib == 10_000
 
 
 def test_selection_restricts_and_unknown_index_is_an_error() -> None:
@@ -45,37 +72,28 @@ def test_selection_restricts_and_unknown_index_is_an_error() -> None:
         pool({0: 1}, [5])
 
 
-def test_gpu_error_takes_it_out_of_the_pool() -> None:
-    p = pool({0: 20000, 1: 20000})
-    p.probe.failing.add(0)
-    admission = p.admit()
-    assert admission.gpu == 1 and "fell off the bus" in admission.lost[0]
-    assert p.gpus == [1]
+@pytest.mark.anyio
+async def test_failing_and_hanging_reads_become_errors_without_blocking() -> None:
+    import anyio
 
-
-def test_a_failed_reading_is_reported_even_when_another_gpu_is_chosen() -> None:
-    p = pool({0: 20000, 1: 20000})
+    p = pool({0: 20000, 1: 20000, 2: 20000})
     p.probe.failing.add(1)
-    admission = p.admit(avoid=frozenset({1}))
-    assert admission.gpu == 0 and 1 in admission.lost and p.gpus == [0]
+    p.probe.hanging.add(2)
+    with anyio.fail_after(5):
+        readings = await gpus.read_gpus(p.probe, [0, 1, 2], 0.2, p.reading_now)
+    assert readings[0].free_mib == 20000
+    assert "fell off the bus" in str(readings[1])
+    assert "did not answer" in str(readings[2]) and 2 in p.reading_now
+    # The hung GPU is not read again while its thread is stuck.
+    with anyio.fail_after(5):
+        again = await gpus.read_gpus(p.probe, [0, 2], 0.2, p.reading_now)
+    assert 2 not in again
+    p.probe.release_hang()
 
 
 def test_static_probe_admits_without_memory_checks() -> None:
-    p = GpuPool(StaticProbe([3, 4]), [3, 4], GpuSettings(min_free_mib=10**9))
-    assert [p.admit().gpu, p.admit().gpu, p.admit().gpu] == [3, 4, None]
-
-
-def test_make_probe_without_nvml(monkeypatch) -> None:
-    def fail(self) -> None:
-        raise gpus.ProbeError("NVML did not start (no driver)")
-
-    monkeypatch.setattr(gpus.NvmlProbe, "__init__", fail)
-    probe, warning = gpus.make_probe("auto", [0, 1])
-    assert isinstance(probe, StaticProbe) and "without memory checks" in warning
-    with pytest.raises(GpuError, match='gpus = "all" needs NVML'):
-        gpus.make_probe("auto", "all")
-    with pytest.raises(GpuError):
-        gpus.make_probe("nvml", [0])
+    p = GpuPool(StaticProbe([0, 1]), [0, 1], GpuSettings())
+    assert p.shortage(0, p.probe.read(0)) is None
 
 
 def test_real_nvml_probe() -> None:
@@ -92,7 +110,3 @@ def test_real_nvml_probe() -> None:
         assert all(pid > 0 and mib >= 0 for pid, mib in reading.processes.items())
 
 
-def test_retries_prefer_another_gpu_but_take_the_same_if_alone() -> None:
-    p = pool({0: 20000, 1: 20000})
-    assert p.admit(avoid=frozenset({0})).gpu == 1
-    assert p.admit(avoid=frozenset({0})).gpu == 0  # 1 is busy now: 0 is still allowed

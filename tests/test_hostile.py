@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import Layout, write_toml
-from supervisor import cli, dataset, plan
+from supervisor import cli, dataset, paths, plan
 from supervisor.config import TOP_KEYS, ConfigError, check_name, parse_config
-from supervisor.rounds import round_dir
+
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -107,9 +107,9 @@ def test_accepted_names_never_escape_their_folders(name: str) -> None:
         layout = Layout(Path(tmp))
         config = layout.config(object_code_list=[name], exp_name="e")
         rounds_root = config.main.output_dir.resolve()
-        folder = round_dir(config, plan.round_name("e", name, 3)).resolve()
+        folder = paths.round_dir(config, plan.round_name("e", name, 3)).resolve()
         assert folder.parent == rounds_root
-        final = dataset.final_path(config.exp_dir, name).resolve()
+        final = paths.final(config.exp_dir, name).resolve()
         assert final.parent.parent == (config.exp_dir / "final").resolve()
 
 

@@ -4,10 +4,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from supervisor import plan
-from supervisor.manifest import (
-    ACTIVE, DONE, EXHAUSTED, FAILED, FINISHED, MERGED, OBJ_FAILED, PENDING, RUNNING,
-    ObjectRecord, RoundRecord,
-)
+from supervisor.records import ObjectRecord, RoundRecord, RoundStatus
+
+FAILED, FINISHED, MERGED, PENDING, RUNNING = (
+    RoundStatus.FAILED, RoundStatus.FINISHED, RoundStatus.MERGED, RoundStatus.PENDING,
+    RoundStatus.RUNNING)
 
 
 @pytest.mark.parametrize("exp,code,rid,name", [
@@ -25,9 +26,11 @@ def test_round_seed(base: int, index: int, rid: int, seed: int) -> None:
     assert plan.round_seed(base, index, rid) == seed
 
 
-def test_round_seed_rejects_round_ids_that_would_collide() -> None:
+def test_round_seed_rejects_round_ids_that_would_collide_or_overflow() -> None:
     with pytest.raises(ValueError):
         plan.round_seed(0, 0, 100000)
+    with pytest.raises(ValueError, match="lower seed_base"):
+        plan.round_seed(2**32 - 10, 0, 20)
 
 
 def obj(target: int, *rounds: tuple[str, int | None, int | None]) -> ObjectRecord:
@@ -36,16 +39,6 @@ def obj(target: int, *rounds: tuple[str, int | None, int | None]) -> ObjectRecor
         o.rounds[rid] = RoundRecord(rid, f"r{rid}", rid, status=status, produced=produced,
                                     accepted=accepted)
     return o
-
-
-def test_new_rounds_count_in_flight_rounds_at_expected_yield() -> None:
-    assert plan.new_rounds_wanted(obj(10), batch_size=4) == 3
-    assert plan.new_rounds_wanted(obj(10, (RUNNING, None, None)), 4) == 2
-    # Half the grasps pass: 8 - 4 = 4 remaining need 2 rounds of expected yield 2.
-    o = obj(8, (MERGED, 4, 2), (FINISHED, 4, 2))
-    assert plan.acceptance_rate(o) == 0.5
-    assert plan.new_rounds_wanted(o, 4) == 2
-    assert plan.new_rounds_wanted(obj(4, (MERGED, 4, 4)), 4) == 0
 
 
 def test_completion_waits_for_every_earlier_round() -> None:
@@ -59,29 +52,6 @@ def test_completion_waits_for_every_earlier_round() -> None:
 def test_completion_skips_failed_rounds() -> None:
     comp = plan.completion(obj(5, (FAILED, None, None), (MERGED, 4, 4), (MERGED, 4, 4)))
     assert comp.done and comp.last_round == 2 and comp.used == {1: 4, 2: 1}
-
-
-def test_settle_statuses() -> None:
-    assert plan.settle(obj(4, (MERGED, 4, 4)), 10, 3) == DONE
-    failing = obj(4, (FAILED, None, None))
-    failing.consecutive_failures = 3
-    assert plan.settle(failing, 10, 3) == OBJ_FAILED
-    assert plan.settle(obj(9, (MERGED, 4, 4), (MERGED, 4, 4)), 2, 3) == EXHAUSTED
-    assert plan.settle(obj(9, (MERGED, 4, 4), (RUNNING, None, None)), 2, 3) == ACTIVE
-
-
-def test_pick_serves_objects_in_order_and_retries_first() -> None:
-    a, b = obj(4, (RUNNING, None, None)), obj(8)
-    a.code, b.code = "a", "b"
-    assert plan.pick_next([a, b], 4, 10) == plan.Pick("b", 0, new=True)
-    a.rounds[0].status = PENDING
-    assert plan.pick_next([a, b], 4, 10) == plan.Pick("a", 0, new=False)
-    a.status = DONE
-    b.rounds[0] = RoundRecord(0, "x", 0, status=RUNNING)
-    assert plan.pick_next([a, b], 4, 10) == plan.Pick("b", 1, new=True)
-    b.rounds[1] = RoundRecord(1, "y", 1, status=RUNNING)
-    assert plan.pick_next([a, b], 4, 10) is None
-    assert plan.pick_next([obj(100)], 4, 0) is None
 
 
 @given(

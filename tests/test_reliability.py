@@ -18,9 +18,8 @@ from structlog.testing import capture_logs
 
 from conftest import Layout, cli_env, json_lines, run_cli, run_in_process
 from faultinjection import kill_anywhere
-from supervisor import dataset, manifest as mf
+from supervisor import dataset, manifest as mf, paths
 from supervisor.gpus import FakeProbe
-from supervisor.resume import stop_orphans
 
 
 def events(logs: list[dict], name: str) -> list[dict]:
@@ -39,31 +38,60 @@ def test_kill_anywhere_fifty_kills(layout: Layout) -> None:
     assert sum(report.kills.values()) >= 50
 
 
-def test_orphan_of_a_dead_supervisor_is_stopped_before_its_round_reruns(tmp_path: Path) -> None:
+def _state_with_running_round(name: str, pid: int, proc_start: int | None):
+    from supervisor.records import ObjectRecord, RoundRecord, RoundStatus
+    from supervisor.state import Policy, State
+
+    state = State(Policy("t"), {}, {}, 0.0)
+    state.add_object(ObjectRecord("obj_a", 0, 4))
+    state.add_round("obj_a", RoundRecord(0, name, 0, status=RoundStatus.RUNNING, attempts=1,
+                                         pid=pid, proc_start=proc_start))
+    state.set_order(["obj_a"])
+    return state
+
+
+def test_orphan_group_of_a_dead_supervisor_is_killed_grandchildren_included() -> None:
+    from supervisor import events as ev
+    from supervisor.resume import kill_orphans
+    from supervisor.state import KillOrphans
+    from supervisor.supervisor import proc_start
+    from supervisor.transitions import apply
+
     name = "t__obj_a__r0"
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(120)", name],
-        start_new_session=True, stdout=subprocess.PIPE)
-    assert child.stdout is not None and child.stdout.readline() == b"up\n"  # it runs now
-    m = mf.Manifest("t", {}, {})
-    m.objects["obj_a"] = mf.ObjectRecord("obj_a", 0, 4)
-    m.objects["obj_a"].rounds[0] = mf.RoundRecord(0, name, 0, status=mf.RUNNING, attempts=1,
-                                                  pid=child.pid)
+    # A round's group: a leader that spawned a worker (like a data loader) in its group.
+    code = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(120)']); print(w.pid, flush=True); time.sleep(120)")
+    leader = subprocess.Popen([sys.executable, "-c", code, name], start_new_session=True,
+                              stdout=subprocess.PIPE)
+    assert leader.stdout is not None
+    worker = int(leader.stdout.readline())
     try:
-        assert stop_orphans(m) == [(name, child.pid)]
-        assert child.wait(timeout=10) == -signal.SIGKILL
+        state = _state_with_running_round(name, leader.pid, proc_start(leader.pid))
+        effects = apply(state, ev.SupervisorStarted(1, "h", (), 0.0, gpus=(0,)))
+        kills = [e for e in effects if isinstance(e, KillOrphans)]
+        assert kills and kill_orphans(kills[0].rounds) == [(name, leader.pid)]
+        assert leader.wait(timeout=10) == -signal.SIGKILL
+        assert not Path(f"/proc/{worker}").exists() or \
+            Path(f"/proc/{worker}/stat").read_text().split(") ")[1][0] == "Z"
     finally:
-        child.kill()
-    rnd = m.objects["obj_a"].rounds[0]
-    assert rnd.status == mf.INTERRUPTED and rnd.attempts == 0 and rnd.pid is None
+        leader.kill()
+        try:
+            os.kill(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    rnd = state.round_of("obj_a", 0)
+    assert rnd.status == "interrupted" and rnd.attempts == 0 and rnd.pid is None
 
 
 def test_unrelated_process_with_a_recorded_pid_is_left_alone() -> None:
-    m = mf.Manifest("t", {}, {})
-    m.objects["o"] = mf.ObjectRecord("o", 0, 4)
-    m.objects["o"].rounds[0] = mf.RoundRecord(0, "t__o__r0", 0, status=mf.RUNNING,
-                                              pid=os.getpid())
-    assert stop_orphans(m) == []  # our own pid: its command line lacks the round name
+    from supervisor.resume import kill_orphans
+    from supervisor.supervisor import proc_start
+
+    mine = proc_start(os.getpid())
+    assert mine is not None
+    # Our pid, recorded for a round that started at another time: a reused pid.
+    assert kill_orphans((("t__o__r0", os.getpid(), mine + 1),), wait_s=0.1) == []
+    assert kill_orphans((("t__o__r0", os.getpgrp(), None),), wait_s=0.1) == []
 
 
 def test_stale_lock_from_a_dead_process_does_not_block(layout: Layout) -> None:
@@ -138,7 +166,7 @@ def test_corrupt_final_npz_is_refused_then_recovered(layout: Layout) -> None:
             proc.kill()
             break
     proc.wait(timeout=30)
-    final = dataset.final_path(layout.experiments / "t", "obj_a")
+    final = paths.final(layout.experiments / "t", "obj_a")
     final.write_bytes(b"PK\x03\x04 hand-edited nonsense")
     refused = run_cli(str(path))
     assert refused.returncode == 2 and "recover" in refused.stderr and "final.npz" in refused.stderr
@@ -155,7 +183,7 @@ def test_corrupt_final_npz_of_a_done_object_is_refused_then_recovered(layout: La
                                cleanup={"mode": "light"})
     assert run_cli(str(path)).returncode == 0
     before = layout.final("obj_a")
-    dataset.final_path(layout.experiments / "t", "obj_a").write_bytes(b"PK\x03\x04 junk")
+    paths.final(layout.experiments / "t", "obj_a").write_bytes(b"PK\x03\x04 junk")
     refused = run_cli(str(path))
     assert refused.returncode == 2 and "recover" in refused.stderr, refused.stderr
     assert run_cli("recover", str(path)).returncode == 0
@@ -226,11 +254,10 @@ def test_gpu_falling_off_the_bus_mid_run(layout: Layout) -> None:
 
     original = sup_mod.Supervisor._start
 
-    def start(self, pick, gpu):
-        job = original(self, pick, gpu)
+    def start(self, pick, gpu, *rest):
+        original(self, pick, gpu, *rest)
         if gpu == 1:
             fake.failing.add(1)  # the card is gone while its round runs
-        return job
 
     sup_mod.Supervisor._start = start
     try:

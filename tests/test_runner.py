@@ -101,6 +101,9 @@ async def test_grandchild_holding_the_pipe_is_killed(tmp_path: Path, monkeypatch
 
 
 async def test_child_runs_in_its_own_process_group(tmp_path: Path) -> None:
-    exit_, lines = await run("import os; print(os.getpgid(0) == os.getpid(), flush=True)",
-                             tmp_path)
+    # The launcher leads the group (it kills the group if the supervisor dies); the
+    # command is its child, in that group, away from the supervisor's.
+    exit_, lines = await run(
+        f"import os; print(os.getpgid(0) == os.getppid() != {os.getpgrp()}, flush=True)",
+        tmp_path)
     assert ("stdout", "True") in lines

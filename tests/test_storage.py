@@ -80,32 +80,73 @@ def test_dataset_load_rejects_nonsense(tmp_path: Path) -> None:
         dataset.load(path)
 
 
+def _state():
+    from supervisor.records import ObjectRecord, RoundRecord, RoundStatus
+    from supervisor.state import Policy, State
+
+    state = State(Policy("e"), {"seed_base": 0}, {"x": 1}, 1.0)
+    for code in ("a", "b"):
+        state.add_object(ObjectRecord(code, len(state.objects), 10))
+        state.add_round(code, RoundRecord(0, f"e__{code}__r0", 0, status=RoundStatus.MERGED,
+                                          accepted=4))
+    state.set_order(["a", "b"])
+    return state
+
+
 def test_manifest_round_trip_and_nonsense(tmp_path: Path) -> None:
-    m = mf.Manifest("e", {"seed_base": 0}, {})
-    m.objects["o"] = mf.ObjectRecord("o", 0, 10)
-    m.objects["o"].rounds[0] = mf.RoundRecord(0, "e__o__r0", 0, status=mf.MERGED, accepted=4)
+    from supervisor.state import Policy
+
+    state = _state()
     path = tmp_path / "manifest.json"
-    mf.save(path, m.dumps())
-    again = mf.load(path)
-    assert again.objects["o"].rounds[0].accepted == 4
-    assert again.to_json()["objects"] == m.to_json()["objects"]
+    mf.save(path, mf.Encoder().dumps(state))
+    again = mf.load(path, Policy("e"))
+    assert again.objects["a"].rounds[0].accepted == 4
+    assert mf.to_json(again)["objects"] == mf.to_json(state)["objects"]
     path.write_text(path.read_text()[:50])
     with pytest.raises(mf.ManifestError, match="unreadable"):
-        mf.load(path)
+        mf.load(path, Policy("e"))
     path.write_text(json.dumps({"version": 1, "objects": {"o": {"index": "x"}}}))
     with pytest.raises(mf.ManifestError, match="unexpected content"):
-        mf.load(path)
+        mf.load(path, Policy("e"))
 
 
 def test_cached_manifest_encoding_matches_a_full_encoding() -> None:
-    m = mf.Manifest("e", {"seed_base": 0}, {"x": 1})
-    for code in ("a", "b"):
-        m.objects[code] = mf.ObjectRecord(code, len(m.objects), 10)
-        m.objects[code].rounds[0] = mf.RoundRecord(0, f"e__{code}__r0", 0)
-    first = json.loads(m.dumps())
-    assert first == m.to_json()
-    m.objects["a"].rounds[0].status = mf.MERGED
-    m.touch("a")
-    m.objects["c"] = mf.ObjectRecord("c", 2, 10)
-    m.runs.append({"pid": 1})
-    assert json.loads(m.dumps()) == m.to_json()
+    from supervisor import events as ev
+    from supervisor.records import ObjectRecord
+    from supervisor.transitions import apply
+
+    state, encoder = _state(), mf.Encoder()
+
+    def same(a: dict, b: dict) -> bool:  # updated_at is the time of each encoding
+        return {**a, "updated_at": 0} == {**b, "updated_at": 0}
+
+    first = json.loads(encoder.dumps(state))
+    assert same(first, mf.to_json(state))
+    apply(state, ev.RoundStarted("a", 1, 0, 2.0))  # marks "a" changed, nothing else
+    state.add_object(ObjectRecord("c", 2, 10))
+    again = json.loads(encoder.dumps(state))
+    assert same(again, mf.to_json(state)) and again["objects"]["a"]["rounds"]["1"]["gpu"] == 0
+
+
+def test_journal_torn_last_line_is_ignored_and_bad_middle_line_is_an_error(
+        tmp_path: Path) -> None:
+    from supervisor import events as ev, journal
+
+    path = tmp_path / "journal.jsonl"
+    j = journal.Journal(path)
+    j.append([ev.encode(1, ev.GpuLost(0, "x")), ev.encode(2, ev.GpuLost(1, "y"))])
+    j.close()
+    full = path.read_bytes()
+    path.write_bytes(full[:-7])  # a kill cut the last line
+    assert [seq for seq, _ in journal.read(path, 0)] == [1]
+    assert [seq for seq, _ in journal.read(path, 1)] == []
+    path.write_bytes(b"garbage\n" + full)
+    with pytest.raises(journal.JournalError, match="line 1"):
+        list(journal.read(path, 0))
+
+
+def test_files_honour_the_umask(tmp_path: Path) -> None:
+    fsutil.atomic_write_bytes(tmp_path / "f", b"x")
+    mode = (tmp_path / "f").stat().st_mode & 0o777
+    assert mode == 0o666 & ~fsutil.current_umask()
+    assert mode & 0o044 or fsutil.current_umask() & 0o044  # readable by others under 022

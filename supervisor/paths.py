@@ -1,0 +1,57 @@
+"""Where an experiment's files live: one place for every path.
+
+``{experiments_dir}/{exp_name}/``: ``manifest.json`` (snapshot), ``journal.jsonl``
+(events since the snapshot), ``final/{object_code}/final.npz``, ``logs/``,
+``supervisor.lock``, ``gpu_samples.jsonl``. Round folders are main.py's own:
+``{main.output_dir}/{round name}/results/{object_code}.npy``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from supervisor.config import Config
+
+MANIFEST_NAME = "manifest.json"
+JOURNAL_NAME = "journal.jsonl"
+FINAL_NAME = "final.npz"
+LOCK_NAME = "supervisor.lock"
+SAMPLES_NAME = "gpu_samples.jsonl"
+
+
+def manifest(exp_dir: Path) -> Path:
+    return exp_dir / MANIFEST_NAME
+
+
+def journal(exp_dir: Path) -> Path:
+    return exp_dir / JOURNAL_NAME
+
+
+def final(exp_dir: Path, object_code: str) -> Path:
+    return exp_dir / "final" / object_code / FINAL_NAME
+
+
+def lock(exp_dir: Path) -> Path:
+    return exp_dir / LOCK_NAME
+
+
+def samples(exp_dir: Path) -> Path:
+    return exp_dir / SAMPLES_NAME
+
+
+def round_log(exp_dir: Path, name: str) -> Path:
+    return exp_dir / "logs" / "rounds" / f"{name}.log"
+
+
+def gpu_log(exp_dir: Path, gpu: int, node: str | None = None) -> Path:
+    return exp_dir / "logs" / (f"gpu_{node}_{gpu}.log" if node else f"gpu_{gpu}.log")
+
+
+def round_dir(config: Config, name: str) -> Path:
+    return config.main.output_dir / name
+
+
+def result(config: Config, name: str, object_code: str) -> Path:
+    return round_dir(config, name) / "results" / f"{object_code}.npy"

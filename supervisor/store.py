@@ -1,0 +1,90 @@
+"""Persistence of the state: the journal (every event, fsynced in groups) and the
+manifest.json snapshot (every SNAPSHOT_EVERY_EVENTS events or SNAPSHOT_EVERY_S seconds,
+on drain and at the end). Start-up = snapshot + journal replay through the same
+state machine.
+
+Only the merger writes (``Store.commit``/``snapshot``); the dispatcher records the
+rounds it starts (``record``), which changes the state in memory and queues the line.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from supervisor import events as ev, journal, manifest as mf, paths
+from supervisor.records import now
+from supervisor.state import Effect, Policy, State
+from supervisor.transitions import apply
+
+if TYPE_CHECKING:
+    from supervisor.config import Config
+
+SNAPSHOT_EVERY_EVENTS = 5000
+SNAPSHOT_EVERY_S = 60.0
+
+
+def policy(config: Config) -> Policy:
+    stride = config.merge_stride
+    return Policy(
+        exp_name=config.exp_name, seed_base=config.seed_base,
+        batch_size=config.round_batch_size, max_rounds=config.max_rounds,
+        max_attempts=config.retry.max_attempts,
+        max_consecutive_failed_rounds=config.retry.max_consecutive_failed_rounds,
+        quarantine_after=config.gpu.quarantine_after,
+        merge_stride=None if stride == "auto" else int(stride),
+    )
+
+
+def new_state(config: Config) -> State:
+    return State(policy(config), config.identity(), config.snapshot(), now())
+
+
+def load_state(config: Config) -> State:
+    """Snapshot plus the journal's later events; ManifestError or JournalError if broken."""
+    state = mf.load(paths.manifest(config.exp_dir), policy(config))
+    for seq, event in journal.read(paths.journal(config.exp_dir), state.seq):
+        apply(state, event)
+        state.seq = seq
+    # The config's objects, for readers (status, export); a run registers them again.
+    state.set_order([c for c in config.object_codes if c in state.objects])
+    return state
+
+
+def exists(config: Config) -> bool:
+    return paths.manifest(config.exp_dir).exists()
+
+
+class Store:
+    def __init__(self, config: Config, state: State) -> None:
+        self.config, self.state = config, state
+        self.journal = journal.Journal(paths.journal(config.exp_dir))
+        self.encoder = mf.Encoder()
+        self.queued: list[bytes] = []
+        self.since_snapshot = 0
+        self.snapshot_at = time.monotonic()
+
+    def record(self, event: ev.Event) -> list[Effect]:
+        """Apply ``event`` now; it is durable after the next commit()."""
+        effects = apply(self.state, event)
+        self.state.seq += 1
+        self.queued.append(ev.encode(self.state.seq, event))
+        self.since_snapshot += 1
+        return effects
+
+    def take_queued(self) -> list[bytes]:
+        lines, self.queued = self.queued, []
+        return lines
+
+    def snapshot_due(self) -> bool:
+        return (self.since_snapshot >= SNAPSHOT_EVERY_EVENTS
+                or time.monotonic() - self.snapshot_at >= SNAPSHOT_EVERY_S)
+
+    def encode_snapshot(self) -> bytes:
+        self.since_snapshot, self.snapshot_at = 0, time.monotonic()
+        return self.encoder.dumps(self.state)
+
+    def write_snapshot(self, data: bytes) -> None:
+        """Blocking: the snapshot, then an empty journal (replay skips what it holds)."""
+        mf.save(paths.manifest(self.config.exp_dir), data)
+        self.journal.truncate()
