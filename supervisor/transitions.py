@@ -253,8 +253,10 @@ def _all_failing(state: State) -> list[Effect]:
     streak = state.fail_streak
     objects = set(streak)
     enough = len(streak) >= state.policy.quarantine_after * healthy
-    if state.run_ok or not enough or len(objects) < min(2, len(state.order)):
+    if state.run_ok or not enough or len(objects) < min(2, len(state.order)) \
+            or state.stats["run_stopped"]:
         return []
+    state.stats["run_stopped"] = 1
     return [StopRun(f"the last {len(streak)} rounds failed on every GPU ({healthy}) for "
                     f"{len(objects)} objects and none succeeded in this run: the command, "
                     f"its working folder or its environment is broken")]

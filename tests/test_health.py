@@ -1,0 +1,127 @@
+"""GPU health and drain, end to end with emulator children and the fake probe."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import anyio
+import pytest
+from structlog.testing import capture_logs
+
+from conftest import EMULATOR_COMMAND, Layout, run_in_process
+from supervisor.gpus import FakeProbe
+
+# Exits 1 on GPU 1 (a card with Xid errors), runs the emulator elsewhere.
+BAD_GPU_1 = [
+    "{python}", "-c",
+    "import os, sys; gpu = sys.argv[1]; sys.exit(1) if gpu == '1' else os.execv("
+    "sys.executable, [sys.executable, '-m', 'supervisor.emulator'] + sys.argv[2:])",
+    "{gpu}", *EMULATOR_COMMAND[3:],
+]
+
+
+def names(logs: list[dict], event: str) -> list[dict]:
+    return [e for e in logs if e["event"] == event]
+
+
+def test_one_sick_gpu_costs_only_itself(layout: Layout) -> None:
+    config = layout.config(object_code_list=["obj_a", "obj_b", "obj_c", "obj_d"],
+                           target_count_per_object=8, gpus=[0, 1, 2],
+                           main={"command": BAD_GPU_1}, gpu={"quarantine_after": 3})
+    with capture_logs() as logs:
+        assert run_in_process(config) == 0
+    quarantined = names(logs, "gpu_quarantined")
+    assert [e["gpu"] for e in quarantined] == [1]
+    on_bad = [e for e in names(logs, "round_started") if e["gpu"] == 1]
+    assert len(on_bad) < 3 + 3  # quarantine_after + max_attempts
+    m = layout.manifest()
+    assert all(o["status"] == "done" for o in m["objects"].values())
+    assert m["gpus"]["1"]["status"] == "quarantined"
+    for code in ("obj_a", "obj_b", "obj_c", "obj_d"):
+        assert len(layout.final(code)["energy"]) == 8
+
+
+def test_every_gpu_failing_every_object_stops_the_run_early(layout: Layout) -> None:
+    command = ["{python}", "-c", "import sys; sys.exit(1)", "{name}", "{seed}"]
+    config = layout.config(object_code_list=["obj_a", "obj_b", "obj_c"],
+                           target_count_per_object=8, gpus=[0, 1],
+                           main={"command": command}, max_rounds=50)
+    with capture_logs() as logs:
+        assert run_in_process(config) == 1
+    assert len(names(logs, "run_stopped")) == 1
+    assert len(names(logs, "round_started")) < 12  # not 3 objects x max_attempts x ...
+
+
+@pytest.mark.anyio
+async def test_signal_during_a_hung_nvml_read_drains_at_once(layout: Layout) -> None:
+    from supervisor.cli import open_supervisor
+
+    probe = FakeProbe({0: 80_000})
+    probe.hanging.add(0)
+    config = layout.config(object_code_list=["obj_a"], gpus=[0],
+                           gpu={"probe": "auto", "nvml_timeout_s": 60})
+    try:
+        with capture_logs() as logs, anyio.fail_after(20):
+            with open_supervisor(config, probe, handle_signals=False) as sup:
+                async with anyio.create_task_group() as tg:
+                    result = {}
+
+                    async def run() -> None:
+                        result["code"] = await sup.run()
+
+                    tg.start_soon(run)
+                    while probe.polls == 0:  # the dispatcher is stuck in NVML now
+                        await anyio.sleep(0.01)
+                    began = time.monotonic()
+                    sup.on_signal(signal.SIGINT)
+        assert time.monotonic() - began < 5 and result["code"] == 130
+        events = [e["event"] for e in logs]
+        assert "drain_started" in events and "round_started" not in events
+    finally:
+        probe.release_hang()
+
+
+def test_memory_is_counted_once_so_an_80gb_card_takes_3_rounds_of_20gb(layout: Layout) -> None:
+    """NVML shows each round's process: its memory is not subtracted again."""
+    import os
+
+    from supervisor import gpus
+
+    probe = FakeProbe({0: 80_000})
+    original, release = gpus.GpuPool.started, gpus.GpuPool.release
+
+    def started(self, gpu: int, name: str, pgid: int) -> None:  # NVML sees the round
+        original(self, gpu, name, pgid)
+        probe.free[gpu] -= 20_000
+        probe.processes[gpu][pgid] = 20_000
+
+    def released(self, gpu: int, name: str) -> None:
+        pgid = self.rounds[gpu].get(name)
+        if probe.processes[gpu].pop(pgid, None):
+            probe.free[gpu] += 20_000
+        release(self, gpu, name)
+
+    gpus.GpuPool.started = started  # type: ignore[method-assign]
+    gpus.GpuPool.release = released  # type: ignore[method-assign]
+    try:
+        config = layout.config(
+            object_code_list=["obj_a"], target_count_per_object=40, gpus=[0],
+            env={"EMULATOR_ITER_S": "0.05"}, num_iterations=20,
+            gpu={"probe": "auto", "max_rounds_per_gpu": 8, "min_free_mib": 25_000,
+                 "round_memory_mib": 20_000, "poll_interval_s": 0.02})
+        with capture_logs() as logs:
+            assert run_in_process(config, probe) == 0
+    finally:
+        gpus.GpuPool.started = original  # type: ignore[method-assign]
+        gpus.GpuPool.release = release  # type: ignore[method-assign]
+    # Rounds in flight at once: 3 (80 - 3 x 20 = 20 GB < 25 GB stops the fourth).
+    in_flight = peak = 0
+    for e in logs:
+        if e["event"] == "round_started":
+            in_flight += 1
+            peak = max(peak, in_flight)
+        elif e["event"] in ("round_finished", "round_failed", "round_interrupted"):
+            in_flight -= 1
+    assert peak == 3, peak
+    del os
