@@ -30,7 +30,8 @@ EXIT_USAGE = 2
 def run_parser() -> Parser:
     p = Parser(prog="python -m supervisor", description=(
         "Run BimanGrasp's main.py in rounds on a GPU pool until every object's quota is met. "
-        "Other commands: status, export, recover (python -m supervisor COMMAND --help)."))
+        "Other commands: status, export, recover, report, dataset-info (python -m supervisor "
+        "COMMAND --help)."))
     p.add_argument("config", type=Path, help="the TOML config file")
     p.add_argument("--log-format", choices=logs.FORMATS, default="auto",
                    help="json lines or console (default: json unless stdout is a terminal)")

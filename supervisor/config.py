@@ -78,6 +78,7 @@ class GpuSettings:
     poll_interval_s: float = _key(10.0, min=0.001)
     quarantine_after: int = _key(3, min=1)  # rounds failed in a row on one GPU
     nvml_timeout_s: float = _key(10.0, min=0.001)
+    sample_interval_s: float = _key(10.0, min=0.001)  # utilisation samples for the report
 
 
 @dataclass(frozen=True)

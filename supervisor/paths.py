@@ -2,7 +2,7 @@
 
 ``{experiments_dir}/{exp_name}/``: ``manifest.json`` (snapshot), ``journal.jsonl``
 (events since the snapshot), ``final/{object_code}/final.npz``, ``logs/``,
-``supervisor.lock``, ``gpu_samples.jsonl``. Round folders are main.py's own:
+``supervisor.lock``, ``gpu_samples.bin``. Round folders are main.py's own:
 ``{main.output_dir}/{round name}/results/{object_code}.npy``.
 """
 
@@ -18,7 +18,7 @@ MANIFEST_NAME = "manifest.json"
 JOURNAL_NAME = "journal.jsonl"
 FINAL_NAME = "final.npz"
 LOCK_NAME = "supervisor.lock"
-SAMPLES_NAME = "gpu_samples.jsonl"
+SAMPLES_NAME = "gpu_samples.bin"  # and gpu_samples.rounds.jsonl (supervisor.samples)
 
 
 def manifest(exp_dir: Path) -> Path:

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from supervisor import paths, plan
+from supervisor import paths, plan, samples
 from supervisor.config import Config
 from supervisor.lock import live_holder
 from supervisor.records import HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus
@@ -129,6 +129,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "mean_round_s": None if mean_round_s is None else round(mean_round_s, 3),
         "rounds_to_go": rounds_to_go,
         "eta_s": None if eta is None else round(eta, 1),
+        "gpu_samples": samples.latest_and_mean(config.exp_dir),
         "per_object": objects,
     }
 
@@ -149,6 +150,14 @@ def render(summary: dict[str, Any]) -> str:
         f"grasps {s['grasps_done']}/{s['grasps_total']}; {s['rounds_running']} round(s) "
         f"running; {s['gpu_hours']:.2f} GPU-hours; ETA {duration(s['eta_s'])}",
     ]
+    sampled = s["gpu_samples"]
+    if sampled.get("sampled"):
+        mean = sampled.get("mean_util_percent")
+        lines.append("GPUs: " + "; ".join(
+            f"{g['gpu']} {g['util_percent']}% {g['used_mib']}/{g['total_mib']} MiB"
+            for g in sampled["gpus"]) + ("" if mean is None else f"; mean utilisation {mean:.0f}%"))
+    else:
+        lines.append("GPUs: not sampled (no NVML)")
     bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
     for gpu, v in bad.items():
         lines.append(f"GPU {gpu} {v['status']}: {v['reason']}")

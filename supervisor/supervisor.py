@@ -30,6 +30,7 @@ from supervisor.logs import get_logger
 from supervisor.merger import Merger, Message
 from supervisor.records import GpuStatus, ObjectStatus, now
 from supervisor.rounds import Control, Outcome, RoundJob, Started
+from supervisor.samples import Sampler
 from supervisor.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -98,6 +99,10 @@ class Supervisor:
                 tg.start_soon(self._watch_signals)
             if self.live_stream is not None:
                 tg.start_soon(LiveView(self, self.live_stream).run)
+            tg.start_soon(Sampler(
+                self.config.exp_dir, self.pool.probe, gpus=lambda: self.pool.gpus,
+                rounds=self._running_pids,
+                interval_s=self.config.gpu.sample_interval_s).run)
             send, recv = anyio.create_memory_object_stream[Message](math.inf)
             async with anyio.create_task_group() as work:
                 work.start_soon(self.merger.consume, recv)
@@ -136,6 +141,10 @@ class Supervisor:
             **({"error": self.merger.write_error or self.stop_reason}
                if self.merger.write_error or self.stop_reason else {}),
         )
+
+    def _running_pids(self) -> dict[int, str]:
+        return {pgid: name for rounds_ in self.pool.rounds.values()
+                for name, pgid in rounds_.items() if pgid}
 
     # -- stopping --------------------------------------------------------------------
     def drain(self) -> None:
