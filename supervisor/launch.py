@@ -21,7 +21,11 @@ PARENT_GONE = signal.SIGUSR1
 
 
 def _kill_group(*_: object) -> None:
-    os.killpg(0, signal.SIGKILL)
+    # Only a group of our own: started by hand (not as a session leader) it must not
+    # take down its caller's group.
+    if os.getpgrp() == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(137)
 
 
 def _die_with_parent(parent_pid: int) -> None:
