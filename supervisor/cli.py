@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, NoReturn, Sequence, TextIO
+from typing import Iterator, Sequence, TextIO
 
 import anyio
 

@@ -7,12 +7,15 @@ Every error names the file, the key, the bad value and the expected form, e.g.
 from __future__ import annotations
 
 import json
-import re
 import string
 import sys
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from supervisor.validate import (  # noqa: F401 (ConfigError, one_line: the API)
+    ConfigError, Reader, check_name, one_line, read_settings,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,25 +36,6 @@ CLEANUP_MODES = ("remove", "light")
 PROBES = ("auto", "nvml", "static")
 # Config keys whose change would alter grasps already produced: refused on resume.
 IDENTITY_KEYS = ("seed_base", "round_batch_size", "num_iterations", "command")
-_BAD_NAME = re.compile(r"[/\\\s\x00-\x1f\x7f]")
-
-
-class ConfigError(ValueError):
-    """A config value is unusable; the message is one line naming file, key and fix."""
-
-    def __init__(self, source: str, key: str, value: Any, expected: str) -> None:
-        self.source, self.key, self.value, self.expected = source, key, value, expected
-        super().__init__(one_line(f"{source}: {key} = {_show(value)}: expected {expected}"))
-
-
-def one_line(message: str) -> str:
-    """Escape control characters, so that a hostile value cannot break the line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -178,85 +162,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class _Reader:
-    """Pops typed values out of one TOML table; complains about what is left."""
-
-    def __init__(self, source: str, table: Mapping[str, Any], prefix: str = "") -> None:
-        self.source, self.table, self.prefix = source, dict(table), prefix
-
-    def error(self, key: str, value: Any, expected: str) -> ConfigError:
-        return ConfigError(self.source, self.prefix + key, value, expected)
-
-    def has(self, key: str) -> bool:
-        return key in self.table
-
-    def raw(self, key: str, default: Any = None) -> Any:
-        return self.table.pop(key, default)
-
-    def integer(self, key: str, default: int | None, minimum: int | None = 1,
-                maximum: int | None = None, auto: bool = False) -> int:
-        value = self.table.pop(key, default)
-        if auto and value == "auto":
-            return value
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        ok = ok and (minimum is None or value >= minimum)
-        ok = ok and (maximum is None or value <= maximum)
-        if not ok:
-            bounds = f" >= {minimum}" if minimum is not None else ""
-            bounds += f" and <= {maximum}" if maximum is not None else ""
-            raise self.error(key, value, f"an integer{bounds}" + (' or "auto"' if auto else ""))
-        return value
-
-    def number(self, key: str, default: float | None, minimum: float = 0.0) -> float:
-        value = self.table.pop(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            value >= minimum and value != float("inf")
-        ):
-            raise self.error(key, value, f"a finite number >= {minimum:g}")
-        return float(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.table.pop(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, value, "true or false")
-        return value
-
-    def text(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> str:
-        value = self.table.pop(key, default)
-        if not isinstance(value, str) or not value or (choices and value not in choices):
-            expected = " or ".join(map(repr, choices)) if choices else "a non-empty string"
-            raise self.error(key, value, expected)
-        return value
-
-    def table_of(self, key: str) -> _Reader:
-        value = self.table.pop(key, {})
-        if not isinstance(value, dict):
-            raise self.error(key, value, "a table")
-        return _Reader(self.source, value, f"{self.prefix}{key}.")
-
-    def finish(self, known: tuple[str, ...] = ()) -> None:
-        for key, value in self.table.items():
-            hint = f"one of {', '.join(sorted(known))}" if known else "no such key"
-            raise self.error(key, value, f"a known key ({hint})")
-
-
-def check_name(source: str, key: str, value: Any) -> str:
-    """Names become folder names and argv items: no separators, no traversal, no blanks."""
-    if (
-        not isinstance(value, str)
-        or not value
-        or _BAD_NAME.search(value)
-        or ".." in value
-        or value[0] in ".-"
-    ):
-        raise ConfigError(
-            source, key, value,
-            "a name without '/', '\\', '..', whitespace or control characters, "
-            "not starting with '.' or '-'",
-        )
-    return value
-
-
 def _resolve(base: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base / path)
@@ -284,7 +189,7 @@ def read_object_file(source: str, path: Path) -> list[Any]:
     return [line for line in lines if line]
 
 
-def _object_codes(r: _Reader, base: Path) -> tuple[tuple[str, ...], str]:
+def _object_codes(r: Reader, base: Path) -> tuple[tuple[str, ...], str]:
     if r.has("object_code_list") == r.has("object_code_file"):
         raise r.error("object_code_list", r.raw("object_code_list"),
                       "exactly one of object_code_list or object_code_file")
@@ -306,7 +211,7 @@ def _object_codes(r: _Reader, base: Path) -> tuple[tuple[str, ...], str]:
     return tuple(codes), key
 
 
-def _gpus(r: _Reader) -> str | tuple[int, ...]:
+def _gpus(r: Reader) -> str | tuple[int, ...]:
     value = r.raw("gpus", "all")
     if value == "all":
         return "all"
@@ -320,7 +225,7 @@ def _gpus(r: _Reader) -> str | tuple[int, ...]:
     raise r.error("gpus", value, '"all" or a list of distinct GPU indices >= 0')
 
 
-def _command(r: _Reader) -> tuple[str, ...]:
+def _command(r: Reader) -> tuple[str, ...]:
     command = r.raw("command")
     if not isinstance(command, list) or not command or not all(
         isinstance(part, str) for part in command
@@ -343,7 +248,7 @@ def _command(r: _Reader) -> tuple[str, ...]:
     return tuple(command)
 
 
-def _main(r: _Reader, base: Path) -> MainSettings:
+def _main(r: Reader, base: Path) -> MainSettings:
     m = r.table_of("main")
     command = _command(m)
     cwd = _resolve(base, m.text("cwd", "."))
@@ -360,28 +265,7 @@ def _main(r: _Reader, base: Path) -> MainSettings:
     return MainSettings(command, cwd, env, output_dir, threads)
 
 
-def read_settings(r: _Reader, cls: type) -> Any:
-    """A settings dataclass from its TOML table: defaults, types and bounds come from
-    the dataclass fields, and so does the list of known keys."""
-    values = {}
-    for f in fields(cls):
-        rules, default = f.metadata, f.default
-        if rules.get("auto") and r.table.get(f.name) == "auto":
-            values[f.name] = r.raw(f.name)
-        elif "choices" in rules:
-            values[f.name] = r.text(f.name, default, rules["choices"])
-        elif isinstance(default, bool):
-            values[f.name] = r.flag(f.name, default)
-        elif isinstance(default, int):
-            values[f.name] = r.integer(f.name, default, minimum=rules.get("min"),
-                                       maximum=rules.get("max"), auto=rules.get("auto", False))
-        else:
-            values[f.name] = r.number(f.name, default, minimum=rules.get("min", 0.0))
-    r.finish(tuple(f.name for f in fields(cls)))
-    return cls(**values)
-
-
-def _sections(r: _Reader) -> dict[str, Any]:
+def _sections(r: Reader) -> dict[str, Any]:
     sections = {name: read_settings(r.table_of(name), cls) for name, cls in SECTIONS.items()}
     t = r.table_of("filter")
     known = tuple(f"max_{k}" for k in FILTER_KEYS)
@@ -404,7 +288,7 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
     """Validate a parsed TOML document; relative paths resolve against ``path``'s folder."""
     source = source or str(path)
     base = path.parent
-    r = _Reader(source, data)
+    r = Reader(source, data)
     exp_name = check_name(source, "exp_name", r.text("exp_name", None))
     if "__" in exp_name or exp_name.endswith("_"):
         # Round folders are {exp_name}__{object_code}__r{id}, side by side with other

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import Layout, write_toml
-from supervisor import cli, dataset, paths, plan
+from supervisor import cli, paths, plan
 from supervisor.config import TOP_KEYS, ConfigError, check_name, parse_config
 
 

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from conftest import Layout, cli_env, json_lines, run_cli, run_in_process
 from faultinjection import kill_anywhere
-from supervisor import dataset, manifest as mf, paths
+from supervisor import dataset, paths
 from supervisor.gpus import FakeProbe
 
 

@@ -1,0 +1,132 @@
+"""Reading and checking TOML values: one line per error, naming the file, the key, the
+bad value and the expected form, e.g.
+``config.toml: round_batch_size = 0: expected an integer >= 1``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from typing import Any, Mapping
+
+_BAD_NAME = re.compile(r"[/\\\s\x00-\x1f\x7f]")
+
+
+class ConfigError(ValueError):
+    """A config value is unusable; the message is one line naming file, key and fix."""
+
+    def __init__(self, source: str, key: str, value: Any, expected: str) -> None:
+        self.source, self.key, self.value, self.expected = source, key, value, expected
+        super().__init__(one_line(f"{source}: {key} = {_show(value)}: expected {expected}"))
+
+
+def one_line(message: str) -> str:
+    """Escape control characters, so that a hostile value cannot break the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Reader:
+    """Pops typed values out of one TOML table; complains about what is left."""
+
+    def __init__(self, source: str, table: Mapping[str, Any], prefix: str = "") -> None:
+        self.source, self.table, self.prefix = source, dict(table), prefix
+
+    def error(self, key: str, value: Any, expected: str) -> ConfigError:
+        return ConfigError(self.source, self.prefix + key, value, expected)
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        return self.table.pop(key, default)
+
+    def integer(self, key: str, default: int | None, minimum: int | None = 1,
+                maximum: int | None = None, auto: bool = False) -> int:
+        value = self.table.pop(key, default)
+        if auto and value == "auto":
+            return value
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        ok = ok and (minimum is None or value >= minimum)
+        ok = ok and (maximum is None or value <= maximum)
+        if not ok:
+            bounds = f" >= {minimum}" if minimum is not None else ""
+            bounds += f" and <= {maximum}" if maximum is not None else ""
+            raise self.error(key, value, f"an integer{bounds}" + (' or "auto"' if auto else ""))
+        return value
+
+    def number(self, key: str, default: float | None, minimum: float = 0.0) -> float:
+        value = self.table.pop(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            value >= minimum and value != float("inf")
+        ):
+            raise self.error(key, value, f"a finite number >= {minimum:g}")
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.table.pop(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, value, "true or false")
+        return value
+
+    def text(self, key: str, default: str | None, choices: tuple[str, ...] = ()) -> str:
+        value = self.table.pop(key, default)
+        if not isinstance(value, str) or not value or (choices and value not in choices):
+            expected = " or ".join(map(repr, choices)) if choices else "a non-empty string"
+            raise self.error(key, value, expected)
+        return value
+
+    def table_of(self, key: str) -> Reader:
+        value = self.table.pop(key, {})
+        if not isinstance(value, dict):
+            raise self.error(key, value, "a table")
+        return Reader(self.source, value, f"{self.prefix}{key}.")
+
+    def finish(self, known: tuple[str, ...] = ()) -> None:
+        for key, value in self.table.items():
+            hint = f"one of {', '.join(sorted(known))}" if known else "no such key"
+            raise self.error(key, value, f"a known key ({hint})")
+
+
+def check_name(source: str, key: str, value: Any) -> str:
+    """Names become folder names and argv items: no separators, no traversal, no blanks."""
+    if (
+        not isinstance(value, str)
+        or not value
+        or _BAD_NAME.search(value)
+        or ".." in value
+        or value[0] in ".-"
+    ):
+        raise ConfigError(
+            source, key, value,
+            "a name without '/', '\\', '..', whitespace or control characters, "
+            "not starting with '.' or '-'",
+        )
+    return value
+
+
+def read_settings(r: Reader, cls: type) -> Any:
+    """A settings dataclass from its TOML table: defaults, types and bounds come from
+    the dataclass fields, and so does the list of known keys."""
+    values = {}
+    for f in fields(cls):
+        rules, default = f.metadata, f.default
+        if rules.get("auto") and r.table.get(f.name) == "auto":
+            values[f.name] = r.raw(f.name)
+        elif "choices" in rules:
+            values[f.name] = r.text(f.name, default, rules["choices"])
+        elif isinstance(default, bool):
+            values[f.name] = r.flag(f.name, default)
+        elif isinstance(default, int):
+            values[f.name] = r.integer(f.name, default, minimum=rules.get("min"),
+                                       maximum=rules.get("max"), auto=rules.get("auto", False))
+        else:
+            values[f.name] = r.number(f.name, default, minimum=rules.get("min", 0.0))
+    r.finish(tuple(f.name for f in fields(cls)))
+    return cls(**values)
+
+
