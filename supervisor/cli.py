@@ -80,6 +80,8 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
         sup.merger.carry_out(effects + reloaded)
         for code, names in leftovers:  # a kill cut the cleanup of a done object short
             sup.merger.carry_out([CleanRounds(code, names)])
+        for code in list(accs):  # [dedup]: rounds re-read from their folders, in order
+            sup.merger.judge(code)
         try:
             yield sup
         finally:

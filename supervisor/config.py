@@ -13,6 +13,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from supervisor.dedup import DedupSettings
 from supervisor.validate import (  # noqa: F401 (ConfigError, one_line: the API)
     ConfigError, Reader, check_name, one_line, read_settings,
 )
@@ -120,6 +121,7 @@ class Config:
     retry: RetrySettings = field(default_factory=RetrySettings)
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     filter: Mapping[str, float] = field(default_factory=dict)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
     disk: DiskSettings = field(default_factory=DiskSettings)
     logs: LogSettings = field(default_factory=LogSettings)
@@ -137,6 +139,8 @@ class Config:
             "num_iterations": self.num_iterations,
             "command": list(self.main.command),
             "filter": dict(self.filter),
+            # Tolerances of a disabled dedup cannot change a grasp: only "off" counts then.
+            "dedup": self.dedup.to_json() if self.dedup.enabled else {"enabled": False},
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -272,6 +276,10 @@ def _sections(r: Reader) -> dict[str, Any]:
     sections["filter"] = {k[4:]: t.number(k, None, minimum=float("-inf"))
                           for k in known if t.has(k)}
     t.finish(known)
+    table = r.raw("dedup", {})
+    if not isinstance(table, dict):
+        raise r.error("dedup", table, "a table")
+    sections["dedup"] = DedupSettings.from_table(table, r.source)
     return sections
 
 
@@ -280,7 +288,7 @@ TOP_KEYS = (
     "exp_name", "experiments_dir", "object_code_list", "object_code_file",
     "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
     "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
-    "main", "gpu", "retry", "timeouts", "filter", "cleanup", "disk", "logs",
+    "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
 )
 
 

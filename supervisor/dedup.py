@@ -40,9 +40,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from supervisor.config import ConfigError
+from supervisor.validate import ConfigError
 from supervisor.results import QPOS_NAMES
 
 JOINT_COLUMNS = slice(0, 22)
@@ -125,7 +124,9 @@ def scaled_points(columns: Columns, settings: DedupSettings) -> np.ndarray:
     return points
 
 
-def _tree(points: np.ndarray, period: np.ndarray) -> cKDTree:
+def _tree(points: np.ndarray, period: np.ndarray) -> Any:
+    from scipy.spatial import cKDTree  # imported when needed: the config loads this module
+
     return cKDTree(points, leafsize=32, boxsize=period)
 
 
@@ -159,7 +160,7 @@ class DedupIndex:
     def __init__(self, settings: DedupSettings) -> None:
         self.settings = settings
         self._period = boxsize(settings)
-        self._levels: list[tuple[np.ndarray, cKDTree]] = []
+        self._levels: list[tuple[np.ndarray, Any]] = []
 
     @classmethod
     def from_columns(cls, settings: DedupSettings, columns: Columns) -> DedupIndex:

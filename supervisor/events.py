@@ -65,6 +65,15 @@ class RoundProduced:
 
 
 @dataclass(frozen=True)
+class RoundDeduped:
+    """[dedup]: ``unique`` of the round's accepted grasps are not near-duplicates of
+    grasps kept before them in (round_id, item_index) order."""
+    code: str
+    round_id: int
+    unique: int
+
+
+@dataclass(frozen=True)
 class RoundFailed:
     code: str
     round_id: int
@@ -130,11 +139,11 @@ class DatasetLost:
 
 
 Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarted
-         | RoundSpawned | RoundProduced | RoundFailed | RoundInterrupted | GpuLost
+         | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted | GpuLost
          | DatasetWritten | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
-    RoundProduced, RoundFailed, RoundInterrupted, GpuLost, DatasetWritten, ObjectReloaded,
+    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, GpuLost, DatasetWritten, ObjectReloaded,
     ObjectRecovered, DatasetLost,
 )}
 # JSON turns int keys and tuples into strings and lists: these fields are restored.

@@ -33,7 +33,7 @@ def settle(state: State, obj: ObjectRecord) -> list[Effect]:
     """Decide whether ``obj`` is done, failed or exhausted after a change."""
     if obj.status != O.ACTIVE:
         return []
-    comp = plan.completion(obj)
+    comp = plan.completion(obj, state.policy.dedup)
     if comp.done:
         return _complete(state, obj, comp)
     if obj.consecutive_failures >= state.policy.max_consecutive_failed_rounds:

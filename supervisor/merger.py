@@ -19,7 +19,8 @@ from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.faults import crash_point
 from supervisor.logs import get_logger
-from supervisor.records import ObjectStatus, now
+from supervisor.dedup import DedupIndex, DedupSettings
+from supervisor.records import ObjectRecord, ObjectStatus, RoundStatus, now
 from supervisor.rounds import FAILED, INTERRUPTED, OK, Outcome, Started
 from supervisor.state import (
     CleanRounds, Effect, KillOrphans, Log, StopRounds, StopRun, WriteDataset,
@@ -39,6 +40,7 @@ class Merger:
             on_change, on_stop_rounds, on_stop_run)
         self.log = get_logger()
         self.writes: dict[str, WriteDataset] = {}
+        self.judges: dict[str, Judge] = {}  # [dedup]: per object, rounds judged in order
         self.to_clean: list[CleanRounds] = []
         self.write_error: str | None = None
 
@@ -89,8 +91,34 @@ class Merger:
             self.carry_out(self.store.record(ev.RoundFailed(
                 job.object_code, job.round_id, job.gpu, out.reason or "failed", now(),
                 duration, out.exit_code)), tail=out.tail[-5:])
+        self.judge(job.object_code)
         if out.on_ended is not None:
             out.on_ended(job)
+
+    # -- [dedup] -------------------------------------------------------------------------
+    def judge(self, code: str) -> None:
+        """Judge the rounds whose earlier rounds have all settled, in round order: a grasp
+        near one kept before it (same object) is dropped, so the dataset is the same
+        whatever order rounds finish in."""
+        if not self.config.dedup.enabled or code not in self.accs:
+            return
+        acc, obj = self.accs[code], self.state.objects[code]
+        judge = self.judges.get(code)
+        if judge is None:
+            judge = self.judges[code] = Judge.start(self.config.dedup, acc, obj)
+        while judge.next_rid in obj.rounds:
+            rnd = obj.rounds[judge.next_rid]
+            if rnd.status == RoundStatus.FINISHED and rnd.unique is None:
+                if rnd.round_id not in acc.rounds:
+                    return
+                cols = acc.rounds[rnd.round_id]
+                keep = judge.index.admit(cols)
+                acc.rounds[rnd.round_id] = {k: v[keep] for k, v in cols.items()}
+                self.record(ev.RoundDeduped(code, rnd.round_id, int(keep.sum())))
+            elif rnd.status not in (RoundStatus.FAILED, RoundStatus.DISCARDED,
+                                    RoundStatus.MERGED, RoundStatus.FINISHED):
+                return
+            judge.next_rid += 1
 
     async def consume(self, recv: MemoryObjectReceiveStream[Message]) -> None:
         """Record every message until all senders have closed; write after each batch."""
@@ -142,7 +170,12 @@ class Merger:
 
     async def _write_dataset(self, write: WriteDataset) -> None:
         acc = self.accs.get(write.code) or Accumulator()
-        columns = acc.build(write.used)
+        used = write.used
+        if used is None:  # a stride or drain write: every round held (and judged)
+            rounds = self.state.objects[write.code].rounds
+            used = {rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()
+                    if not self.config.dedup.enabled or rounds[rid].unique is not None}
+        columns = acc.build(used)
         path = paths.final(self.config.exp_dir, write.code)
         try:
             await anyio.to_thread.run_sync(dataset.write, path, columns)
@@ -152,10 +185,9 @@ class Merger:
         crash_point("flush.after_dataset")
         stat = os.stat(path)
         rows = len(columns["round_id"])
-        used = write.used if write.used is not None else {
-            rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()}
         if write.final:
             self.accs.pop(write.code, None)
+            self.judges.pop(write.code, None)
         self.record(ev.DatasetWritten(write.code, dict(used), rows, stat.st_size,
                                       stat.st_mtime_ns))
         for name in acc.partial_keys:
@@ -178,3 +210,27 @@ class Merger:
                 "rounds_retried": s.stats["rounds_retried"],
                 "gpu_hours": round(s.stats["gpu_seconds"] / 3600, 4)}
 
+
+
+class Judge:
+    """One object's near-duplicate index over the grasps kept so far, and the next round
+    to judge."""
+
+    def __init__(self, index: DedupIndex, next_rid: int) -> None:
+        self.index, self.next_rid = index, next_rid
+
+    @classmethod
+    def start(cls, settings: DedupSettings, acc: Accumulator, obj: ObjectRecord) -> Judge:
+        """From the rounds already judged: those in final.npz, then those judged since."""
+        index = DedupIndex(settings)
+        rid = 0
+        while rid in obj.rounds:
+            rnd = obj.rounds[rid]
+            judged = rnd.status == RoundStatus.MERGED or (
+                rnd.status == RoundStatus.FINISHED and rnd.unique is not None)
+            if judged and rid in acc.rounds:
+                index.add(acc.rounds[rid])
+            elif rnd.status not in (RoundStatus.FAILED, RoundStatus.DISCARDED):
+                break
+            rid += 1
+        return cls(index, rid)

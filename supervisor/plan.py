@@ -35,11 +35,13 @@ class Completion:
     used: dict[int, int]  # round_id -> grasps of it in the dataset
 
 
-def completion(obj: ObjectRecord) -> Completion:
-    """The dataset is the first ``target`` accepted grasps in round order.
+def completion(obj: ObjectRecord, dedup: bool = False) -> Completion:
+    """The dataset is the first ``target`` accepted (with [dedup]: unique) grasps in round
+    order.
 
     An object is done once every round up to the one that reaches the target has produced
     grasps or failed for good: a round still running below it could change the content.
+    With dedup a round counts once it has been judged (its earlier rounds all settled).
     """
     total = 0
     used: dict[int, int] = {}
@@ -47,9 +49,10 @@ def completion(obj: ObjectRecord) -> Completion:
         rnd = obj.rounds[rid]
         if rnd.status in (RoundStatus.FAILED, RoundStatus.DISCARDED):
             continue
-        if rnd.status not in HAS_GRASPS:
+        count = rnd.unique if dedup else rnd.accepted
+        if rnd.status not in HAS_GRASPS or count is None:
             return Completion(False, None, used)
-        take = min(rnd.accepted or 0, obj.target - total)
+        take = min(count, obj.target - total)
         used[rid] = take
         total += take
         if total >= obj.target:

@@ -72,22 +72,24 @@ def object_reloaded(state: State, e: ev.ObjectReloaded) -> list[Effect]:
     for rid, n in e.in_final.items():
         rnd = obj.rounds[rid]
         if rnd.status not in HAS_GRASPS:
-            state.set_round(e.code, rnd, R.MERGED, accepted=n, produced=rnd.produced or n)
+            state.set_round(e.code, rnd, R.MERGED, accepted=n, unique=n,
+                            produced=rnd.produced or n)
     for rnd in obj.rounds.values():
         if rnd.status not in (*HAS_GRASPS, R.DISCARDED) or rnd.accepted is None:
             if rnd.status == R.DISCARDED:
                 state.set_round(e.code, rnd, R.PENDING)
             continue
         have = e.in_final.get(rnd.round_id, 0)
-        if have == rnd.accepted:
+        if have == state.grasps_of(rnd):
             state.set_round(e.code, rnd, R.MERGED, used=have)
         elif rnd.round_id in e.from_folders:
             produced, accepted = e.from_folders[rnd.round_id]
-            state.set_round(e.code, rnd, R.FINISHED, produced=produced, accepted=accepted)
+            state.set_round(e.code, rnd, R.FINISHED, produced=produced, accepted=accepted,
+                            unique=None)  # judged again, in order, by the merger
         elif have:
             # Part of it is in final.npz (the object was done, its target then raised, and
             # its folder is gone): keep what was merged, never rerun over it.
-            state.set_round(e.code, rnd, R.MERGED, accepted=have, used=have)
+            state.set_round(e.code, rnd, R.MERGED, accepted=have, unique=have, used=have)
         else:
             state.set_round(e.code, rnd, R.PENDING, produced=None, accepted=None, used=None,
                             reason=f"grasps not in final.npz and "
@@ -112,7 +114,7 @@ def object_recovered(state: State, e: ev.ObjectRecovered) -> list[Effect]:
             n = e.in_final[rid]
             produced, accepted = e.from_folders.get(rid, (n, n))
             state.set_round(e.code, rnd, R.MERGED, produced=produced, accepted=accepted,
-                            used=n)
+                            unique=n, used=n)
         elif delivered:
             # Delivered rows never change: a round of a done object that is not in its
             # final.npz failed or was not needed, and is never run again.

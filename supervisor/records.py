@@ -64,7 +64,8 @@ class RoundRecord:
     node: str | None = None
     exit_code: int | None = None
     produced: int | None = None
-    accepted: int | None = None
+    accepted: int | None = None  # passed the quality filter
+    unique: int | None = None  # of those, not near-duplicates of earlier grasps ([dedup])
     used: int | None = None  # grasps of this round in final.npz
     started_at: float | None = None
     finished_at: float | None = None

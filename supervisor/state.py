@@ -31,6 +31,7 @@ class Policy:
     max_consecutive_failed_rounds: int = 5
     quarantine_after: int = 3
     merge_stride: int | None = None  # None: "auto", rewrite when held rounds >= written
+    dedup: bool = False  # count rounds' unique grasps (once known) instead of accepted
 
 
 # -- effects ---------------------------------------------------------------------------
@@ -116,7 +117,7 @@ class State:
     def _count(self, t: Tally, rnd: RoundRecord, sign: int) -> None:
         t.by_status[rnd.status] += sign
         if rnd.status in HAS_GRASPS:
-            t.accepted += sign * (rnd.accepted or 0)
+            t.accepted += sign * (self.grasps_of(rnd) or 0)
             t.produced += sign * (rnd.produced or 0)
         if rnd.status in TO_RUN:
             (t.waiting.add if sign > 0 else t.waiting.discard)(rnd.round_id)
@@ -167,6 +168,13 @@ class State:
     progress_target = 0
 
     # -- reading ---------------------------------------------------------------------
+    def grasps_of(self, rnd: RoundRecord) -> int | None:
+        """What a round adds to its dataset: its unique grasps once [dedup] has judged
+        them, its accepted grasps before (and without dedup)."""
+        if self.policy.dedup and rnd.unique is not None:
+            return rnd.unique
+        return rnd.accepted
+
     def round_of(self, code: str, round_id: int) -> RoundRecord:
         return self.objects[code].rounds[round_id]
 

@@ -67,8 +67,20 @@ def dataset_problem(config: Config, obj: ObjectRecord) -> str | None:
     return None
 
 
+def removed(obj: ObjectRecord) -> tuple[int, int]:
+    """Grasps the quality filter and [dedup] removed from the rounds that produced."""
+    filtered = duplicates = 0
+    for r in obj.rounds.values():
+        if r.accepted is None or r.produced is None:
+            continue
+        filtered += r.produced - r.accepted
+        duplicates += r.accepted - r.unique if r.unique is not None else 0
+    return filtered, duplicates
+
+
 def object_status(config: Config, state: State, obj: ObjectRecord, end: float) -> dict[str, Any]:
     rounds = list(obj.rounds.values())
+    filtered, duplicates = removed(obj)
     span = _wall_span(obj, end)
     t = state.tally[obj.code]
     rate = t.accepted / t.produced if t.produced else None
@@ -89,6 +101,8 @@ def object_status(config: Config, state: State, obj: ObjectRecord, end: float) -
         "gpu_hours": round(gpu_s / 3600, 4),
         "rounds_to_go": plan.rounds_to_go(state, obj.code),
         "failures": len([f for r in rounds for f in r.failures]),
+        "removed_by_filter": filtered,
+        "removed_as_duplicates": duplicates,
     }
 
 
@@ -122,6 +136,8 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "grasps_total": sum(o["target"] for o in objects),
         "rounds_running": sum(o["rounds_running"] for o in objects) if live else 0,
         "gpu_hours": round(sum(o["gpu_hours"] for o in objects), 4),
+        "removed_by_filter": sum(o["removed_by_filter"] for o in objects),
+        "removed_as_duplicates": sum(o["removed_as_duplicates"] for o in objects),
         "failures_by_reason": dict(failures.most_common()),
         "gpus": {str(g): {"status": r.status.value, "reason": r.reason,
                           "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed}
@@ -149,6 +165,8 @@ def render(summary: dict[str, Any]) -> str:
         f"objects {s['objects_done']}/{s['objects']} done, {s['objects_failed']} failed; "
         f"grasps {s['grasps_done']}/{s['grasps_total']}; {s['rounds_running']} round(s) "
         f"running; {s['gpu_hours']:.2f} GPU-hours; ETA {duration(s['eta_s'])}",
+        f"removed: {s['removed_by_filter']} by the quality filter, "
+        f"{s['removed_as_duplicates']} near-duplicates",
     ]
     sampled = s["gpu_samples"]
     if sampled.get("sampled"):
@@ -169,7 +187,8 @@ def render(summary: dict[str, Any]) -> str:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in
                                                s["failures_by_reason"].items()))
     lines.append(f"{'object':40} {'status':9} {'grasps':>13} {'merged':>6} {'failed':>6} "
-                 f"{'running':>7} {'accept':>6} {'grasps/h':>9} {'grasps/GPU-h':>12}")
+                 f"{'running':>7} {'accept':>6} {'filtered':>8} {'dups':>6} {'grasps/h':>9} "
+                 f"{'grasps/GPU-h':>12}")
     for o in s["per_object"]:
         rate = "-" if o["acceptance_rate"] is None else f"{o['acceptance_rate']:.0%}"
         speed = "-" if o["grasps_per_gpu_hour"] is None else f"{o['grasps_per_gpu_hour']:.0f}"
@@ -177,5 +196,6 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"{o['object_code'][:40]:40} {o['status']:9} "
                      f"{o['collected']:>6}/{o['target']:<6} {o['rounds_merged']:>6} "
                      f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} "
+                     f"{o['removed_by_filter']:>8} {o['removed_as_duplicates']:>6} "
                      f"{hourly:>9} {speed:>12}")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ def policy(config: Config) -> Policy:
         max_consecutive_failed_rounds=config.retry.max_consecutive_failed_rounds,
         quarantine_after=config.gpu.quarantine_after,
         merge_stride=None if stride == "auto" else int(stride),
+        dedup=config.dedup.enabled,
     )
 
 

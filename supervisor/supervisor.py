@@ -31,6 +31,7 @@ from supervisor.merger import Merger, Message
 from supervisor.records import GpuStatus, ObjectStatus, now
 from supervisor.rounds import Control, Outcome, RoundJob, Started
 from supervisor.samples import Sampler
+from supervisor.status import removed
 from supervisor.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -134,6 +135,8 @@ class Supervisor:
             objects_exhausted=by[ObjectStatus.EXHAUSTED],
             objects_unfinished=by[ObjectStatus.ACTIVE],
             grasps=sum(s.objects[c].collected for c in s.order),
+            removed_by_filter=sum(removed(s.objects[c])[0] for c in s.order),
+            removed_as_duplicates=sum(removed(s.objects[c])[1] for c in s.order),
             grasps_target=sum(s.objects[c].target for c in s.order),
             gpus_quarantined=[g for g, r in s.gpus.items()
                               if r.status == GpuStatus.QUARANTINED],

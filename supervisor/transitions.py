@@ -58,7 +58,8 @@ def round_produced(state: State, e: ev.RoundProduced) -> list[Effect]:
     state.run_ok += 1
     state.fail_streak = []
     effects = health.gpu_succeeded(state, e.code, rnd)
-    values = dict(produced=e.produced, accepted=e.accepted, exit_code=0, reason=None)
+    values = dict(produced=e.produced, accepted=e.accepted, unique=None, exit_code=0,
+                  reason=None)
     state.stopping.discard(rnd.name)
     if obj.status == O.DONE:
         state.set_round(e.code, rnd, R.DISCARDED, used=0, **values)
@@ -72,6 +73,12 @@ def round_produced(state: State, e: ev.RoundProduced) -> list[Effect]:
     obj.consecutive_failures = 0
     state.unwritten[e.code] += 1
     return effects + settle(state, obj)
+
+
+def round_deduped(state: State, e: ev.RoundDeduped) -> list[Effect]:
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    state.set_round(e.code, rnd, rnd.status, unique=e.unique)
+    return settle(state, obj) if rnd.status == R.FINISHED else []
 
 
 def round_failed(state: State, e: ev.RoundFailed) -> list[Effect]:
@@ -164,6 +171,7 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.RoundStarted: round_started,
     ev.RoundSpawned: round_spawned,
     ev.RoundProduced: round_produced,
+    ev.RoundDeduped: round_deduped,
     ev.RoundFailed: round_failed,
     ev.RoundInterrupted: round_interrupted,
     ev.GpuLost: gpu_lost,
