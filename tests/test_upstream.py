@@ -204,3 +204,26 @@ def test_launcher_is_stdlib_only() -> None:
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_run_with_the_launcher_and_upstream_main_py_meets_exact_quotas(tmp_path: Path) -> None:
+    """The supervisor drives the public release's main.py through {upstream_launcher}."""
+    from conftest import Layout, run_in_process
+
+    layout = Layout(tmp_path)
+    (layout.cwd / "main.py").write_text(SHIM)
+    command = ["{python}", "{upstream_launcher}", "--object_code", "{object_code}",
+               "--name", "{name}", "--seed", "{seed}", "--gpu", "{gpu}",
+               "--batch_size", "{batch_size}", "--num_iterations", "{num_iterations}"]
+    config = layout.config(main={"command": command}, target_count_per_object=9,
+                           env={"EMULATOR_MODE": "upstream"},
+                           filter={"max_E_pen": 0.0015})
+    assert run_in_process(config) == 0
+    fork_layout = Layout(tmp_path / "fork")
+    assert run_in_process(fork_layout.config(target_count_per_object=9,
+                                             filter={"max_E_pen": 0.0015})) == 0
+    for code in ("obj_a", "obj_b", "obj_c"):
+        data, fork = layout.final(code), fork_layout.final(code)
+        assert len(data["energy"]) == 9
+        assert sorted(data) == sorted(fork)  # the same final.npz schema
+        assert np.all(data["E_pen"] <= 0.0015)
