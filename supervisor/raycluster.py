@@ -201,11 +201,14 @@ class RayCluster:
             raise ProbeError(self._mark_lost(worker, exc)) from None
 
     def _mark_lost(self, worker: _Worker, exc: BaseException) -> str:
+        rex = self._ray.exceptions
         try:
             alive = any(n["NodeID"] == worker.node and n.get("Alive") for n in self._ray.nodes())
         except Exception:
             alive = False
-        what = "worker lost" if alive else "node lost"
+        node_died = isinstance(exc, (rex.NodeDiedError, rex.LocalRayletDiedError)) or \
+            "node has died" in str(exc) or not alive  # GCS may not know it yet
+        what = "node lost" if node_died else "worker lost"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = f"{what}: {worker.slot}: {type(exc).__name__}: {first}"
         self._drop(worker, reason)

@@ -40,7 +40,26 @@ def load_manifest(exp_dir: Path) -> dict[str, Any]:
             raise ValueError("no objects")
     except (OSError, ValueError, AttributeError) as exc:
         raise ReportError(f"{path}: unreadable ({exc})") from None
-    return data
+    return with_journal(exp_dir, data)
+
+
+def with_journal(exp_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot brought up to date with the journal's events (a live run writes the
+    snapshot only every few thousand events or a minute)."""
+    from supervisor import manifest, paths, store
+
+    path = paths.journal(exp_dir)
+    if not path.exists() or path.stat().st_size == 0:
+        return data
+    cfg = data.get("config", {})
+    try:
+        state = manifest.from_json(data, store.policy_of_snapshot(
+            {"exp_name": data.get("exp_name"), **cfg}))
+        state.set_order([c for c in cfg.get("object_code_list", []) if c in state.objects])
+        store.replay(state, exp_dir)
+    except (ValueError, KeyError, TypeError):
+        return data  # a journal being written or a foreign file: the snapshot will do
+    return manifest.to_json(state)
 
 
 def row_label(gpu: Any, node: Any) -> str:

@@ -10,7 +10,8 @@ rounds it starts (``record``), which changes the state in memory and queues the 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from supervisor import events as ev, journal, manifest as mf, paths
 from supervisor.records import now
@@ -25,16 +26,31 @@ SNAPSHOT_EVERY_S = 60.0
 
 
 def policy(config: Config) -> Policy:
-    stride = config.merge_stride
+    return policy_of_snapshot(config.snapshot())
+
+
+def policy_of_snapshot(cfg: dict[str, Any]) -> Policy:
+    """The decisions' settings from a config snapshot (the manifest's ``config``)."""
+    retry, gpu = cfg.get("retry", {}), cfg.get("gpu", {})
+    stride = cfg.get("merge_stride", "auto")
     return Policy(
-        exp_name=config.exp_name, seed_base=config.seed_base,
-        batch_size=config.round_batch_size, max_rounds=config.max_rounds,
-        max_attempts=config.retry.max_attempts,
-        max_consecutive_failed_rounds=config.retry.max_consecutive_failed_rounds,
-        quarantine_after=config.gpu.quarantine_after,
+        exp_name=str(cfg["exp_name"]), seed_base=int(cfg.get("seed_base", 0)),
+        batch_size=int(cfg.get("round_batch_size", 512)),
+        max_rounds=int(cfg.get("max_rounds", 1000)),
+        max_attempts=int(retry.get("max_attempts", 3)),
+        max_consecutive_failed_rounds=int(retry.get("max_consecutive_failed_rounds", 5)),
+        quarantine_after=int(gpu.get("quarantine_after", 3)),
         merge_stride=None if stride == "auto" else int(stride),
-        dedup=config.dedup.enabled,
+        dedup=bool(cfg.get("dedup", {}).get("enabled", False)),
     )
+
+
+def replay(state: State, exp_dir: Path) -> State:
+    """Apply the journal's events after the snapshot's, in order."""
+    for seq, event in journal.read(paths.journal(exp_dir), state.seq):
+        apply(state, event)
+        state.seq = seq
+    return state
 
 
 def new_state(config: Config) -> State:
@@ -43,10 +59,7 @@ def new_state(config: Config) -> State:
 
 def load_state(config: Config) -> State:
     """Snapshot plus the journal's later events; ManifestError or JournalError if broken."""
-    state = mf.load(paths.manifest(config.exp_dir), policy(config))
-    for seq, event in journal.read(paths.journal(config.exp_dir), state.seq):
-        apply(state, event)
-        state.seq = seq
+    state = replay(mf.load(paths.manifest(config.exp_dir), policy(config)), config.exp_dir)
     # The config's objects, for readers (status, export); a run registers them again.
     state.set_order([c for c in config.object_codes if c in state.objects])
     return state

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -392,3 +393,47 @@ async def test_a_node_lost_mid_round(env: dict[str, Any]) -> None:
     added, removed = await rc.refresh(wait_s=5)
     assert not added and [s for s, _ in removed] == [slot]
     assert removed[0][1].startswith("node lost:") and len(rc.slots()) == 4
+
+
+DRIVER = """
+import sys, anyio
+from supervisor.raycluster import connect
+address, node, name, base = sys.argv[1:]
+rc = connect(address)
+async def main():
+    while not [s for s in rc.slots() if s.node == node]:
+        await rc.refresh(wait_s=0.5)
+    slot = [s for s in rc.slots() if s.node == node][0]
+    argv = [sys.executable, "-m", "supervisor.emulator", "--name", name, "--object_code", "obj",
+            "--batch_size", "4", "--num_iterations", "5000", "--seed", "1", "--gpu",
+            str(slot.gpu), "--jitter_strength", "0.1"]
+    env = {"EMULATOR_STARTUP_S": "0", "EMULATOR_ITER_S": "0.05", "EMULATOR_EXPERIMENTS_BASE": base}
+    await rc.run_round(slot, argv, ".", env, base, name, "obj", 5, 0, 0,
+                       lambda s, line: print(line, flush=True), lambda pid: None,
+                       anyio.Event(), anyio.Event(), False)
+anyio.run(main)
+"""
+
+
+async def test_a_killed_supervisor_takes_its_remote_rounds_with_it(env: dict[str, Any]) -> None:
+    """SIGKILL the head: Ray kills the actors it owned, PR_SET_PDEATHSIG their rounds."""
+    cluster = env["cluster"]
+    node = cluster.add_node(num_cpus=0, num_gpus=1)
+    name = unique("headless")
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, cluster.address, node.node_id, name, str(env["base"])],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        with anyio.fail_after(60):
+            while "Starting optimization" not in await anyio.to_thread.run_sync(
+                    driver.stdout.readline):
+                assert driver.poll() is None
+        assert len(processes_named(name)) >= 2
+        driver.kill()
+        driver.wait()
+        assert await gone(name, within_s=10)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        cluster.remove_node(node)

@@ -323,3 +323,20 @@ def test_the_browser_check_sees_javascript_errors(tmp_path: Path, chromium: str)
     result = bench("screenshot_report").check_page(chromium, page, tmp_path)
     assert any("undefinedFunction" in e for e in result["errors"])
     assert result["plots"] == ["p1"] and result["rendered"] == []
+
+
+def test_report_data_includes_events_journaled_after_the_snapshot(tmp_path: Path) -> None:
+    """A live run rewrites manifest.json only now and then: the journal fills the gap."""
+    from supervisor import events as ev, journal, manifest as mf, report_data
+    from supervisor.state import Policy, State
+    from supervisor.transitions import apply
+
+    exp = tmp_path / "e"
+    state = State(Policy("e"), {}, {"exp_name": "e", "object_code_list": ["a"]}, 1.0)
+    apply(state, ev.ObjectsRegistered(("a",), 8))
+    mf.save(exp / "manifest.json", mf.Encoder().dumps(state))
+    journal.Journal(exp / "journal.jsonl").append(
+        [ev.encode(1, ev.RoundStarted("a", 0, 3, 2.0))])
+    data = report_data.load_manifest(exp)
+    assert data["objects"]["a"]["rounds"]["0"]["status"] == "running"
+    assert data["objects"]["a"]["rounds"]["0"]["gpu"] == 3
