@@ -1,5 +1,9 @@
+import os
 import sys
 
-from supervisor.cli import main_guarded
+try:
+    from supervisor.cli import main_guarded
+except KeyboardInterrupt:  # Ctrl+C while the imports run: no traceback
+    os._exit(130)
 
 sys.exit(main_guarded())
