@@ -48,43 +48,29 @@ folder of that name; without a ``../data/meshdata`` folder every code is known.
 from __future__ import annotations
 
 import argparse
-import atexit
-import fnmatch
 import os
-import pickle
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
-import numpy as np
 
-from supervisor.results import QPOS_NAMES
 
-FAULT_MODES = frozenset({
-    "ok", "exit", "crash", "crash_mid_write", "truncated", "hang", "ignore_sigterm",
-    "sigkill", "nan", "inf", "wrong_length", "wrong_type", "wrong_dtype", "missing_key",
-    "extra_key", "spawn_worker",
-})
+from supervisor.emulator_faults import (  # noqa: E402,F401 (the emulator's API)
+    FAULT_MODES, WORKER_CODE, WORKER_TAG, _exit_code, _mid_run_faults, _save, _spawn_worker,
+    corrupt, fault_modes, next_attempt,
+)
+from supervisor.emulator_grasps import (  # noqa: E402,F401
+    ATTRACTOR_COUNT, NEAR_DUPLICATE_NOISE, SCALES, attractors, make_grasps, near_duplicates,
+)
+
 MODES = ("fork", "upstream")
 UPSTREAM_OBJECTS = (
     "Cole_Hardware_Dishtowel_Multicolors", "Curver_Storage_Bin_Black_Small",
     "Hasbro_Monopoly_Hotels_Game", "Breyer_Horse_Of_The_Year_2015",
     "Schleich_S_Bayala_Unicorn_70432",
 )
-ATTRACTOR_COUNT = 8
-NEAR_DUPLICATE_NOISE = 0.001
-WORKER_TAG = "emulator-worker"
-WORKER_CODE = (
-    "import sys, time\n"
-    "end = time.monotonic() + float(sys.argv[1])\n"
-    "while time.monotonic() < end:\n"
-    "    time.sleep(0.1)\n"
-)
-SCALES = (0.06, 0.08, 0.1, 0.12, 0.15, 0.17)
 BAR_REDRAW_S = 0.1  # tqdm's default mininterval
 TORCH_WARNING = (
     "/opt/venv/lib/python3.11/site-packages/torch/nn/init.py:114: UserWarning: To copy "
@@ -134,141 +120,6 @@ def emulator_mode() -> str:
     if mode not in MODES:
         raise ValueError(f"EMULATOR_MODE={mode!r}: expected one of {', '.join(MODES)}")
     return mode
-
-
-def near_duplicates(spec: str) -> tuple[float, float] | None:
-    """``EMULATOR_NEAR_DUPLICATES`` as (fraction, noise); None when unset."""
-    if not spec:
-        return None
-    fraction_s, _, noise_s = spec.partition(":")
-    try:
-        fraction = float(fraction_s)
-        noise = float(noise_s) if noise_s else NEAR_DUPLICATE_NOISE
-    except ValueError:
-        fraction = noise = float("nan")
-    if not (0.0 <= fraction <= 1.0 and 0.0 <= noise < float("inf")):
-        raise ValueError(f"EMULATOR_NEAR_DUPLICATES={spec!r}: expected FRACTION[:NOISE] "
-                         "with 0 <= FRACTION <= 1 and NOISE >= 0")
-    return fraction, noise
-
-
-def fault_modes(name: str, attempt: int, spec: str) -> set[str]:
-    """The fault modes for this attempt of round ``name`` under ``EMULATOR_FAULTS``."""
-    for rule in filter(None, (r.strip() for r in spec.split(";"))):
-        glob, _, modes = rule.partition("=")
-        if not fnmatch.fnmatchcase(name, glob.strip()):
-            continue
-        chosen = "ok"
-        for i, mode in enumerate(m.strip() for m in modes.split(",")):
-            if i + 1 == attempt or (mode.endswith("*") and i + 1 <= attempt):
-                chosen = mode.rstrip("*")
-                if i + 1 == attempt:
-                    break
-        parts = set(chosen.split("+"))
-        unknown = {p.split(":")[0] for p in parts} - FAULT_MODES
-        if unknown:
-            raise ValueError(f"EMULATOR_FAULTS: unknown mode(s) {sorted(unknown)}")
-        return parts
-    return {"ok"}
-
-
-def next_attempt(name: str) -> int:
-    state = os.environ.get("EMULATOR_STATE_DIR")
-    if not state:
-        return 1
-    path = Path(state) / f"{name}.attempts"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write("x")
-    return path.stat().st_size
-
-
-def _exit_code(modes: set[str]) -> int | None:
-    for mode in modes:
-        if mode.split(":")[0] == "exit":
-            return int(mode.split(":")[1]) if ":" in mode else 3
-    return None
-
-
-def attractors(code: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The ATTRACTOR_COUNT grasps (final poses per side, scales) every seed can copy."""
-    rng = np.random.default_rng([zlib.crc32(code.encode()), 0xA77])
-    shape = (ATTRACTOR_COUNT, len(QPOS_NAMES))
-    poses = {side: rng.uniform(-0.5, 0.5, shape) for side in ("left", "right")}
-    return poses, rng.choice(np.float32(SCALES), ATTRACTOR_COUNT).astype(np.float64)
-
-
-def _copy_attractors(code: str, seed: int, final: dict[str, np.ndarray],
-                     scale: np.ndarray, spec: tuple[float, float]) -> None:
-    fraction, noise = spec
-    n, k = final["left"].shape
-    rng = np.random.default_rng([seed, zlib.crc32(code.encode()), n, 0xD0B])
-    rows = np.sort(rng.choice(n, int(round(fraction * n)), replace=False))
-    which = rng.integers(0, ATTRACTOR_COUNT, len(rows))
-    poses, scales = attractors(code)
-    for side in final:
-        final[side][rows] = poses[side][which] + rng.uniform(-noise, noise, (len(rows), k))
-    scale[rows] = scales[which]
-
-
-def make_grasps(code: str, seed: int, batch_size: int, num_iterations: int,
-                near_dup: tuple[float, float] | None = None, meta: bool = True) -> list[dict]:
-    """Deterministic grasps with energies of a realistic spread (most pass filters).
-
-    ``near_dup`` is ``EMULATOR_NEAR_DUPLICATES`` parsed; ``meta=False`` leaves out
-    ``__meta__`` as upstream main.py does.
-    """
-    rng = np.random.default_rng([seed, zlib.crc32(code.encode()), batch_size, num_iterations])
-    n, k = batch_size, len(QPOS_NAMES)
-    settle = 1.0 - np.exp(-num_iterations / 2000.0)
-    start = {side: rng.uniform(-0.5, 0.5, (n, k)) for side in ("left", "right")}
-    final = {side: start[side] + settle * rng.normal(0, 0.1, (n, k)) for side in start}
-    e_fc = rng.lognormal(np.log(0.35), 0.5, n)
-    e_dis = rng.lognormal(np.log(0.01), 1.0, n)
-    e_pen = rng.lognormal(np.log(0.0008), 1.0, n)
-    e_spen = rng.lognormal(np.log(0.005), 1.0, n)
-    e_joints = np.where(rng.random(n) < 0.9, 0.0, rng.uniform(0, 0.05, n))
-    energy = e_fc + 100 * e_dis + 125 * e_pen + 10 * e_spen + e_joints
-    scale = rng.choice(np.float32(SCALES), n).astype(np.float64)
-    if near_dup is not None:
-        _copy_attractors(code, seed, final, scale, near_dup)
-    grasps = []
-    for j in range(n):
-        grasps.append({
-            "scale": float(scale[j]),
-            "qpos_left": dict(zip(QPOS_NAMES, final["left"][j].tolist())),
-            "qpos_left_st": dict(zip(QPOS_NAMES, start["left"][j].tolist())),
-            "qpos_right": dict(zip(QPOS_NAMES, final["right"][j].tolist())),
-            "qpos_right_st": dict(zip(QPOS_NAMES, start["right"][j].tolist())),
-            "energy": float(energy[j]),
-            "E_fc": float(e_fc[j]),
-            "E_dis": float(e_dis[j]),
-            "E_pen": float(e_pen[j]),
-            "E_spen": float(e_spen[j]),
-            "E_joints": float(e_joints[j]),
-        })
-        if meta:
-            grasps[-1]["__meta__"] = {"object_code": code, "item_index": j}
-    return grasps
-
-
-def corrupt(grasps: list[dict], modes: set[str]) -> object:
-    """Apply the result-file faults; returns what gets saved."""
-    if "nan" in modes:
-        grasps[len(grasps) // 2]["E_pen"] = float("nan")
-    if "inf" in modes:
-        grasps[0]["qpos_left"]["WRJTx"] = float("inf")
-    if "wrong_length" in modes:
-        grasps = grasps[:-1]
-    if "missing_key" in modes:
-        del grasps[-1]["E_fc"]
-    if "extra_key" in modes:
-        grasps[-1]["E_surprise"] = 1.0
-    if "wrong_type" in modes:
-        return {"grasps": grasps}
-    if "wrong_dtype" in modes:
-        return np.array([[g["energy"], g["E_pen"]] for g in grasps], dtype=np.float32)
-    return grasps
 
 
 def _banner(args: argparse.Namespace, codes: list[str]) -> None:
@@ -332,51 +183,6 @@ def _optimize(args: argparse.Namespace, modes: set[str], results: Path) -> None:
             last_draw = now
     sys.stderr.write(_bar(total, total, time.monotonic() - t0) + "\n")
     sys.stderr.flush()
-
-
-def _mid_run_faults(modes: set[str]) -> None:
-    code = _exit_code(modes)
-    if code is not None:
-        sys.stderr.write("\nRuntimeError: CUDA error: an illegal memory access was encountered\n")
-        sys.exit(code)
-    if "sigkill" in modes:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if "hang" in modes:
-        while True:
-            time.sleep(3600)
-
-
-def _save(path: Path, payload: object, modes: set[str]) -> None:
-    if modes & {"crash_mid_write", "truncated"}:
-        data = pickle.dumps(np.array(payload, dtype=object), protocol=3)
-        with path.open("wb") as f:
-            f.write(b"\x93NUMPY" + data[: len(data) // 2])
-            f.flush()
-        if "crash_mid_write" in modes:
-            os._exit(1)
-        return
-    if isinstance(payload, list):
-        arr = np.empty(len(payload), dtype=object)
-        arr[:] = payload
-        payload = arr
-    np.save(path, payload, allow_pickle=True)
-
-
-def _spawn_worker(name: str) -> None:
-    """A grandchild in our process group that outlives us unless we end normally."""
-    max_s = os.environ.get("EMULATOR_WORKER_MAX_S", "300")
-    worker = subprocess.Popen([sys.executable, "-c", WORKER_CODE, max_s, WORKER_TAG, name],
-                              stdin=subprocess.DEVNULL)
-
-    def stop() -> None:
-        worker.terminate()
-        try:
-            worker.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
-
-    atexit.register(stop)
 
 
 def _object_codes(args: argparse.Namespace, upstream: bool) -> list[str]:
