@@ -168,7 +168,9 @@ def live_tick() -> None:
     sup = SimpleNamespace(state=state, config=SimpleNamespace(exp_name="bench"),
                           draining=SimpleNamespace(is_set=lambda: False),
                           pool=SimpleNamespace(gpus=list(range(8))), watch={})
-    view = LiveView(sup, open(os.devnull, "w"))  # type: ignore[arg-type]
+    from supervisor.supervisor import Supervisor
+
+    view = LiveView(lambda: Supervisor.snapshot(sup), open(os.devnull, "w"))  # type: ignore
     times = []
     for _ in range(200):
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from supervisor.gpus import GpuPool, Probe, ProbeError, make_probe
 from supervisor.lock import live_holder
 from supervisor.records import now
 from supervisor.resume import open_experiment
-from supervisor.rounds import RoundJob, command
+from supervisor.job import RoundJob, command
 from supervisor.transitions import apply
 
 FIRST_ROUNDS = 8

@@ -9,19 +9,30 @@ Each tick reads counters the state keeps up to date and the rounds running now: 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, TextIO
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
 
 import anyio
 
 from supervisor import logs
-from supervisor.records import GpuStatus, ObjectStatus
+from supervisor.progress import Progress
 from supervisor.status import duration
-
-if TYPE_CHECKING:
-    from supervisor.supervisor import Supervisor
 
 REFRESH_S = 1.0
 CLEAR_TO_END = "\x1b[J"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the view shows, read from the state's counters: O(GPUs + running rounds)."""
+    exp_name: str
+    draining: bool
+    objects: int
+    objects_done: int
+    progress: int  # accepted grasps, at most each object's target
+    progress_target: int
+    gpus: dict[int, str]  # gpu -> "" (healthy) or its status
+    running: list[tuple[int, str, Progress | None]] = field(default_factory=list)
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -30,40 +41,35 @@ def _bar(fraction: float, width: int = 20) -> str:
 
 
 class LiveView:
-    def __init__(self, sup: Supervisor, stream: TextIO) -> None:
-        self.sup, self.stream, self.height = sup, stream, 0
+    def __init__(self, snapshot: Callable[[], Snapshot], stream: TextIO) -> None:
+        self.snapshot, self.stream, self.height = snapshot, stream, 0
         self.lines: list[str] = []
-        self.start_progress = sup.state.progress
-        self.start_time = time.monotonic()
+        first = snapshot()
+        self.start_progress, self.start_time = first.progress, time.monotonic()
 
-    def eta_s(self) -> float | None:
-        s = self.sup.state
+    def eta_s(self, s: Snapshot) -> float | None:
         gained, elapsed = s.progress - self.start_progress, time.monotonic() - self.start_time
         if gained <= 0 or elapsed <= 0:
             return None
         return (s.progress_target - s.progress) / (gained / elapsed)
 
     def render(self) -> list[str]:
-        sup, s = self.sup, self.sup.state
-        total = s.progress_target
-        share = s.progress / total if total else 1.0
-        state = " (draining)" if sup.draining.is_set() else ""
-        lines = [f"{sup.config.exp_name}{state}: objects "
-                 f"{s.objects_by_status[ObjectStatus.DONE]}/{len(s.order)} done, grasps "
-                 f"{s.progress}/{total} [{_bar(share)}] {share:.0%}, "
-                 f"ETA {duration(self.eta_s())}"]
-        by_gpu: dict[int, list[str]] = {gpu: [] for gpu in sup.pool.gpus}
-        for job, sink in list(sup.watch.values()):
-            bar = sink.latest
+        s = self.snapshot()
+        share = s.progress / s.progress_target if s.progress_target else 1.0
+        state = " (draining)" if s.draining else ""
+        lines = [f"{s.exp_name}{state}: objects {s.objects_done}/{s.objects} done, grasps "
+                 f"{s.progress}/{s.progress_target} [{_bar(share)}] {share:.0%}, "
+                 f"ETA {duration(self.eta_s(s))}"]
+        by_gpu: dict[int, list[str]] = {gpu: [] for gpu in s.gpus}
+        for gpu, name, bar in s.running:
             if bar is None:
                 text = "starting"
             else:
                 rate = f"{bar.it_per_s:.2f} it/s" if bar.it_per_s else "- it/s"
                 text = f"[{_bar(bar.fraction, 10)}] {bar.n}/{bar.total} {rate}"
-            by_gpu.setdefault(job.gpu, []).append(f"{job.name} {text}")
+            by_gpu.setdefault(gpu, []).append(f"{name} {text}")
         for gpu, running in sorted(by_gpu.items()):
-            rec = s.gpus.get(gpu)
-            tag = "" if rec is None or rec.status == GpuStatus.HEALTHY else f" ({rec.status})"
+            tag = f" ({s.gpus[gpu]})" if s.gpus.get(gpu) else ""
             lines.append(f"  GPU {gpu}{tag}: " + ("; ".join(running) if running else "idle"))
         return lines
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -99,8 +100,12 @@ def connect(address: str, *, probe_factory: Callable[[], Probe] | None = None,
     ray = _ray()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
         ray.init(address=address, namespace=namespace, log_to_driver=False,
                  logging_level=logging.WARNING)
+        if main:  # ray.init replaces it with sys.exit: the first SIGTERM must only drain
+            signal.signal(signal.SIGTERM, sigterm)
     return RayCluster(ray, probe_factory)
 
 
@@ -143,8 +148,10 @@ class RayCluster:
 
     async def refresh(self, wait_s: float = READY_WAIT_S
                       ) -> tuple[list[Slot], list[tuple[Slot, str]]]:
-        """Follow the cluster: slots added, and slots removed with the reason (removed come
-        first: a GPU whose worker died on a live node can leave and come back at once)."""
+        """Follow the cluster: (slots added, slots removed with the reason). Apply the
+        removed ones first: a GPU whose worker died on a live node leaves and comes back in
+        one call. Waits up to ``wait_s`` for the workers it places now; a worker still
+        waiting for its GPU (held by another job) is only looked at again, never awaited."""
         nodes = await anyio.to_thread.run_sync(self._ray.nodes)
         alive = {n["NodeID"]: n for n in nodes if n.get("Alive")}
         for worker in list(self._workers):
@@ -153,16 +160,17 @@ class RayCluster:
                 why = dead.get("DeathReasonMessage") or "it left the cluster"
                 self._drop(worker, f"node lost: {dead.get('NodeManagerAddress', '?')} "
                                    f"({worker.node[:8]}): {why}")
+        starting = {id(w): 0.05 for w in self._workers if w.slot is None}
         for node_id, node in alive.items():
             have = sum(w.node == node_id for w in self._workers)
             for _ in range(int(node.get("Resources", {}).get("GPU", 0)) - have):
                 with self._lock:
                     self._workers.append(self._place(node_id))
         added: list[Slot] = []
-        starting = [w for w in self._workers if w.slot is None]
         async with anyio.create_task_group() as tg:
-            for worker in starting:
-                tg.start_soon(self._await_ready, worker, wait_s, added)
+            for worker in [w for w in self._workers if w.slot is None]:
+                tg.start_soon(self._await_ready, worker, starting.get(id(worker), wait_s),
+                              added)
         with self._lock:
             removed, self._lost = list(self._lost.items()), {}
         return sorted(added), removed

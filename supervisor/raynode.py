@@ -90,8 +90,10 @@ class GpuActor:
     async def signal(self, token: str, kind: str) -> None:
         """``stop``: SIGTERM the round's group, SIGKILL after grace; ``kill``: SIGKILL now."""
         control = self._controls.get(token)
-        if control is None:
+        if control is None:  # not started yet, or already over: keep a bounded few
             self._early[token] = kind
+            while len(self._early) > 256:
+                self._early.pop(next(iter(self._early)))
             return
         stop, kill = control
         stop.set()

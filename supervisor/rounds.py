@@ -6,35 +6,21 @@ Outcome that the merger records.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import anyio
 from supervisor import paths, progress, results, runner
 from supervisor.config import Config
+from supervisor.job import RoundJob, child_env, command  # noqa: F401 (re-exported)
 from supervisor.logs import get_logger
 
 TAIL_LINES = 20
 OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
-
-
-@dataclass(frozen=True)
-class RoundJob:
-    object_code: str
-    round_id: int
-    name: str
-    seed: int
-    gpu: int
-    attempt: int
-
-    def fields(self) -> dict[str, Any]:
-        return {"round": self.name, "object_code": self.object_code, "gpu": self.gpu}
 
 
 @dataclass(frozen=True)
@@ -66,31 +52,6 @@ class Outcome:
     tail: list[str] = field(default_factory=list)
     # Called by the merger once the outcome is recorded (frees the GPU slot).
     on_ended: Callable[[RoundJob], None] | None = None
-
-
-def command(config: Config, job: RoundJob) -> list[str]:
-    values = {
-        "name": job.name, "object_code": job.object_code,
-        "batch_size": config.round_batch_size, "num_iterations": config.num_iterations,
-        "seed": job.seed, "gpu": job.gpu, "python": sys.executable,
-    }
-    if any("{upstream_launcher}" in part for part in config.main.command):
-        from supervisor.upstream_launcher import LAUNCHER_PATH
-        values["upstream_launcher"] = str(LAUNCHER_PATH)
-    return [part.format(**values) for part in config.main.command]
-
-
-def child_env(config: Config, gpu: int) -> dict[str, str]:
-    """The GPU trap: main.py sets CUDA_VISIBLE_DEVICES from --gpu, so both carry the same
-    physical id, numbered in PCI bus order like NVML's indices."""
-    env = dict(os.environ)
-    env.update(config.main.env)
-    threads = str(config.main.threads)
-    env.update({
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu),
-        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
-    })
-    return env
 
 
 class LineSink:

@@ -25,7 +25,7 @@ from supervisor import cleanup, events as ev, plan, rounds
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.gpus import GpuPool, ProbeError, read_gpus
-from supervisor.live import LiveView
+from supervisor.live import LiveView, Snapshot
 from supervisor.logs import get_logger
 from supervisor.merger import Merger, Message
 from supervisor.records import GpuStatus, ObjectStatus, now
@@ -83,6 +83,7 @@ class Supervisor:
         self.no_gpus = False
         self.changes = Changes()
         self.dispatch_scope = anyio.CancelScope()
+        self.tg: TaskGroup | None = None  # the run's task group, once it runs
         self.log = get_logger()
         self.started = time.time()
         self.merger = Merger(config, store, accs, self.changes.notify, self.stop_rounds,
@@ -98,8 +99,9 @@ class Supervisor:
         async with anyio.create_task_group() as tg:
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
+            self.tg = tg
             if self.live_stream is not None:
-                tg.start_soon(LiveView(self, self.live_stream).run)
+                tg.start_soon(LiveView(self.snapshot, self.live_stream).run)
             tg.start_soon(Sampler(
                 self.config.exp_dir, self.pool.probe, gpus=lambda: self.pool.gpus,
                 rounds=self._running_pids,
@@ -145,6 +147,17 @@ class Supervisor:
                if self.merger.write_error or self.stop_reason else {}),
         )
 
+    def snapshot(self) -> Snapshot:
+        """What the live view shows: counters and the rounds running now."""
+        s = self.state
+        return Snapshot(
+            exp_name=self.config.exp_name, draining=self.draining.is_set(),
+            objects=len(s.order), objects_done=s.objects_by_status[ObjectStatus.DONE],
+            progress=s.progress, progress_target=s.progress_target,
+            gpus={g: "" if g not in s.gpus or s.gpus[g].status == GpuStatus.HEALTHY
+                  else s.gpus[g].status.value for g in self.pool.gpus},
+            running=[(job.gpu, job.name, sink.latest) for job, sink in self.watch.values()])
+
     def _running_pids(self) -> dict[int, str]:
         return {pgid: name for rounds_ in self.pool.rounds.values()
                 for name, pgid in rounds_.items() if pgid}
@@ -170,11 +183,10 @@ class Supervisor:
     async def _watch_signals(self) -> None:
         # SIGHUP (a closed SSH session) drains like SIGTERM instead of killing rounds.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-            async with anyio.create_task_group() as tg:
-                async for signum in signals:
-                    self.on_signal(signum, tg)
+            async for signum in signals:
+                self.on_signal(signum)
 
-    def on_signal(self, signum: int, tg: TaskGroup | None = None) -> None:
+    def on_signal(self, signum: int) -> None:
         """First signal: drain. Second: stop the rounds. Third: kill them now."""
         self.signals += 1
         name = signal.Signals(signum).name
@@ -184,8 +196,8 @@ class Supervisor:
             deadline = self.config.timeouts.drain_deadline_s
             self.log.info("drain_started", signal=name, running=running,
                           drain_deadline_s=deadline or None)
-            if deadline and tg is not None:
-                tg.start_soon(self._drain_deadline, deadline)
+            if deadline and self.tg is not None:
+                self.tg.start_soon(self._drain_deadline, deadline)
         elif self.signals == 2:
             self.stop_children(f"signal {name}")
         else:

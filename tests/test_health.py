@@ -125,3 +125,35 @@ def test_memory_is_counted_once_so_an_80gb_card_takes_3_rounds_of_20gb(layout: L
             in_flight -= 1
     assert peak == 3, peak
     del os
+
+
+def test_drain_deadline_stops_rounds_still_running(layout: Layout) -> None:
+    """After the first signal, rounds running past drain_deadline_s are stopped."""
+    from supervisor.cli import open_supervisor
+
+    config = layout.config(object_code_list=["obj_a"], gpus=[0], target_count_per_object=4,
+                           env={"EMULATOR_ITER_S": "1"}, num_iterations=60,
+                           timeouts={"drain_deadline_s": 0.5, "grace_s": 2.0})
+
+    async def main() -> int:
+        with anyio.fail_after(30), open_supervisor(config, FakeProbe({0: 80_000}),
+                                                   handle_signals=False) as sup:
+            async with anyio.create_task_group() as tg:
+                result = {}
+
+                async def run() -> None:
+                    result["code"] = await sup.run()
+
+                tg.start_soon(run)
+                while not sup.watch:  # a round runs
+                    await anyio.sleep(0.01)
+                sup.on_signal(signal.SIGINT)
+            return result["code"]
+
+    with capture_logs() as logs:
+        began = time.monotonic()
+        assert anyio.run(main) == 130
+    assert time.monotonic() - began < 20  # not the round's 60 s
+    assert [e["reason"] for e in names(logs, "stop_children")] == [
+        "timeouts.drain_deadline_s = 0.5 passed"]
+    assert layout.manifest()["objects"]["obj_a"]["rounds"]["0"]["status"] == "interrupted"

@@ -1,0 +1,51 @@
+"""One round's job: which round, on which GPU, and the exact command line and
+environment main.py gets (the GPU trap handled). Pure: --dry-run prints these without
+starting anything."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from supervisor.config import Config
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    object_code: str
+    round_id: int
+    name: str
+    seed: int
+    gpu: int
+    attempt: int
+
+    def fields(self) -> dict[str, Any]:
+        return {"round": self.name, "object_code": self.object_code, "gpu": self.gpu}
+
+
+
+def command(config: Config, job: RoundJob) -> list[str]:
+    values = {
+        "name": job.name, "object_code": job.object_code,
+        "batch_size": config.round_batch_size, "num_iterations": config.num_iterations,
+        "seed": job.seed, "gpu": job.gpu, "python": sys.executable,
+    }
+    if any("{upstream_launcher}" in part for part in config.main.command):
+        from supervisor.upstream_launcher import LAUNCHER_PATH
+        values["upstream_launcher"] = str(LAUNCHER_PATH)
+    return [part.format(**values) for part in config.main.command]
+
+
+def child_env(config: Config, gpu: int) -> dict[str, str]:
+    """The GPU trap: main.py sets CUDA_VISIBLE_DEVICES from --gpu, so both carry the same
+    physical id, numbered in PCI bus order like NVML's indices."""
+    env = dict(os.environ)
+    env.update(config.main.env)
+    threads = str(config.main.threads)
+    env.update({
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu),
+        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
+    })
+    return env
