@@ -136,7 +136,6 @@ def dataset_lost(state: State, e: ev.DatasetLost) -> list[Effect]:
     obj = state.objects[e.code]
     obj.status, obj.reason = O.ACTIVE, None
     obj.collected, obj.final_bytes, obj.final_mtime_ns = 0, None, None
-    state.dirty.add(e.code)
     return [Log("object_reopened", {"object_code": e.code, "reason": e.reason})]
 
 

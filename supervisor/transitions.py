@@ -25,6 +25,9 @@ R, O = RoundStatus, ObjectStatus
 
 def apply(state: State, event: ev.Event) -> list[Effect]:
     """Record ``event`` in ``state``; return what the shell must do about it."""
+    code = getattr(event, "code", None)
+    if code is not None:  # the snapshot encodes this object again: no handler can forget
+        state.dirty.add(code)
     return HANDLERS[type(event)](state, event)
 
 
@@ -43,7 +46,6 @@ def round_started(state: State, e: ev.RoundStarted) -> list[Effect]:
 def round_spawned(state: State, e: ev.RoundSpawned) -> list[Effect]:
     rnd = state.round_of(e.code, e.round_id)
     rnd.pid, rnd.proc_start = e.pid, e.proc_start
-    state.dirty.add(e.code)
     return []
 
 
@@ -154,7 +156,6 @@ def dataset_written(state: State, e: ev.DatasetWritten) -> list[Effect]:
             state.set_round(e.code, rnd, R.MERGED, used=n)
     state.unwritten[e.code] = 0
     state.written_rounds[e.code] = len(e.used)
-    state.dirty.add(e.code)
     if obj.status == O.DONE and e.rows >= obj.target:
         effects.append(Log("object_done", {"object_code": e.code, "collected": e.rows,
                                            "rounds_used": sum(1 for n in e.used.values() if n),
