@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from supervisor import dataset, events as ev, journal, manifest as mf, paths, store as st
-from supervisor.config import Config
+from supervisor.config import MAX_SEED, SEED_STRIDE, Config
 from supervisor.dataset import Accumulator
 from supervisor.fsutil import remove_stale_temps
 from supervisor.records import HAS_GRASPS, ObjectStatus, RoundStatus, now
@@ -79,6 +79,11 @@ def start(config: Config, state: State, gpus: list[int]) -> tuple[Store, list[Ef
     store = Store(config, state)
     effects = store.record(ev.ObjectsRegistered(config.object_codes,
                                                 config.target_count_per_object))
+    top = max(o.index for o in state.objects.values())
+    if config.seed_base + (top + 1) * SEED_STRIDE - 1 > MAX_SEED:
+        raise RefusedError(
+            f"{config.path}: seed_base = {config.seed_base} with object index {top} gives "
+            f"seeds above {MAX_SEED} (numpy's limit); lower seed_base or use a new exp_name")
     started = store.record(ev.SupervisorStarted(
         os.getpid(), socket.gethostname(), tuple(sys.argv), now(), str(config.main.cwd),
         dict(config.main.env), tuple(gpus)))
