@@ -54,7 +54,7 @@ def test_orphan_group_of_a_dead_supervisor_is_killed_grandchildren_included() ->
     from supervisor import events as ev
     from supervisor.resume import kill_orphans
     from supervisor.state import KillOrphans
-    from supervisor.supervisor import proc_start
+    from supervisor.dispatcher import proc_start
     from supervisor.transitions import apply
 
     name = "t__obj_a__r0"
@@ -85,7 +85,7 @@ def test_orphan_group_of_a_dead_supervisor_is_killed_grandchildren_included() ->
 
 def test_unrelated_process_with_a_recorded_pid_is_left_alone() -> None:
     from supervisor.resume import kill_orphans
-    from supervisor.supervisor import proc_start
+    from supervisor.dispatcher import proc_start
 
     mine = proc_start(os.getpid())
     assert mine is not None

@@ -1,0 +1,168 @@
+"""The dispatcher: asks the plan which round each free, healthy GPU should run, checks
+its memory (NVML in daemon threads), records the start through the state machine and
+spawns a round task, whose outcome goes to the merger. After the first signal nothing
+starts: the dispatcher's cancel scope is cancelled, whatever it was awaiting, and the
+draining flag is checked again after every await.
+
+``Dispatcher`` is the part of ``Supervisor`` (which inherits it) that does this; the
+attributes it uses are set up by ``Supervisor.__init__``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from supervisor import cleanup, events as ev, plan, rounds
+from supervisor.gpus import ProbeError, read_gpus
+from supervisor.job import RoundJob
+from supervisor.records import GpuStatus, now
+from supervisor.rounds import Control, Outcome, Started
+
+# While waiting for a GPU or disk space, say so again this often, so a long wait on a
+# shared server never looks like a hang in the logs.
+WAIT_LOG_INTERVAL_S = 600.0
+
+class Changes:
+    """Wakes the dispatcher when something it decides on has changed."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        event = self._event
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+
+def proc_start(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Dispatcher:
+    config: Any
+    state: Any
+    pool: Any
+    merger: Any
+    log: Any
+    draining: anyio.Event
+    dispatch_scope: anyio.CancelScope
+    changes: Changes
+    controls: dict[str, Control]
+    watch: dict[str, Any]
+    no_gpus: bool
+
+    async def _dispatch(self, send: MemoryObjectSendStream[Any]) -> None:
+        async with send, anyio.create_task_group() as rounds_tg:
+            with self.dispatch_scope:
+                await self._dispatch_loop(send, rounds_tg)
+
+    def _candidates(self) -> list[int]:
+        """Healthy GPUs with a free slot, when the plan has a round for one of them (all
+        are read: a card that fell off the bus is noticed even while nothing suits it)."""
+        gpus = self.state.gpus
+        free = [g for g in self.pool.gpus if gpus[g].status == GpuStatus.HEALTHY
+                and self.pool.has_slot(g)]
+        return free if any(plan.pick(self.state, g) is not None for g in free) else []
+
+    async def _dispatch_loop(self, send: MemoryObjectSendStream[Any],
+                             rounds_tg: TaskGroup) -> None:
+        logged = {"gpu": -math.inf, "disk": -math.inf}
+        poll_s = self.config.gpu.poll_interval_s
+        while not self.draining.is_set() and not self.state.settled():
+            if not self.state.healthy_gpus():
+                self.no_gpus = True
+                self.log.error("no_gpus_left", reasons={
+                    str(g): r.reason for g, r in self.state.gpus.items()})
+                return
+            candidates = self._candidates()
+            if not candidates:
+                await self.changes.wait()
+                continue
+            short = await anyio.to_thread.run_sync(cleanup.short_of_space, self.config,
+                                                   abandon_on_cancel=True)
+            if short is not None:
+                if self._due(logged, "disk"):
+                    self.log.warning("disk_wait", reason=short, poll_interval_s=poll_s)
+                await self.changes.wait(poll_s)
+                continue
+            readings = await read_gpus(self.pool.probe, candidates,
+                                       self.config.gpu.nvml_timeout_s, self.pool.reading_now)
+            if self.draining.is_set():  # a signal came while NVML answered
+                return
+            if not self._start_where_admitted(readings, send, rounds_tg, logged):
+                await self.changes.wait(poll_s)
+
+    def _due(self, logged: dict[str, float], key: str) -> bool:
+        if time.monotonic() - logged[key] < WAIT_LOG_INTERVAL_S:
+            return False
+        logged[key] = time.monotonic()
+        return True
+
+    def _start_where_admitted(self, readings: dict, send: MemoryObjectSendStream[Any],
+                              rounds_tg: TaskGroup, logged: dict[str, float]) -> bool:
+        short: dict[str, str] = {}
+        started = False
+        for gpu in sorted(readings, key=lambda g: (self.pool.in_flight(g), g)):
+            reading = readings[gpu]
+            if isinstance(reading, ProbeError):
+                self.merger.record(ev.GpuLost(gpu, str(reading)))
+                continue
+            reason = self.pool.shortage(gpu, reading)
+            pick = plan.pick(self.state, gpu)
+            if reason is not None or pick is None:
+                if reason:
+                    short[str(gpu)] = reason
+                continue
+            self._start(pick, gpu, send, rounds_tg)
+            started = True
+        if not started and short and self._due(logged, "gpu"):
+            self.log.info("gpu_wait", short=short, poll_interval_s=self.config.gpu.poll_interval_s)
+        return started
+
+    def _start(self, pick: plan.Pick, gpu: int, send: MemoryObjectSendStream[Any],
+               rounds_tg: TaskGroup) -> None:
+        assert not self.draining.is_set()
+        self.merger.record(ev.RoundStarted(pick.object_code, pick.round_id, gpu, now()))
+        rnd = self.state.round_of(pick.object_code, pick.round_id)
+        job = RoundJob(pick.object_code, rnd.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
+        self.pool.take(gpu, job.name)
+        self.controls[job.name] = Control()
+        rounds_tg.start_soon(self._round, job, self.controls[job.name], send.clone())
+
+    async def _round(self, job: RoundJob, control: Control,
+                     send: MemoryObjectSendStream[Any]) -> None:
+        def on_start(pid: int) -> None:
+            self.pool.started(job.gpu, job.name, pid)
+            send.send_nowait(Started(job, pid, proc_start(pid)))
+
+        async with send:
+            try:
+                outcome = await rounds.run_round(self.config, job, control, on_start, self.watch)
+            except Exception as exc:  # a bug must cost one round, not the run
+                self.log.exception("round_error", **job.fields())
+                outcome = Outcome(job, rounds.FAILED, time.time(), time.time(),
+                                  reason=f"supervisor error: {type(exc).__name__}: {exc}")
+            # The merger records the outcome before the slot is free again (on_ended), so
+            # that the next pick already knows where this round failed.
+            outcome.on_ended = self._ended
+            await send.send(outcome)
+
+    def _ended(self, job: RoundJob) -> None:
+        self.pool.release(job.gpu, job.name)
+        self.controls.pop(job.name, None)
+        self.changes.notify()
