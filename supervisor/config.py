@@ -6,7 +6,6 @@ Every error names the file, the key, the bad value and the expected form, e.g.
 
 from __future__ import annotations
 
-import json
 import string
 import sys
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from supervisor.dedup import DedupSettings
+from supervisor.objectlist import check_lengths, object_codes, resolve
 from supervisor.validate import (  # noqa: F401 (ConfigError, one_line: the API)
     ConfigError, Reader, check_name, one_line, read_settings,
 )
@@ -31,12 +31,9 @@ REQUIRED_PLACEHOLDERS = ("name", "seed")
 # Seeds are seed_base + object_index * SEED_STRIDE + round_id: round ids must stay below it.
 SEED_STRIDE = 100_000
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which main.py uses, takes seeds < 2**32
-MAX_NAME_BYTES = 255  # a file name on ext4, xfs, btrfs
 FILTER_KEYS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
 CLEANUP_MODES = ("remove", "light")
 PROBES = ("auto", "nvml", "static")
-# Config keys whose change would alter grasps already produced: refused on resume.
-IDENTITY_KEYS = ("seed_base", "round_batch_size", "num_iterations", "command")
 
 
 @dataclass(frozen=True)
@@ -166,55 +163,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _resolve(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
-
-
-def read_object_file(source: str, path: Path) -> list[Any]:
-    key = "object_code_file"
-    if not path.is_file():
-        raise ConfigError(source, key, str(path), "an existing .txt or .json file")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM is not part of the first code
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(source, key, str(path), f"a readable UTF-8 file ({exc})") from None
-    if path.suffix == ".json":
-        try:
-            codes = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(source, key, str(path), f"a JSON list of strings ({exc})") from None
-        if not isinstance(codes, list):
-            raise ConfigError(source, key, str(path), "a JSON list of strings")
-        return codes
-    if path.suffix != ".txt":
-        raise ConfigError(source, key, str(path), "a .txt (one code a line) or .json file")
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
-
-
-def _object_codes(r: Reader, base: Path) -> tuple[tuple[str, ...], str]:
-    if r.has("object_code_list") == r.has("object_code_file"):
-        raise r.error("object_code_list", r.raw("object_code_list"),
-                      "exactly one of object_code_list or object_code_file")
-    if r.has("object_code_list"):
-        key, codes = "object_code_list", r.raw("object_code_list")
-        if not isinstance(codes, list):
-            raise r.error(key, codes, "a list of object codes")
-    else:
-        key = "object_code_file"
-        codes = read_object_file(r.source, _resolve(base, r.text(key, None)))
-    if not codes:
-        raise r.error(key, codes, "at least one object code")
-    seen: set[str] = set()
-    for code in codes:
-        check_name(r.source, key, code)
-        if code in seen:
-            raise r.error(key, code, "each object code once (this one is duplicated)")
-        seen.add(code)
-    return tuple(codes), key
-
-
 def _gpus(r: Reader) -> str | tuple[int, ...]:
     value = r.raw("gpus", "all")
     if value == "all":
@@ -255,7 +203,7 @@ def _command(r: Reader) -> tuple[str, ...]:
 def _main(r: Reader, base: Path) -> MainSettings:
     m = r.table_of("main")
     command = _command(m)
-    cwd = _resolve(base, m.text("cwd", "."))
+    cwd = resolve(base, m.text("cwd", "."))
     if not cwd.is_dir():
         raise m.error("cwd", str(cwd), "an existing folder (main.py's BimanGrasp-Optimization/)")
     env = m.raw("env", {})
@@ -263,7 +211,7 @@ def _main(r: Reader, base: Path) -> MainSettings:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise m.error("env", env, "a table of string values")
-    output_dir = _resolve(cwd, m.text("output_dir", "../data/experiments"))
+    output_dir = resolve(cwd, m.text("output_dir", "../data/experiments"))
     threads = m.integer("threads", 2)
     m.finish(("command", "cwd", "env", "output_dir", "threads"))
     return MainSettings(command, cwd, env, output_dir, threads)
@@ -303,12 +251,12 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
         # experiments' in main.py's output folder: the first "__" must end exp_name.
         raise ConfigError(source, "exp_name", exp_name,
                           "a name without '__' and not ending in '_' (round names use '__')")
-    codes, code_source = _object_codes(r, base)
-    _check_lengths(source, exp_name, codes)
+    codes, code_source = object_codes(r, base)
+    check_lengths(source, exp_name, codes)
     config = Config(
         path=path,
         exp_name=exp_name,
-        experiments_dir=_resolve(base, r.text("experiments_dir", "experiments")),
+        experiments_dir=resolve(base, r.text("experiments_dir", "experiments")),
         object_codes=codes,
         object_code_source=code_source,
         target_count_per_object=r.integer("target_count_per_object", None),
@@ -330,18 +278,6 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
                           f"an integer with seed_base + objects x {SEED_STRIDE} <= {MAX_SEED} "
                           f"(main.py seeds numpy, which takes seeds below 2**32)")
     return config
-
-
-def _check_lengths(source: str, exp_name: str, codes: tuple[str, ...]) -> None:
-    """Round folders and logs are named {exp_name}__{code}__r{id}(.log): a name past the
-    file system's 255 bytes would fail every round with ENAMETOOLONG."""
-    for code in codes:
-        longest = len(f"{exp_name}__{code}__r{SEED_STRIDE - 1}.log".encode())
-        if longest > MAX_NAME_BYTES:
-            raise ConfigError(source, "object_code_list", code,
-                              f"an object code short enough that round log names stay within "
-                              f"{MAX_NAME_BYTES} bytes (this one makes {longest} with "
-                              f"exp_name {exp_name!r})")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -157,7 +157,8 @@ def _config_line(args: argparse.Namespace, codes: list[str], device: str) -> str
         f"ExperimentConfig(name={args.name!r}, seed={args.seed}, gpu={args.gpu!r}, "
         f"object_code_list={codes!r}, optimizer=OptimizerConfig(num_iterations="
         f"{args.num_iterations}), initialization=InitializationConfig(jitter_strength="
-        f"{getattr(args, 'jitter_strength', None)}), model=ModelConfig(batch_size={args.batch_size}), "
+        f"{getattr(args, 'jitter_strength', None)}), "
+        f"model=ModelConfig(batch_size={args.batch_size}), "
         f"emulator=EmulatorInfo(device={device!r}, cuda_visible_devices={visible!r}, "
         f"cuda_device_order={order!r}, physical_gpu={physical!r}, pid={os.getpid()}))"
     )

@@ -143,8 +143,8 @@ Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarte
          | DatasetWritten | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
-    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, GpuLost, DatasetWritten, ObjectReloaded,
-    ObjectRecovered, DatasetLost,
+    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, GpuLost, DatasetWritten,
+    ObjectReloaded, ObjectRecovered, DatasetLost,
 )}
 # JSON turns int keys and tuples into strings and lists: these fields are restored.
 _INT_KEYED = ("in_final", "from_folders", "missing", "used")

@@ -41,7 +41,8 @@ def _round_ids(config: Config, code: str) -> list[int]:
 
 
 def _folder_index(config: Config, code: str, rid: int) -> int | None:
-    path = paths.round_dir(config, plan.round_name(config.exp_name, code, rid)) / "results/config.txt"
+    name = plan.round_name(config.exp_name, code, rid)
+    path = paths.round_dir(config, name) / "results" / "config.txt"
     try:
         seed = int(re.search(r"\bseed=(\d+)", path.read_text()).group(1))  # type: ignore[union-attr]
     except (OSError, AttributeError, ValueError):
