@@ -85,7 +85,10 @@ class RoundRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoundRecord:
-        rnd = cls(**{k: v for k, v in data.items() if k in ROUND_FIELDS})
+        try:
+            rnd = cls(**data)
+        except TypeError:  # a field of a newer or older version: keep what we know
+            rnd = cls(**{k: v for k, v in data.items() if k in ROUND_FIELDS})
         rnd.status = RoundStatus(rnd.status)
         return rnd
 

@@ -9,6 +9,7 @@ rounds it starts (``record``), which changes the state in memory and queues the 
 
 from __future__ import annotations
 
+import gc
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,15 @@ def new_state(config: Config) -> State:
 
 def load_state(config: Config) -> State:
     """Snapshot plus the journal's later events; ManifestError or JournalError if broken."""
-    state = replay(mf.load(paths.manifest(config.exp_dir), policy(config)), config.exp_dir)
+    # Hundreds of thousands of small objects and no cycles: the cyclic GC would only
+    # walk them again and again while they are built.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        state = replay(mf.load(paths.manifest(config.exp_dir), policy(config)), config.exp_dir)
+    finally:
+        if enabled:
+            gc.enable()
     # The config's objects, for readers (status, export); a run registers them again.
     state.set_order([c for c in config.object_codes if c in state.objects])
     return state
