@@ -27,11 +27,27 @@ def gpu_succeeded(state: State, code: str, rnd: RoundRecord) -> list[Effect]:
         rec.rounds_ok += 1
         rec.streak, rec.streak_rounds = 0, []
     effects: list[Effect] = []
-    # A round that failed on another GPU and now succeeded here: that GPU was at fault.
-    for other in state.gpus.values():
-        if other is not rec and (code, rnd.round_id) in other.streak_rounds:
-            effects += _maybe_quarantine(state, other, succeeded_elsewhere=True)
+    # Rounds succeed here now: a GPU that failed K in a row meanwhile is at fault, all
+    # the more if this very round had failed there.
+    for other in list(state.gpus.values()):
+        if other is not rec and other.streak >= state.policy.quarantine_after:
+            mine = (code, rnd.round_id) in other.streak_rounds
+            effects += _maybe_quarantine(state, other, succeeded_elsewhere=mine)
     return effects
+
+
+def suspect(state: State, gpu: int) -> bool:
+    """A GPU that failed K rounds in a row before any other GPU succeeded: nobody can
+    tell yet whether the rounds or the card are at fault. It takes no new round while
+    another healthy GPU may still tell (has not failed K in a row), so that a card that
+    fails fast cannot burn through the plan; once another GPU succeeds it is quarantined
+    or cleared, and if every GPU fails, all_failing stops the run."""
+    rec = state.gpus.get(gpu)
+    k = state.policy.quarantine_after
+    if rec is None or rec.status != GpuStatus.HEALTHY or rec.streak < k:
+        return False
+    others = [r for g, r in state.gpus.items() if g != gpu and r.status == GpuStatus.HEALTHY]
+    return not any(r.rounds_ok for r in others) and any(r.streak < k for r in others)
 
 
 def gpu_failed(state: State, code: str, rnd: RoundRecord, gpu: int | None,
@@ -79,12 +95,18 @@ def _maybe_quarantine(state: State, rec: GpuRecord, succeeded_elsewhere: bool) -
 
 
 def all_failing(state: State) -> list[Effect]:
-    """Every GPU fails every object: stop with one error instead of burning max_rounds."""
-    healthy = len(state.healthy_gpus()) or 1
+    """Every GPU fails every object: stop with one error instead of burning max_rounds.
+
+    Every healthy GPU must have failed its last K rounds (one card failing fast is not
+    "every GPU"), over more than one object, and nothing may have succeeded in this run.
+    """
+    k = state.policy.quarantine_after
+    gpus = [state.gpus[g] for g in state.healthy_gpus()]
+    healthy = len(gpus) or 1
     streak = state.fail_streak
     objects = set(streak)
-    enough = len(streak) >= state.policy.quarantine_after * healthy
-    if state.run_ok or not enough or len(objects) < min(2, len(state.order)) \
+    every_gpu = all(r.streak >= k for r in gpus)
+    if state.run_ok or not every_gpu or len(objects) < min(2, len(state.order)) \
             or state.stats["run_stopped"]:
         return []
     state.stats["run_stopped"] = 1

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from supervisor.config import MAX_SEED, SEED_STRIDE
 from supervisor.records import HAS_GRASPS, GpuStatus, ObjectRecord, RoundStatus
+from supervisor.health import suspect
 from supervisor.state import State
 
 
@@ -88,6 +89,8 @@ def pick(state: State, gpu: int) -> Pick | None:
     the earlier ones cannot use.
     """
     if state.gpus.get(gpu) and state.gpus[gpu].status != GpuStatus.HEALTHY:
+        return None
+    if suspect(state, gpu):
         return None
     for code in state.active:
         for rid in sorted(state.tally[code].waiting):

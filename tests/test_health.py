@@ -157,3 +157,38 @@ def test_drain_deadline_stops_rounds_still_running(layout: Layout) -> None:
     assert [e["reason"] for e in names(logs, "stop_children")] == [
         "timeouts.drain_deadline_s = 0.5 passed"]
     assert layout.manifest()["objects"]["obj_a"]["rounds"]["0"]["status"] == "interrupted"
+
+
+def test_a_gpu_that_fails_fast_before_any_success_waits_then_is_quarantined(
+        layout: Layout) -> None:
+    """Found by a tester: a card failing in 0.1 s took a new round for each object while
+    good rounds took seconds, and the run stopped as if every GPU were broken."""
+    config = layout.config(object_code_list=["obj_a", "obj_b", "obj_c", "obj_d"],
+                           target_count_per_object=8, gpus=[0, 1, 2],
+                           main={"command": BAD_GPU_1}, num_iterations=30,
+                           env={"EMULATOR_ITER_S": "0.03"})
+    with capture_logs() as logs:
+        assert run_in_process(config) == 0
+    assert [e["gpu"] for e in names(logs, "gpu_quarantined")] == [1]
+    assert not names(logs, "run_stopped")
+    on_bad = [e for e in names(logs, "round_started") if e["gpu"] == 1]
+    assert len(on_bad) < 3 + 3
+
+
+def test_suspect_gpu_waits_until_another_gpu_tells() -> None:
+    from supervisor import events as ev, plan
+    from supervisor.records import GpuStatus
+    from supervisor.state import Policy, State
+    from supervisor.transitions import apply
+
+    state = State(Policy("e", batch_size=4), {}, {}, 0.0)
+    apply(state, ev.ObjectsRegistered(("a", "b", "c"), 100))
+    apply(state, ev.SupervisorStarted(1, "h", (), 0.0, gpus=(0, 1)))
+    apply(state, ev.RoundStarted("c", 0, 0, 0.0))  # a long round on GPU 0
+    for code in ("a", "b", "a"):
+        rid = state.next_round_id(code)
+        apply(state, ev.RoundStarted(code, rid, 1, 0.0))
+        apply(state, ev.RoundFailed(code, rid, 1, "exit code 1", 0.0, 0.1, 1))
+    assert plan.pick(state, 1) is None and plan.pick(state, 0) is not None
+    apply(state, ev.RoundProduced("c", 0, 4, 4, 1.0, 1.0))
+    assert state.gpus[1].status == GpuStatus.QUARANTINED
