@@ -96,8 +96,9 @@ def main(command: str, argv: Sequence[str]) -> int:
     config = load_config(args.config, overrides_from(args))
     if command == "recover":
         from supervisor.lock import ExperimentLock
-        from supervisor.recover import recover
+        from supervisor.recover import check_experiment, recover
 
+        check_experiment(config)  # before the lock, which would create the folder
         with ExperimentLock(config.exp_dir):
             for line in recover(config):
                 print(line)
@@ -107,7 +108,7 @@ def main(command: str, argv: Sequence[str]) -> int:
     path = paths.manifest(config.exp_dir)
     if not path.exists():
         raise RefusedError(f"{path}: no manifest; experiment {config.exp_name!r} has not "
-                           f"started (run: python -m supervisor {config.path})")
+                           f"started (run: {config.command()})")
     state = open_state(config)
     if command == "status":
         from supervisor.status import render, summarize

@@ -6,9 +6,10 @@ Every error names the file, the key, the bad value and the expected form, e.g.
 
 from __future__ import annotations
 
+import shlex
 import string
 import sys
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -123,6 +124,14 @@ class Config:
     disk: DiskSettings = field(default_factory=DiskSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     object_code_source: str = "object_code_list"
+    overrides: tuple[str, ...] = ()  # the command line's overrides, for hints to repeat
+
+    def command(self, sub: str = "") -> str:
+        """The command that reaches this experiment again: ``python -m supervisor [sub]
+        CONFIG`` plus the same overrides, for hints such as the recover command."""
+        parts = ["python", "-m", "supervisor", *([sub] if sub else []), str(self.path),
+                 *self.overrides]
+        return " ".join(shlex.quote(p) for p in parts)
 
     @property
     def exp_dir(self) -> Path:
@@ -144,7 +153,7 @@ class Config:
         """The whole resolved config as JSON data, stored in the manifest to rerun it."""
         data: dict[str, Any] = {"config_file": str(self.path)}
         for f in fields(self):
-            if f.name in ("path", "object_codes", "object_code_source"):
+            if f.name in ("path", "object_codes", "object_code_source", "overrides"):
                 continue
             data[f.name] = _jsonable(getattr(self, f.name))
         data["object_code_list"] = list(self.object_codes)
@@ -252,7 +261,7 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
         raise ConfigError(source, "exp_name", exp_name,
                           "a name without '__' and not ending in '_' (round names use '__')")
     codes, code_source = object_codes(r, base)
-    check_lengths(source, exp_name, codes)
+    check_lengths(source, exp_name, codes, code_source)
     config = Config(
         path=path,
         exp_name=exp_name,
@@ -302,4 +311,17 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Confi
         if "object_code_file" in overrides:
             data.pop("object_code_list", None)
         source = f"{path} (with command-line overrides)"
-    return parse_config(data, path.resolve(), source)
+    config = parse_config(data, path.resolve(), source)
+    return replace(config, overrides=_as_args(overrides or {}))
+
+
+def _as_args(overrides: Mapping[str, Any]) -> tuple[str, ...]:
+    args: list[str] = []
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            args.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, (list, tuple)):
+            args += [f"--{key}", ",".join(str(v) for v in value)]
+        else:
+            args += [f"--{key}", str(value)]
+    return tuple(args)

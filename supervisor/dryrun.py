@@ -65,8 +65,12 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
     write("GPUs:" + (f" ({warning})" if warning else ""))
     for line in gpu_lines:
         write(line)
+    if not admitted or plan.pick(state, admitted[0]) is None:
+        why = "nothing left to run" if admitted else "no GPU admitted"
+        write(f"First rounds: none ({why})")
+        return 0
     write("First rounds:")
-    for i in range(FIRST_ROUNDS if admitted else 0):
+    for i in range(FIRST_ROUNDS):
         gpu = admitted[i % len(admitted)]
         pick = plan.pick(state, gpu)
         if pick is None:

@@ -59,7 +59,7 @@ def export(config: Config, state: State, out: Path) -> Iterator[tuple[str, bool]
     """Write ``out/{code}.npy`` for every object with grasps; yields (line, ok) per
     object. A final.npz that is missing, unreadable or not what the manifest recorded is
     not exported: the line says so and how to repair it."""
-    hint = f"repair with: python -m supervisor recover {config.path}"
+    hint = f"repair with: {config.command('recover')}"
     for code in state.order:
         obj = state.objects[code]
         source = paths.final(config.exp_dir, code)

@@ -64,13 +64,13 @@ def object_codes(r: Reader, base: Path) -> tuple[tuple[str, ...], str]:
     return tuple(codes), key
 
 
-def check_lengths(source: str, exp_name: str, codes: tuple[str, ...]) -> None:
+def check_lengths(source: str, exp_name: str, codes: tuple[str, ...], key: str) -> None:
     """Round folders and logs are named {exp_name}__{code}__r{id}(.log): a name past the
     file system's 255 bytes would fail every round with ENAMETOOLONG."""
     for code in codes:
         longest = len(f"{exp_name}__{code}__r{LONGEST_ROUND_ID}.log".encode())
         if longest > MAX_NAME_BYTES:
-            raise ConfigError(source, "object_code_list", code,
+            raise ConfigError(source, key, code,
                               f"an object code short enough that round log names stay within "
                               f"{MAX_NAME_BYTES} bytes (this one makes {longest} with "
                               f"exp_name {exp_name!r})")

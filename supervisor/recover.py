@@ -106,13 +106,17 @@ def _has_experiment(config: Config) -> bool:
     return any(_round_ids(config, code) for code in config.object_codes)
 
 
-def recover(config: Config) -> list[str]:
-    """Repair the experiment on disk; returns what was done, one line each."""
+def check_experiment(config: Config) -> None:
     if not _has_experiment(config):
         raise RefusedError(
             f"{config.exp_dir}: no experiment {config.exp_name!r} there (no manifest, "
             f"journal, datasets or round folders): nothing to recover; check --exp_name "
             f"and experiments_dir")
+
+
+def recover(config: Config) -> list[str]:
+    """Repair the experiment on disk; returns what was done, one line each."""
+    check_experiment(config)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     report: list[str] = []
     finals: dict[str, dict[str, np.ndarray]] = {}
@@ -154,7 +158,7 @@ def recover(config: Config) -> list[str]:
                       f"{by[RoundStatus.MERGED]} round(s) in final.npz, "
                       f"{by[RoundStatus.FINISHED]} to reload from their folders, "
                       f"{by[RoundStatus.DISCARDED]} kept out of a delivered dataset")
-    report.append(f"wrote {path}; resume with: python -m supervisor {config.path}")
+    report.append(f"wrote {path}; resume with: {config.command()}")
     return report
 
 

@@ -33,8 +33,8 @@ class RefusedError(RuntimeError):
 
 
 def recover_hint(config: Config) -> str:
-    return (f"to rebuild it from the datasets and round folders run: python -m supervisor "
-            f"recover {config.path}")
+    return ("to rebuild it from the datasets and round folders run: "
+            + config.command("recover"))
 
 
 def open_state(config: Config) -> State:

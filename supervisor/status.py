@@ -146,6 +146,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "rounds_to_go": rounds_to_go,
         "eta_s": None if eta is None else round(eta, 1),
         "gpu_samples": samples.latest_and_mean(config.exp_dir),
+        "recover_command": config.command("recover"),
         "per_object": objects,
     }
 
@@ -181,8 +182,8 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"GPU {gpu} {v['status']}: {v['reason']}")
     for o in s["per_object"]:
         if o["problem"]:
-            lines.append(f"{o['object_code']}: {o['problem']}; repair with: python -m "
-                         f"supervisor recover CONFIG")
+            lines.append(f"{o['object_code']}: {o['problem']}; repair with: "
+                         f"{s['recover_command']}")
     if s["failures_by_reason"]:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in
                                                s["failures_by_reason"].items()))

@@ -97,3 +97,27 @@ def test_files_of_a_run_honour_the_umask(layout: Layout) -> None:
     expected = 0o666 & ~current_umask()
     for path in (config.exp_dir / "manifest.json", config.exp_dir / "final/obj_a/final.npz"):
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_hints_repeat_the_command_line_overrides(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    proc = run_cli("status", str(path), "--exp_name", "other")
+    assert proc.returncode == 2
+    assert f"python -m supervisor {path} --exp_name other" in proc.stderr
+    assert run_cli(str(path), "--exp_name", "other").returncode == 0
+    (layout.experiments / "other" / "manifest.json").write_text("{")
+    proc = run_cli(str(path), "--exp_name", "other")
+    assert proc.returncode == 2
+    assert f"python -m supervisor recover {path} --exp_name other" in proc.stderr
+
+
+def test_recover_of_a_mistyped_exp_name_writes_nothing_at_all(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    assert run_cli("recover", str(path), "--exp_name", "typo").returncode == 2
+    assert not (layout.experiments / "typo").exists()
+
+
+def test_dry_run_of_a_finished_run_says_there_is_nothing_to_run(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    assert run_cli(str(path)).returncode == 0
+    assert "First rounds: none (nothing left to run)" in run_cli(str(path), "--dry-run").stdout
