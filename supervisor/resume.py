@@ -227,8 +227,8 @@ def _reload(config: Config, state: State, code: str, path: Path
     for rnd in obj.rounds.values():
         if rnd.status not in (*HAS_GRASPS, RoundStatus.DISCARDED) or rnd.accepted is None:
             continue
-        if in_final.get(rnd.round_id, 0) == rnd.accepted:
-            continue
+        if in_final.get(rnd.round_id, 0) == state.grasps_of(rnd):
+            continue  # wholly in final.npz (with [dedup]: its unique grasps)
         try:
             produced, cols = read_accepted(
                 paths.result(config, rnd.name, code), config.round_batch_size, config.filter,

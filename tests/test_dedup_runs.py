@@ -82,3 +82,21 @@ def test_changing_dedup_on_resume_is_refused(layout: Layout) -> None:
                                   dedup={"enabled": True, "joint_tol_rad": 0.2})
     proc = run_cli(str(changed))
     assert proc.returncode == 2 and "dedup" in proc.stderr
+
+
+def test_a_run_resumed_after_merged_rounds_keeps_its_deduped_rows(layout: Layout) -> None:
+    """Found by a tester: after a kill -9, resume read merged rounds again from their
+    folders (accepted, not deduped) and replaced delivered rows with duplicates."""
+    common = dict(object_code_list=["obj_a"], target_count_per_object=20,
+                  round_batch_size=8, env=NEAR, dedup=DEDUP, gpus=[0])
+    assert run_in_process(layout.config(exp_name="ref", **common)) == 0
+    # Stopped after 2 rounds (exhausted): rounds merged with duplicates removed, their
+    # folders kept; the rerun with room for more rounds revives the object.
+    assert run_in_process(layout.config(exp_name="cut", max_rounds=2, **common)) == 1
+    cut = layout.manifest("cut")["objects"]["obj_a"]["rounds"]
+    assert any(r["unique"] < r["accepted"] for r in cut.values())
+    assert run_in_process(layout.config(exp_name="cut", max_rounds=50, **common)) == 0
+    reference, resumed = layout.final("obj_a", "ref"), layout.final("obj_a", "cut")
+    for key in reference:
+        np.testing.assert_array_equal(reference[key], resumed[key], err_msg=key)
+    assert dedup.dedup_mask(resumed, DedupSettings(enabled=True)).all()
