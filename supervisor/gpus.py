@@ -257,7 +257,9 @@ class GpuPool:
         """Why ``gpu`` cannot take one more round now, or None if it can."""
         if not self.has_slot(gpu):
             return f"{self.in_flight(gpu)} round(s), max_rounds_per_gpu reached"
-        if reading.free_mib is None:
+        if reading.free_mib is None:  # no memory checks: "auto" cannot pack, one each
+            if self.settings.max_rounds_per_gpu == "auto" and self.in_flight(gpu):
+                return "max_rounds_per_gpu = \"auto\" needs NVML's memory figures: one round"
             return None
         s = self.settings
         seen = self._seen(gpu, reading)

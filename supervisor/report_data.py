@@ -36,8 +36,14 @@ def load_manifest(exp_dir: Path) -> dict[str, Any]:
     path = exp_dir / MANIFEST_NAME
     try:
         data = json.loads(path.read_bytes())
+        if data.get("version") != 1:
+            raise ValueError(f"version {data.get('version')!r}, expected 1")
         if not isinstance(data.get("objects"), dict):
             raise ValueError("no objects")
+        for code, obj in data["objects"].items():
+            if not isinstance(obj, dict) or not isinstance(obj.get("rounds"), dict) or not all(
+                    isinstance(r, dict) for r in obj["rounds"].values()):
+                raise ValueError(f"object {code!r} is not a record with rounds")
     except (OSError, ValueError, AttributeError) as exc:
         raise ReportError(f"{path}: unreadable ({exc})") from None
     return with_journal(exp_dir, data)

@@ -15,6 +15,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,10 +58,11 @@ def open_experiment(config: Config) -> State:
     state = open_state(config)
     for key, value in config.identity().items():
         if key in state.identity and state.identity[key] != value:
+            name, now, before = _changed(key, value, state.identity[key])
             raise RefusedError(
-                f"{config.path}: {key} = {value!r} differs from {state.identity[key]!r} used "
-                f"so far in {path}; it would change which grasps are in the datasets. "
-                f"Restore it, or pick a new exp_name")
+                f"{config.path}: {name} = {now!r} differs from {before!r} used so far in "
+                f"{path}; it would change which grasps are in the datasets. Restore it, or "
+                f"pick a new exp_name")
     for code in config.object_codes:
         obj = state.objects.get(code)
         if obj is not None and config.target_count_per_object < obj.target:
@@ -70,6 +72,15 @@ def open_experiment(config: Config) -> State:
                 f"shrunk. Raise it, or pick a new exp_name")
     state.identity, state.config = config.identity(), config.snapshot()
     return state
+
+
+def _changed(key: str, now: Any, before: Any) -> tuple[str, Any, Any]:
+    """The config key that changed, named as in the TOML file ([filter] max_E_pen...)."""
+    if not (isinstance(now, dict) and isinstance(before, dict)):
+        return key, now, before
+    sub = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))[0]
+    prefix = "max_" if key == "filter" else ""
+    return f"{key}.{prefix}{sub}", now.get(sub, "(unset)"), before.get(sub, "(unset)")
 
 
 def start(config: Config, state: State, gpus: list[int]) -> tuple[Store, list[Effect],

@@ -109,8 +109,13 @@ def object_status(config: Config, state: State, obj: ObjectRecord, end: float) -
 def summarize(config: Config, state: State, now: float | None = None) -> dict[str, Any]:
     live = live_holder(config.exp_dir) is not None
     now = time.time() if now is None else now
+    # The last sign of life: the snapshot, or the journal appended since.
+    try:
+        updated = max(state.updated_at, os.stat(paths.journal(config.exp_dir)).st_mtime)
+    except OSError:
+        updated = state.updated_at
     # A dead supervisor's "running" rounds stopped when it did: count them up to then.
-    end = now if live else state.updated_at
+    end = now if live else updated
     codes = [c for c in config.object_codes if c in state.objects]
     objects = [object_status(config, state, state.objects[c], end) for c in codes]
     for o in objects if not live else ():
@@ -126,7 +131,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         rounds_to_go * mean_round_s / parallel if mean_round_s and live else None)
     return {
         "exp_name": state.policy.exp_name,
-        "updated_at": state.updated_at,
+        "updated_at": round(updated, 3),
         "run_live": live,
         "objects": len(objects),
         "objects_done": sum(o["status"] == "done" for o in objects),

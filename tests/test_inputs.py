@@ -121,3 +121,36 @@ def test_dry_run_of_a_finished_run_says_there_is_nothing_to_run(layout: Layout) 
     path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
     assert run_cli(str(path)).returncode == 0
     assert "First rounds: none (nothing left to run)" in run_cli(str(path), "--dry-run").stdout
+
+
+def test_a_refused_change_names_the_key_as_the_toml_file_does(layout: Layout) -> None:
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4,
+                               filter={"max_E_pen": 0.0015})
+    assert run_cli(str(path)).returncode == 0
+    changed = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4,
+                                  filter={"max_E_pen": 0.002})
+    proc = run_cli(str(changed))
+    assert proc.returncode == 2 and "filter.max_E_pen = 0.002 differs from 0.0015" in proc.stderr
+
+
+def test_auto_packing_without_memory_figures_runs_one_round_per_gpu() -> None:
+    from supervisor.config import GpuSettings
+    from supervisor.gpus import GpuPool, StaticProbe
+
+    pool = GpuPool(StaticProbe([0]), [0], GpuSettings(max_rounds_per_gpu="auto"))
+    assert pool.shortage(0, pool.probe.read(0)) is None
+    pool.take(0, "r0")
+    assert "needs NVML" in pool.shortage(0, pool.probe.read(0))
+
+
+def test_report_refuses_a_manifest_with_a_malformed_object(layout: Layout) -> None:
+    import json
+
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    assert run_cli(str(path)).returncode == 0
+    manifest = layout.experiments / "t" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["objects"]["obj_a"] = None
+    manifest.write_text(json.dumps(data))
+    proc = run_cli("report", str(path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "obj_a" in proc.stderr
