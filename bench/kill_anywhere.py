@@ -19,16 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import Layout, cli_env  # noqa: E402
-from faultinjection import kill_anywhere  # noqa: E402
+from faultinjection import DEDUP_SETTINGS, kill_anywhere  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dedup", action="store_true",
+                        help="with [dedup] on and rounds that hold near-duplicates")
     args = parser.parse_args()
+    settings = DEDUP_SETTINGS if args.dedup else None
     with tempfile.TemporaryDirectory() as tmp:
-        report = kill_anywhere(Layout(Path(tmp)), args.kills, args.seed, cli_env())
+        report = kill_anywhere(Layout(Path(tmp)), args.kills, args.seed, cli_env(), settings)
     total = sum(report.kills.values())
     print(f"kills survived: {total} (seed {args.seed})")
     for kind, n in sorted(report.kills.items()):

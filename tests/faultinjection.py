@@ -29,6 +29,9 @@ from supervisor.faults import CRASH_POINTS
 CODES = ("obj_a", "obj_b", "obj_c")
 SETTINGS = dict(object_code_list=list(CODES), target_count_per_object=14, round_batch_size=4,
                 num_iterations=20, merge_stride=2, filter={"max_E_pen": 0.002})
+# The same with near-duplicate removal on and rounds that hold near-duplicates.
+DEDUP_SETTINGS = dict(SETTINGS, dedup={"enabled": True},
+                      env={"EMULATOR_NEAR_DUPLICATES": "0.5"})
 
 
 @dataclass
@@ -83,17 +86,19 @@ def _one_life(config: Path, env: dict, rng: random.Random, report: Report) -> in
     return code
 
 
-def kill_anywhere(layout, kills: int, seed: int, env: dict) -> Report:
+def kill_anywhere(layout, kills: int, seed: int, env: dict,
+                  settings: dict | None = None) -> Report:
     """Keep killing fresh experiments until ``kills`` kills happened; verify each."""
     from conftest import run_in_process
 
+    chosen = settings or SETTINGS
     rng, report, start = random.Random(seed), Report(), time.monotonic()
-    assert run_in_process(layout.config(exp_name="reference", **SETTINGS)) == 0
+    assert run_in_process(layout.config(exp_name="reference", **chosen)) == 0
     reference = {c: layout.final(c, "reference") for c in CODES}
     while sum(report.kills.values()) < kills:
         exp = f"kill{report.experiments}"
         report.experiments += 1
-        config = layout.write_config(name=f"{exp}.toml", exp_name=exp, **SETTINGS)
+        config = layout.write_config(name=f"{exp}.toml", exp_name=exp, **chosen)
         while True:
             code = _one_life(config, env, rng, report)
             _check_state(layout, exp)
@@ -104,7 +109,7 @@ def kill_anywhere(layout, kills: int, seed: int, env: dict) -> Report:
         for c in CODES:
             data = layout.final(c, exp)
             pairs = set(zip(data["round_id"].tolist(), data["item_index"].tolist()))
-            assert len(data["energy"]) == len(pairs) == SETTINGS["target_count_per_object"]
+            assert len(data["energy"]) == len(pairs) == chosen["target_count_per_object"]
             for key in reference[c]:
                 np.testing.assert_array_equal(data[key], reference[c][key], err_msg=key)
             report.grasps_checked += len(pairs)

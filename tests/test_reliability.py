@@ -32,6 +32,13 @@ def test_kill_anywhere_ten_kills(layout: Layout) -> None:
     assert report.grasps_checked >= 42
 
 
+def test_kill_anywhere_with_near_duplicate_removal(layout: Layout) -> None:
+    from faultinjection import DEDUP_SETTINGS
+
+    report = kill_anywhere(layout, kills=6, seed=11, env=cli_env(), settings=DEDUP_SETTINGS)
+    assert sum(report.kills.values()) >= 6
+
+
 @pytest.mark.slow
 def test_kill_anywhere_fifty_kills(layout: Layout) -> None:
     report = kill_anywhere(layout, kills=50, seed=7, env=cli_env())
