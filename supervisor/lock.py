@@ -10,7 +10,8 @@ import fcntl
 import os
 from pathlib import Path
 
-LOCK_NAME = "supervisor.lock"
+from supervisor import paths
+
 
 
 class LockedError(RuntimeError):
@@ -21,7 +22,7 @@ def live_holder(exp_dir: Path) -> int | None:
     """The pid of a live supervisor holding ``exp_dir``, read without touching the lock
     (so that looking never blocks a supervisor that is starting)."""
     try:
-        pid = int((exp_dir / LOCK_NAME).read_text().split()[0])
+        pid = int(paths.lock(exp_dir).read_text().split()[0])
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError, IndexError):
         return None
@@ -30,7 +31,7 @@ def live_holder(exp_dir: Path) -> int | None:
 
 class ExperimentLock:
     def __init__(self, exp_dir: Path) -> None:
-        self.path = exp_dir / LOCK_NAME
+        self.path = paths.lock(exp_dir)
         self.fd: int | None = None
 
     def acquire(self) -> None:

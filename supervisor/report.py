@@ -19,7 +19,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from supervisor import report_data as rd, samples as smp
+from supervisor import paths, report_data as rd, samples as smp
 from supervisor.fsutil import atomic_write_bytes
 
 REPORT_NAME = "report.html"
@@ -286,8 +286,8 @@ def main(argv: Sequence[str]) -> int:
     add_overrides(p)
     args = p.parse_args(argv)
     config = load_config(args.config, overrides_from(args))
-    if not (config.exp_dir / rd.MANIFEST_NAME).exists():
-        raise RefusedError(f"{config.exp_dir / rd.MANIFEST_NAME}: no manifest; experiment "
+    if not paths.manifest(config.exp_dir).exists():
+        raise RefusedError(f"{paths.manifest(config.exp_dir)}: no manifest; experiment "
                            f"{config.exp_name!r} has not started")
     started = time.monotonic()
     try:

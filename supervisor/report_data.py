@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-MANIFEST_NAME = "manifest.json"
+from supervisor import paths
+
 HAS_GRASPS = ("finished", "merged")
 OUTCOMES = ("merged", "discarded", "failed", "interrupted", "running")
 # The outcome of a round's last attempt, by the round's status (pending: it failed, retry).
@@ -33,7 +34,7 @@ class ReportError(ValueError):
 
 
 def load_manifest(exp_dir: Path) -> dict[str, Any]:
-    path = exp_dir / MANIFEST_NAME
+    path = paths.manifest(exp_dir)
     try:
         data = json.loads(path.read_bytes())
         if data.get("version") != 1:
@@ -52,7 +53,7 @@ def load_manifest(exp_dir: Path) -> dict[str, Any]:
 def with_journal(exp_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
     """The snapshot brought up to date with the journal's events (a live run writes the
     snapshot only every few thousand events or a minute)."""
-    from supervisor import manifest, paths, store
+    from supervisor import manifest, store
 
     path = paths.journal(exp_dir)
     if not path.exists() or path.stat().st_size == 0:
@@ -244,7 +245,7 @@ def energies(exp_dir: Path, codes: list[str]) -> tuple[dict[str, np.ndarray], in
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ENERGY_TERMS}
     unreadable = 0
     for code in codes:
-        path = exp_dir / "final" / code / "final.npz"
+        path = paths.final(exp_dir, code)
         if not path.exists():
             continue
         try:

@@ -21,10 +21,11 @@ from typing import Any, Callable, Iterable, Mapping
 import anyio
 import numpy as np
 
+from supervisor import paths
 from supervisor.gpus import ProbeError, Reading, read_gpus
 from supervisor.logs import get_logger
 
-SAMPLES_NAME = "gpu_samples.bin"
+SAMPLES_NAME = paths.SAMPLES_NAME
 ROUNDS_NAME = "gpu_samples.rounds.jsonl"
 MAGIC = b"gpusmp1\n"
 RECORD = np.dtype([
@@ -43,7 +44,7 @@ class SamplesError(ValueError):
 
 
 def samples_path(exp_dir: Path) -> Path:
-    return exp_dir / SAMPLES_NAME
+    return paths.samples(exp_dir)
 
 
 def read_records(path: Path) -> np.ndarray:

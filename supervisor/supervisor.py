@@ -20,7 +20,7 @@ from typing import TextIO
 import anyio
 from anyio.abc import TaskGroup
 
-from supervisor import events as ev, rounds
+from supervisor import events as ev, paths, rounds
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.dispatcher import Changes, Dispatcher
@@ -66,7 +66,7 @@ class Supervisor(Dispatcher):
         self.log.info("run_started", exp_name=self.config.exp_name,
                       objects=len(self.state.order), gpus=self.pool.gpus,
                       target=self.config.target_count_per_object,
-                      manifest=str(self.config.exp_dir / "manifest.json"))
+                      manifest=str(paths.manifest(self.config.exp_dir)))
         await self.merger.flush(snapshot=True)
         async with anyio.create_task_group() as tg:
             if self.handle_signals:
