@@ -62,6 +62,8 @@ def _check(path: Path, data: dict[str, np.ndarray]) -> None:
 def load(path: str | Path) -> dict[str, np.ndarray]:
     """Load and check a final.npz: per-grasp arrays plus ``qpos_names``."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: unreadable: not a final.npz (not a zip archive of arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
