@@ -25,7 +25,6 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.bytes_written = 0
         self._fd: int | None = None
 
     def _open(self) -> int:
@@ -48,7 +47,6 @@ class Journal:
             view = view[os.write(fd, view):]
         crash_point("journal.before_fsync")
         os.fsync(fd)
-        self.bytes_written += len(data)
 
     def truncate(self) -> None:
         """Empty the journal: a snapshot holding every event is on disk."""

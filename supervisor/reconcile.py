@@ -29,7 +29,8 @@ def objects_registered(state: State, e: ev.ObjectsRegistered) -> list[Effect]:
         if e.target > obj.target or obj.status in (O.FAILED, O.EXHAUSTED):
             obj.target = max(obj.target, e.target)
             if obj.status != O.ACTIVE:
-                obj.status, obj.consecutive_failures, obj.reason = O.ACTIVE, 0, None
+                obj.consecutive_failures = 0
+                state.set_object(obj, O.ACTIVE, None)
                 effects.append(Log("object_revived", {"object_code": code}))
             state.dirty.add(code)
     state.set_order(e.codes)
@@ -126,7 +127,7 @@ def object_recovered(state: State, e: ev.ObjectRecovered) -> list[Effect]:
     obj.collected = sum(e.in_final.values())
     state.written_rounds[e.code] = len(e.in_final)
     if delivered:
-        obj.status = O.DONE
+        state.set_object(obj, O.DONE, None)
     return []
 
 
@@ -134,7 +135,7 @@ def dataset_lost(state: State, e: ev.DatasetLost) -> list[Effect]:
     """final.npz was unreadable and moved aside (recover): reopen the object so that
     resume reloads its rounds from their folders or reruns them with the same seeds."""
     obj = state.objects[e.code]
-    obj.status, obj.reason = O.ACTIVE, None
+    state.set_object(obj, O.ACTIVE, None)
     obj.collected, obj.final_bytes, obj.final_mtime_ns = 0, None, None
     return [Log("object_reopened", {"object_code": e.code, "reason": e.reason})]
 

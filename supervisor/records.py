@@ -46,7 +46,6 @@ class GpuStatus(str, Enum):
 
 TO_RUN = (RoundStatus.PENDING, RoundStatus.INTERRUPTED)
 HAS_GRASPS = (RoundStatus.FINISHED, RoundStatus.MERGED)
-TERMINAL_OBJECT = (ObjectStatus.DONE, ObjectStatus.FAILED, ObjectStatus.EXHAUSTED)
 
 
 def now() -> float:

@@ -74,10 +74,6 @@ def load_state(config: Config) -> State:
     return state
 
 
-def exists(config: Config) -> bool:
-    return paths.manifest(config.exp_dir).exists()
-
-
 class Store:
     def __init__(self, config: Config, state: State) -> None:
         self.config, self.state = config, state

@@ -103,14 +103,15 @@ class Supervisor(Dispatcher):
 
     def _summary(self, code: int) -> None:
         s, by = self.state, self.state.objects_by_status
+        gone = [removed(s.objects[c]) for c in s.order]
         self.log.info(
             "run_finished", exit_code=code, objects=len(s.order),
             objects_done=by[ObjectStatus.DONE], objects_failed=by[ObjectStatus.FAILED],
             objects_exhausted=by[ObjectStatus.EXHAUSTED],
             objects_unfinished=by[ObjectStatus.ACTIVE],
             grasps=sum(s.objects[c].collected for c in s.order),
-            removed_by_filter=sum(removed(s.objects[c])[0] for c in s.order),
-            removed_as_duplicates=sum(removed(s.objects[c])[1] for c in s.order),
+            removed_by_filter=sum(f for f, _ in gone),
+            removed_as_duplicates=sum(d for _, d in gone),
             grasps_target=sum(s.objects[c].target for c in s.order),
             gpus_quarantined=[g for g, r in s.gpus.items()
                               if r.status == GpuStatus.QUARANTINED],

@@ -176,9 +176,8 @@ def json_lines(text: str) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-def live_emulators(exp_name: str) -> list[int]:
-    """Pids of emulator processes, not zombies, running rounds of ``exp_name``."""
-    pids = []
+def live_processes() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every live process that is not a zombie."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -187,8 +186,16 @@ def live_emulators(exp_name: str) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"supervisor.emulator" in cmd and state != "Z" and any(
+        if state != "Z":
+            yield int(entry.name), cmd
+
+
+def live_emulators(exp_name: str) -> list[int]:
+    """Pids of emulator processes, not zombies, running rounds of ``exp_name``."""
+    pids = []
+    for pid, cmd in live_processes():
+        if b"supervisor.emulator" in cmd and any(
             part.startswith(f"{exp_name}__".encode()) for part in cmd
         ):
-            pids.append(int(entry.name))
+            pids.append(pid)
     return pids

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli_env
+from conftest import cli_env, live_processes
 from supervisor import emulator, results
 from supervisor.dedup import DedupIndex, DedupSettings
 
@@ -136,18 +136,8 @@ def test_bad_spec_or_mode_fails_before_any_folder(cwd: Path) -> None:
 
 def workers(name: str) -> list[int]:
     """Live (not zombie) worker processes of round ``name``, found by /proc cmdline."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if emulator.WORKER_TAG.encode() in argv and name.encode() in argv and state != "Z":
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, argv in live_processes()
+            if emulator.WORKER_TAG.encode() in argv and name.encode() in argv]
 
 
 def read_until(proc: subprocess.Popen, marker: bytes) -> None:
