@@ -1,4 +1,4 @@
-"""The emulator honours ../shared/docs/main-py-contract.md."""
+"""The emulator honours the contract of main.py that docs/main-py.md describes."""
 
 from __future__ import annotations
 
