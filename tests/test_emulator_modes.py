@@ -160,6 +160,17 @@ def wait_gone(name: str) -> None:
         time.sleep(0.02)
 
 
+def one_worker(name: str) -> int:
+    """The worker of round ``name``, waited for: on a loaded machine /proc may show it a
+    moment after the emulator's line."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not (found := workers(name)):
+        assert time.monotonic() < deadline, f"no worker of {name}"
+        time.sleep(0.02)
+    (pid,) = found
+    return pid
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """Whatever a failed assertion left behind: the session we started, nothing else."""
     try:
@@ -184,7 +195,7 @@ def test_worker_is_a_grandchild_in_the_rounds_process_group(cwd: Path) -> None:
     proc = start(cwd, name, "spawn_worker")
     try:
         read_until(proc, b"Starting optimization...")
-        (pid,) = workers(name)
+        pid = one_worker(name)
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         assert int(stat[1]) == proc.pid  # ppid: the emulator
         assert os.getpgid(pid) == os.getpgid(proc.pid) == proc.pid
@@ -201,7 +212,7 @@ def test_worker_outlives_a_killed_emulator_until_its_group_is_killed(cwd: Path) 
     proc = start(cwd, name, "spawn_worker")
     try:
         read_until(proc, b"Starting optimization...")
-        (pid,) = workers(name)
+        pid = one_worker(name)
         proc.kill()  # the emulator alone, as PR_SET_PDEATHSIG would
         assert proc.wait(timeout=DEADLINE_S) == -signal.SIGKILL
         assert workers(name) == [pid]  # an orphan now
