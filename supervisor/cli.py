@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import Any, Iterator, Sequence, TextIO
 
 import anyio
 
@@ -44,8 +44,11 @@ def run_parser() -> Parser:
     return p
 
 
-def prepare(config: Config, probe: Probe | None = None) -> tuple[GpuPool, str | None]:
+def prepare(config: Config, probe: Probe | None = None,
+            backend: Any = None) -> tuple[GpuPool, str | None]:
     warning = None
+    if backend is not None:  # a cluster's GPUs, as the backend found them
+        return GpuPool(backend, "all", config.gpu), None
     if probe is None:
         probe, warning = make_probe(config.gpu.probe, config.gpus)
     return GpuPool(probe, config.gpus, config.gpu), warning
@@ -53,12 +56,14 @@ def prepare(config: Config, probe: Probe | None = None) -> tuple[GpuPool, str | 
 
 @contextlib.contextmanager
 def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: bool = True,
-                    live_stream: TextIO | None = None) -> Iterator[Supervisor]:
+                    live_stream: TextIO | None = None,
+                    backend: Any = None) -> Iterator[Supervisor]:
     """Lock the experiment, open or resume its state, and build the Supervisor.
+    ``backend``: an open ``raybackend.RayBackend``; None runs rounds on this machine.
 
     Raises the errors that mean exit code 2; nothing is written before the checks pass.
     """
-    pool, warning = prepare(config, probe)
+    pool, warning = prepare(config, probe, backend)
     with ExperimentLock(config.exp_dir):
         state = open_experiment(config)
         store, effects, orphans = start(config, state, pool.gpus)
@@ -68,15 +73,18 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
             log.warning("orphan_stopped", round=name, pgid=pid)
         if warning:
             log.warning("gpu_probe", message=warning)
+        if backend is not None:
+            log.info("ray_cluster", address=config.backend.address, gpus=len(pool.gpus),
+                     nodes={node: len(keys) for node, keys in backend.nodes().items()})
         inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if inherited and config.gpus == "all":
+        if inherited and config.gpus == "all" and backend is None:
             # NVML ignores it: on a scheduler's allocation, "all" means other people's GPUs.
             log.warning("gpu_env", cuda_visible_devices=inherited, message=(
                 "CUDA_VISIBLE_DEVICES is set for the supervisor, but NVML sees every GPU and "
                 "gpus = \"all\" uses them all; list the allocated GPUs' indices in gpus "
                 "(PCI bus order) to stay inside an allocation"))
         sup = Supervisor(config, store, accs, pool, handle_signals=handle_signals,
-                         live_stream=live_stream)
+                         live_stream=live_stream, backend=backend)
         sup.merger.carry_out(effects + reloaded)
         for code, names in leftovers:  # a kill cut the cleanup of a done object short
             sup.merger.carry_out([CleanRounds(code, names)])
@@ -89,12 +97,23 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
 
 
 def run_supervisor(config: Config, probe: Probe | None = None,
-                   live_stream: TextIO | None = None) -> int:
+                   live_stream: TextIO | None = None, backend: Any = None) -> int:
+    """Run to the end. With ``[backend] kind = "ray"`` and no ``backend`` given, joins the
+    cluster first (Ray is imported only then) and leaves it at the end."""
+    own = backend is None and probe is None and config.backend.kind == "ray"
+    if own:
+        from supervisor.raybackend import open_backend
+        backend = open_backend(config)
+
     async def main() -> int:
-        with open_supervisor(config, probe, live_stream=live_stream) as sup:
+        with open_supervisor(config, probe, live_stream=live_stream, backend=backend) as sup:
             return await sup.run()
 
-    return anyio.run(main)
+    try:
+        return anyio.run(main)
+    finally:
+        if own:
+            backend.close()
 
 
 def _run(argv: Sequence[str]) -> int:

@@ -35,6 +35,7 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which main.py uses, takes seeds 
 FILTER_KEYS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
 CLEANUP_MODES = ("remove", "light")
 PROBES = ("auto", "nvml", "static")
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,16 @@ class LogSettings:
     progress_interval_s: float = _key(30.0, min=0.0)
 
 
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where rounds run: this machine's GPUs, or a Ray cluster's (``address``: "auto" for
+    the cluster this machine belongs to, or "HOST:PORT")."""
+    kind: str = _key("local", choices=BACKENDS)
+    address: str = "auto"
+
+
 SECTIONS: dict[str, type] = {
+    "backend": BackendSettings,
     "gpu": GpuSettings, "retry": RetrySettings, "timeouts": TimeoutSettings,
     "cleanup": CleanupSettings, "disk": DiskSettings, "logs": LogSettings,
 }
@@ -123,6 +133,7 @@ class Config:
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)
     disk: DiskSettings = field(default_factory=DiskSettings)
     logs: LogSettings = field(default_factory=LogSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
     object_code_source: str = "object_code_list"
     overrides: tuple[str, ...] = ()  # the command line's overrides, for hints to repeat
 
@@ -246,6 +257,7 @@ TOP_KEYS = (
     "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
     "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
     "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
+    "backend",
 )
 
 
@@ -281,6 +293,11 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
         **_sections(r),
     )
     r.finish(TOP_KEYS)
+    if config.backend.kind == "ray" and config.gpus != "all":
+        raise ConfigError(source, "gpus", list(config.gpus),
+                          '"all" with [backend] kind = "ray" (a node offers the GPUs its '
+                          "`ray start --num-gpus N` gave Ray; CUDA_VISIBLE_DEVICES there "
+                          "chooses which)")
     top_seed = config.seed_base + len(codes) * SEED_STRIDE
     if top_seed > MAX_SEED:
         raise ConfigError(source, "seed_base", config.seed_base,

@@ -18,11 +18,12 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from supervisor import cleanup, events as ev, plan, rounds
+from supervisor import cleanup, events as ev, plan, rounds, slots
 from supervisor.gpus import ProbeError, read_gpus
 from supervisor.job import RoundJob
 from supervisor.records import GpuStatus, now
 from supervisor.rounds import Control, Outcome, Started
+from supervisor.slots import GpuKey
 
 # While waiting for a GPU or disk space, say so again this often, so a long wait on a
 # shared server never looks like a hang in the logs.
@@ -65,13 +66,15 @@ class Dispatcher:
     controls: dict[str, Control]
     watch: dict[str, Any]
     no_gpus: bool
+    backend: Any
+    gpus_changed: Changes
 
     async def _dispatch(self, send: MemoryObjectSendStream[Any]) -> None:
         async with send, anyio.create_task_group() as rounds_tg:
             with self.dispatch_scope:
                 await self._dispatch_loop(send, rounds_tg)
 
-    def _candidates(self) -> list[int]:
+    def _candidates(self) -> list[GpuKey]:
         """Healthy GPUs with a free slot, when the plan has a round for one of them (all
         are read: a card that fell off the bus is noticed even while nothing suits it)."""
         gpus = self.state.gpus
@@ -134,10 +137,11 @@ class Dispatcher:
             self.log.info("gpu_wait", short=short, poll_interval_s=self.config.gpu.poll_interval_s)
         return started
 
-    def _start(self, pick: plan.Pick, gpu: int, send: MemoryObjectSendStream[Any],
+    def _start(self, pick: plan.Pick, gpu: GpuKey, send: MemoryObjectSendStream[Any],
                rounds_tg: TaskGroup) -> None:
         assert not self.draining.is_set()
-        self.merger.record(ev.RoundStarted(pick.object_code, pick.round_id, gpu, now()))
+        self.merger.record(ev.RoundStarted(pick.object_code, pick.round_id, gpu, now(),
+                                           slots.node(gpu)))
         rnd = self.state.round_of(pick.object_code, pick.round_id)
         job = RoundJob(pick.object_code, rnd.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
         self.pool.take(gpu, job.name)
@@ -146,13 +150,18 @@ class Dispatcher:
 
     async def _round(self, job: RoundJob, control: Control,
                      send: MemoryObjectSendStream[Any]) -> None:
+        local = slots.node(job.gpu) is None  # a node's pid means nothing on this machine
+
         def on_start(pid: int) -> None:
             self.pool.started(job.gpu, job.name, pid)
-            send.send_nowait(Started(job, pid, proc_start(pid)))
+            send.send_nowait(Started(job, pid, proc_start(pid) if local else None))
 
         async with send:
             try:
-                outcome = await rounds.run_round(self.config, job, control, on_start, self.watch)
+                outcome = await rounds.run_round(self.config, job, control, on_start, self.watch,
+                                                 self.backend)
+                if outcome.kind == rounds.INTERRUPTED and not control.stop.is_set():
+                    self.gpus_changed.notify()  # its node or worker is gone: look now
             except Exception as exc:  # a bug must cost one round, not the run
                 self.log.exception("round_error", **job.fields())
                 outcome = Outcome(job, rounds.FAILED, time.time(), time.time(),
@@ -161,6 +170,21 @@ class Dispatcher:
             # that the next pick already knows where this round failed.
             outcome.on_ended = self._ended
             await send.send(outcome)
+
+    async def _follow_gpus(self) -> None:
+        """A cluster's GPUs come and go: follow them (every poll, or at once when a round
+        was lost) until cancelled. Left ones first: a replaced worker leaves and comes back."""
+        while True:
+            added, removed = await self.backend.refresh()
+            for gpu, reason in removed:
+                self.merger.record(ev.GpuLost(gpu, reason))
+                self.pool.remove(gpu)
+            for gpu in added:
+                self.merger.record(ev.GpuAdded(gpu))
+                self.pool.add(gpu)
+            if added or removed:
+                self.changes.notify()
+            await self.gpus_changed.wait(self.config.gpu.poll_interval_s)
 
     def _ended(self, job: RoundJob) -> None:
         self.pool.release(job.gpu, job.name)

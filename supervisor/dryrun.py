@@ -5,11 +5,12 @@ from __future__ import annotations
 import shlex
 from typing import TextIO
 
-from supervisor import events as ev, paths, plan
+from supervisor import events as ev, paths, plan, slots
 from supervisor.config import Config
 from supervisor.gpus import GpuPool, Probe, ProbeError, make_probe
 from supervisor.lock import live_holder
 from supervisor.records import now
+from supervisor.slots import GpuKey
 from supervisor.resume import open_experiment
 from supervisor.job import RoundJob, command
 from supervisor.transitions import apply
@@ -17,17 +18,18 @@ from supervisor.transitions import apply
 FIRST_ROUNDS = 8
 
 
-def _gpu_lines(pool: GpuPool, probe: Probe, config: Config) -> tuple[list[str], list[int]]:
+def _gpu_lines(pool: GpuPool, probe: Probe, config: Config
+               ) -> tuple[list[str], list[GpuKey]]:
     lines, admitted = [], []
     for gpu in pool.gpus:
         try:
             free = probe.read(gpu).free_mib
         except ProbeError as exc:
-            lines.append(f"  GPU {gpu}: unusable ({exc})")
+            lines.append(f"  {slots.label(gpu)}: unusable ({exc})")
             continue
         ok = free is None or free >= config.gpu.min_free_mib
         shown = "unknown (no memory checks)" if free is None else f"{free} MiB free"
-        lines.append(f"  GPU {gpu}: {shown}, {'admitted' if ok else 'not admitted'}"
+        lines.append(f"  {slots.label(gpu)}: {shown}, {'admitted' if ok else 'not admitted'}"
                      + ("" if ok else f" (min_free_mib = {config.gpu.min_free_mib})"))
         if ok:
             admitted.append(gpu)
@@ -35,13 +37,26 @@ def _gpu_lines(pool: GpuPool, probe: Probe, config: Config) -> tuple[list[str], 
 
 
 def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = None) -> int:
+    """With ``[backend] kind = "ray"`` (and no ``probe`` given) it joins the cluster to list
+    its nodes and GPUs, and leaves it again."""
+    if probe is None and config.backend.kind == "ray":
+        from supervisor.raybackend import open_backend
+        backend = open_backend(config)
+        try:
+            return _dry_run(config, backend, None, out, backend.nodes())
+        finally:
+            backend.close()
+    warning = None
+    if probe is None:
+        probe, warning = make_probe(config.gpu.probe, config.gpus)
+    return _dry_run(config, probe, warning, out, None)
+
+
+def _dry_run(config: Config, probe: Probe, warning: str | None, out: TextIO | None,
+             nodes: dict[str, list[GpuKey]] | None) -> int:
     import sys
 
     out = out or sys.stdout
-    if probe is None:
-        probe, warning = make_probe(config.gpu.probe, config.gpus)
-    else:
-        warning = None
     pool = GpuPool(probe, config.gpus, config.gpu)
     exists = paths.manifest(config.exp_dir).exists()
     state = open_experiment(config)  # a copy in memory: nothing here is written
@@ -62,6 +77,11 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
         write(f"  [{obj.index}] {code}: {obj.status}, {have}/{obj.target} collected, "
               f"about {plan.rounds_to_go(state, code)} more round(s)")
     gpu_lines, admitted = _gpu_lines(pool, probe, config)
+    if nodes is not None:
+        write(f"Ray cluster at {config.backend.address!r}: {len(nodes)} node(s), "
+              f"{len(pool.gpus)} GPU(s)")
+        for node, keys in nodes.items():
+            write(f"  node {node}: GPUs {', '.join(str(slots.device(k)) for k in keys)}")
     write("GPUs:" + (f" ({warning})" if warning else ""))
     for line in gpu_lines:
         write(line)
@@ -75,11 +95,13 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
         pick = plan.pick(state, gpu)
         if pick is None:
             break
-        apply(state, ev.RoundStarted(pick.object_code, pick.round_id, gpu, now()))
+        apply(state, ev.RoundStarted(pick.object_code, pick.round_id, gpu, now(),
+                                     slots.node(gpu)))
         rnd = state.round_of(pick.object_code, pick.round_id)
         job = RoundJob(pick.object_code, pick.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
-        write(f"  {rnd.name} seed={rnd.seed} gpu={gpu}")
+        where = f" node={slots.node(gpu)}" if slots.node(gpu) else ""
+        write(f"  {rnd.name} seed={rnd.seed} gpu={job.device}{where}")
         write(f"    cd {shlex.quote(str(config.main.cwd))} && "
-              f"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={gpu} "
+              f"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={job.device} "
               + " ".join(shlex.quote(part) for part in command(config, job)))
     return 0

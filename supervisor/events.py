@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from supervisor.slots import GpuKey
+
 
 @dataclass(frozen=True)
 class ObjectsRegistered:
@@ -28,7 +30,7 @@ class SupervisorStarted:
     at: float
     cwd: str = ""
     env: dict[str, str] = field(default_factory=dict)
-    gpus: tuple[int, ...] = ()
+    gpus: tuple[GpuKey, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class SupervisorStopped:
 class RoundStarted:
     code: str
     round_id: int
-    gpu: int
+    gpu: GpuKey
     at: float
     node: str | None = None
 
@@ -77,7 +79,7 @@ class RoundDeduped:
 class RoundFailed:
     code: str
     round_id: int
-    gpu: int | None
+    gpu: GpuKey | None
     reason: str
     at: float
     duration_s: float
@@ -95,8 +97,14 @@ class RoundInterrupted:
 
 @dataclass(frozen=True)
 class GpuLost:
-    gpu: int
+    gpu: GpuKey
     reason: str
+
+
+@dataclass(frozen=True)
+class GpuAdded:
+    """A cluster GPU that joined while the run goes on (a new node, a replaced worker)."""
+    gpu: GpuKey
 
 
 @dataclass(frozen=True)
@@ -140,11 +148,11 @@ class DatasetLost:
 
 Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarted
          | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted | GpuLost
-         | DatasetWritten | ObjectReloaded | ObjectRecovered | DatasetLost)
+         | GpuAdded | DatasetWritten | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
-    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, GpuLost, DatasetWritten,
-    ObjectReloaded, ObjectRecovered, DatasetLost,
+    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, GpuLost, GpuAdded,
+    DatasetWritten, ObjectReloaded, ObjectRecovered, DatasetLost,
 )}
 # JSON turns int keys and tuples into strings and lists: these fields are restored.
 _INT_KEYED = ("in_final", "from_folders", "missing", "used")

@@ -15,6 +15,7 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from supervisor.config import GpuSettings
+from supervisor.slots import GpuKey
 
 MIB = 1024 * 1024
 
@@ -220,30 +221,41 @@ class GpuPool:
             raise GpuError("no GPU found: set gpus to a list of GPU indices")
         self.probe, self.settings = probe, settings
         self.gpus = list(chosen)
-        self.rounds: dict[int, dict[str, int | None]] = {g: {} for g in chosen}  # name -> pgid
+        self.rounds: dict[GpuKey, dict[str, int | None]] = {g: {} for g in chosen}  # name -> pgid
         self.footprint_mib: int | None = None  # largest round seen in NVML so far
         self.reading_now: set[int] = set()  # GPUs whose read thread has not returned
 
-    def in_flight(self, gpu: int) -> int:
-        return len(self.rounds[gpu])
+    def add(self, gpu: GpuKey) -> None:
+        """A cluster GPU that joined."""
+        if gpu not in self.rounds:
+            self.gpus.append(gpu)
+            self.rounds[gpu] = {}
 
-    def has_slot(self, gpu: int) -> bool:
+    def remove(self, gpu: GpuKey) -> None:
+        """A cluster GPU that left: no new round; its rounds end as lost on their own."""
+        if gpu in self.gpus:
+            self.gpus.remove(gpu)
+
+    def in_flight(self, gpu: GpuKey) -> int:
+        return len(self.rounds.get(gpu, ()))
+
+    def has_slot(self, gpu: GpuKey) -> bool:
         limit = self.settings.max_rounds_per_gpu
         return limit == "auto" or self.in_flight(gpu) < int(limit)
 
-    def take(self, gpu: int, name: str) -> None:
-        self.rounds[gpu][name] = None
+    def take(self, gpu: GpuKey, name: str) -> None:
+        self.rounds.setdefault(gpu, {})[name] = None
 
-    def started(self, gpu: int, name: str, pgid: int) -> None:
-        if name in self.rounds[gpu]:
+    def started(self, gpu: GpuKey, name: str, pgid: int) -> None:
+        if name in self.rounds.get(gpu, {}):
             self.rounds[gpu][name] = pgid
 
-    def release(self, gpu: int, name: str) -> None:
-        self.rounds[gpu].pop(name, None)
+    def release(self, gpu: GpuKey, name: str) -> None:
+        self.rounds.get(gpu, {}).pop(name, None)
 
-    def _seen(self, gpu: int, reading: Reading) -> dict[str, int]:
+    def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
         """MiB NVML shows per round of ``gpu`` (by process group), learning footprints."""
-        groups = {pgid: name for name, pgid in self.rounds[gpu].items() if pgid}
+        groups = {pgid: name for name, pgid in self.rounds.get(gpu, {}).items() if pgid}
         seen: dict[str, int] = {}
         for pid, mib in reading.processes.items():
             name = groups.get(pid) or groups.get(process_group(pid) or -1)
@@ -253,7 +265,7 @@ class GpuPool:
             self.footprint_mib = max(self.footprint_mib or 0, mib)
         return seen
 
-    def shortage(self, gpu: int, reading: Reading) -> str | None:
+    def shortage(self, gpu: GpuKey, reading: Reading) -> str | None:
         """Why ``gpu`` cannot take one more round now, or None if it can."""
         if not self.has_slot(gpu):
             return f"{self.in_flight(gpu)} round(s), max_rounds_per_gpu reached"

@@ -5,6 +5,7 @@ the state machine (see transitions)."""
 from __future__ import annotations
 
 
+from supervisor import slots
 from supervisor.records import (
     GpuRecord, GpuStatus, ObjectStatus, RoundRecord,
     RoundStatus,
@@ -78,7 +79,7 @@ def _maybe_quarantine(state: State, rec: GpuRecord, succeeded_elsewhere: bool) -
     rec.status = GpuStatus.QUARANTINED
     rec.reason = f"{rec.streak} rounds in a row failed on it while other GPUs succeeded"
     effects: list[Effect] = [Log("gpu_quarantined", {
-        "gpu": rec.gpu, **({"node": rec.node} if rec.node else {}), "reason": rec.reason,
+        **slots.fields(rec.gpu), "reason": rec.reason,
         "reasons": list(rec.reasons)}, "error")]
     # Its failures no longer count against rounds and objects: give them back.
     for code, rid in rec.streak_rounds:

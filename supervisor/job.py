@@ -9,7 +9,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor import slots
 from supervisor.config import Config
+from supervisor.slots import GpuKey
 
 
 @dataclass(frozen=True)
@@ -18,19 +20,23 @@ class RoundJob:
     round_id: int
     name: str
     seed: int
-    gpu: int
+    gpu: GpuKey  # an int on one server, "HOST/NODE/gpuN" on a cluster (supervisor.slots)
     attempt: int
 
-    def fields(self) -> dict[str, Any]:
-        return {"round": self.name, "object_code": self.object_code, "gpu": self.gpu}
+    @property
+    def device(self) -> int:
+        """The physical GPU id on the round's machine: ``{gpu}`` and CUDA_VISIBLE_DEVICES."""
+        return slots.device(self.gpu)
 
+    def fields(self) -> dict[str, Any]:
+        return {"round": self.name, "object_code": self.object_code, **slots.fields(self.gpu)}
 
 
 def command(config: Config, job: RoundJob) -> list[str]:
     values = {
         "name": job.name, "object_code": job.object_code,
         "batch_size": config.round_batch_size, "num_iterations": config.num_iterations,
-        "seed": job.seed, "gpu": job.gpu, "python": sys.executable,
+        "seed": job.seed, "gpu": job.device, "python": sys.executable,
     }
     if any("{upstream_launcher}" in part for part in config.main.command):
         from supervisor.upstream_launcher import LAUNCHER_PATH
@@ -38,14 +44,15 @@ def command(config: Config, job: RoundJob) -> list[str]:
     return [part.format(**values) for part in config.main.command]
 
 
+def round_env(config: Config) -> dict[str, str]:
+    """What a round's environment adds to its machine's: [main] env, threads, unbuffered."""
+    threads = str(config.main.threads)
+    return {**config.main.env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+            "PYTHONUNBUFFERED": "1"}
+
+
 def child_env(config: Config, gpu: int) -> dict[str, str]:
     """The GPU trap: main.py sets CUDA_VISIBLE_DEVICES from --gpu, so both carry the same
     physical id, numbered in PCI bus order like NVML's indices."""
-    env = dict(os.environ)
-    env.update(config.main.env)
-    threads = str(config.main.threads)
-    env.update({
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu),
-        "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1",
-    })
-    return env
+    return {**os.environ, **round_env(config),
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu)}

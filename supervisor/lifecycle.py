@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor import plan
+from supervisor import plan, slots
 from supervisor.records import (
     HAS_GRASPS, TO_RUN, ObjectRecord, ObjectStatus, RoundRecord,
     RoundStatus,
@@ -25,8 +25,7 @@ def new_round(state: State, code: str, round_id: int) -> RoundRecord:
 
 
 def fields(state: State, code: str, rnd: RoundRecord) -> dict[str, Any]:
-    return {"round": rnd.name, "object_code": code, "gpu": rnd.gpu,
-            **({"node": rnd.node} if rnd.node else {})}
+    return {"round": rnd.name, "object_code": code, **slots.fields(rnd.gpu)}
 
 
 def settle(state: State, obj: ObjectRecord) -> list[Effect]:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from supervisor import slots
 from supervisor.fsutil import atomic_write_bytes
 from supervisor.records import GpuRecord, ObjectRecord, now
 from supervisor.state import Policy, State
@@ -56,7 +57,8 @@ def head(state: State) -> dict[str, Any]:
         "identity": state.identity,
         "config": state.config,
         "runs": state.runs,
-        "gpus": {str(g): r.to_json() for g, r in sorted(state.gpus.items())},
+        "gpus": {str(g): r.to_json() for g, r in sorted(state.gpus.items(),
+                                                         key=lambda i: slots.order(i[0]))},
     }
 
 
@@ -74,7 +76,8 @@ def from_json(data: Any, policy: Policy) -> State:
         state.updated_at = float(data["updated_at"])
         state.seq = int(data.get("journal_seq", 0))
         state.runs = list(data.get("runs", []))
-        state.gpus = {int(g): GpuRecord.from_json(r) for g, r in data.get("gpus", {}).items()}
+        state.gpus = {slots.parse(g): GpuRecord.from_json(r)
+                      for g, r in data.get("gpus", {}).items()}
         for code, o in data["objects"].items():
             state.add_object(ObjectRecord.from_json(code, o))
         indices = [o.index for o in state.objects.values()]

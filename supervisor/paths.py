@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from supervisor import slots
+from supervisor.slots import GpuKey
+
 if TYPE_CHECKING:
     from supervisor.config import Config
 
@@ -45,8 +48,8 @@ def round_log(exp_dir: Path, name: str) -> Path:
     return exp_dir / "logs" / "rounds" / f"{name}.log"
 
 
-def gpu_log(exp_dir: Path, gpu: int, node: str | None = None) -> Path:
-    return exp_dir / "logs" / (f"gpu_{node}_{gpu}.log" if node else f"gpu_{gpu}.log")
+def gpu_log(exp_dir: Path, gpu: GpuKey) -> Path:
+    return exp_dir / "logs" / slots.file_name(gpu)
 
 
 def round_dir(config: Config, name: str) -> Path:

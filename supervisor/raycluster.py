@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import anyio
 
+from supervisor.fsutil import atomic_write_bytes
 from supervisor.gpus import Probe, ProbeError, Reading
 from supervisor.raynode import GpuActor
 
@@ -76,10 +77,8 @@ class RemoteExit:
         results = Path(output_dir) / name / "results"
         results.mkdir(parents=True, exist_ok=True)
         for data, file in ((self.config, "config.txt"), (self.result, f"{object_code}.npy")):
-            if data is not None:
-                tmp = results / f".{file}.part"
-                tmp.write_bytes(data)
-                os.replace(tmp, results / file)
+            if data is not None:  # durable before the round counts as produced
+                atomic_write_bytes(results / file, data)
         return results.parent
 
 
@@ -198,7 +197,7 @@ class RayCluster:
         """Blocking, like Probe.read: call it from a thread. Raises ProbeError."""
         worker = self._worker(slot)
         if worker is None:
-            raise ProbeError(f"{slot} is not in the cluster any more")
+            raise ProbeError(self._lost.get(slot) or f"{slot} is not in the cluster any more")
         try:
             return self._ray.get(worker.actor.read.remote(), timeout=timeout_s)
         except self._ray.exceptions.GetTimeoutError:

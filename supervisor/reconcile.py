@@ -5,7 +5,7 @@ of the state machine (see transitions)."""
 from __future__ import annotations
 
 
-from supervisor import events as ev
+from supervisor import events as ev, slots
 from supervisor.records import (
     HAS_GRASPS, GpuRecord, ObjectRecord, ObjectStatus, RoundStatus,
 )
@@ -44,12 +44,12 @@ def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
     state.stats.clear()
     state.failure_kinds.clear()
     state.run_ok, state.fail_streak = 0, []
-    state.gpus = {g: GpuRecord(g) for g in e.gpus}
+    state.gpus = {g: GpuRecord(g, slots.node(g)) for g in e.gpus}
     orphans = []
     for code, obj in state.objects.items():
         for rnd in obj.rounds.values():
-            if rnd.pid is not None:
-                orphans.append((rnd.name, rnd.pid, rnd.proc_start))
+            if rnd.pid is not None and rnd.node is None:  # a node's pid is not ours to
+                orphans.append((rnd.name, rnd.pid, rnd.proc_start))  # kill: Ray ended it
             if rnd.status == R.RUNNING:
                 state.set_round(code, rnd, R.INTERRUPTED, attempts=max(0, rnd.attempts - 1),
                                 pid=None, proc_start=None)

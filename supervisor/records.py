@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from supervisor import slots
+from supervisor.slots import GpuKey
+
 
 class RoundStatus(str, Enum):
     PENDING = "pending"  # to run (new, or a retry)
@@ -59,7 +62,7 @@ class RoundRecord:
     seed: int
     status: RoundStatus = RoundStatus.PENDING
     attempts: int = 0
-    gpu: int | None = None
+    gpu: GpuKey | None = None
     node: str | None = None
     exit_code: int | None = None
     produced: int | None = None
@@ -144,7 +147,7 @@ class ObjectRecord:
 
 @dataclass
 class GpuRecord:
-    gpu: int
+    gpu: GpuKey
     node: str | None = None
     status: GpuStatus = GpuStatus.HEALTHY
     rounds_ok: int = 0
@@ -165,7 +168,7 @@ class GpuRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GpuRecord:
-        return cls(gpu=int(data["gpu"]), node=data.get("node"),
+        return cls(gpu=slots.parse(data["gpu"]), node=data.get("node"),
                    status=GpuStatus(data.get("status", "healthy")),
                    rounds_ok=int(data.get("rounds_ok", 0)),
                    rounds_failed=int(data.get("rounds_failed", 0)),

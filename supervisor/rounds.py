@@ -11,11 +11,13 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
-from supervisor import paths, progress, results, runner
+from supervisor import paths, progress, results, runner, slots
+from supervisor.backends import LocalBackend, RoundError, RoundLost
 from supervisor.config import Config
+from supervisor.gpus import StaticProbe
 from supervisor.job import RoundJob, child_env, command  # noqa: F401 (re-exported)
 from supervisor.logs import get_logger
 
@@ -70,7 +72,8 @@ class LineSink:
         self.name = job.name
         self.log = get_logger(**job.fields())
         self.latest: progress.Progress | None = None
-        self.write("supervisor", f"attempt {job.attempt} on GPU {job.gpu}, seed {job.seed}")
+        self.write("supervisor",
+                   f"attempt {job.attempt} on {slots.label(job.gpu)}, seed {job.seed}")
 
     def write(self, stream: str, line: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -111,18 +114,21 @@ def _describe(exit_: runner.ChildExit, config: Config) -> str:
 
 async def run_round(config: Config, job: RoundJob, control: Control,
                     on_start: Callable[[int], None],
-                    watch: dict[str, tuple[RoundJob, LineSink]] | None = None) -> Outcome:
-    """Run one attempt; ``watch`` lists the rounds running now (for the live view)."""
+                    watch: dict[str, tuple[RoundJob, LineSink]] | None = None,
+                    backend: Any = None) -> Outcome:
+    """Run one attempt; ``watch`` lists the rounds running now (for the live view).
+    ``backend`` (``supervisor.backends``) runs the child; by default on this machine."""
     watch = {} if watch is None else watch
     try:
-        return await _run_round(config, job, control, on_start, watch)
+        return await _run_round(config, job, control, on_start, watch,
+                                backend or LocalBackend(StaticProbe([])))
     finally:
         watch.pop(job.name, None)
 
 
 async def _run_round(config: Config, job: RoundJob, control: Control,
                      on_start: Callable[[int], None],
-                     watch: dict[str, tuple[RoundJob, LineSink]]) -> Outcome:
+                     watch: dict[str, tuple[RoundJob, LineSink]], backend: Any) -> Outcome:
     log = get_logger(**job.fields())
     started = time.time()
     folder = paths.round_dir(config, job.name)
@@ -133,14 +139,16 @@ async def _run_round(config: Config, job: RoundJob, control: Control,
     argv = command(config, job)
     log.info("round_started", seed=job.seed, attempt=job.attempt, argv=argv)
     try:
-        exit_ = await runner.run_child(
-            argv, cwd=config.main.cwd, env=child_env(config, job.gpu), on_line=sink,
-            on_start=on_start, stop=control.stop, kill=control.kill,
-            timeout_s=config.timeouts.round_timeout_s,
-            stall_timeout_s=config.timeouts.stall_timeout_s, grace_s=config.timeouts.grace_s,
-        )
+        exit_ = await backend.execute(config, job, argv, sink, on_start, control.stop,
+                                      control.kill)
     except OSError as exc:
         return Outcome(job, FAILED, started, time.time(), reason=f"could not start: {exc}")
+    except RoundLost as exc:  # not the round's fault: it runs again, elsewhere
+        return Outcome(job, INTERRUPTED, started, time.time(), reason=str(exc),
+                       tail=list(sink.tail))
+    except RoundError as exc:
+        return Outcome(job, FAILED, started, time.time(), reason=str(exc),
+                       tail=list(sink.tail))
     finally:
         sink.close()
     outcome = Outcome(job, FAILED, started, time.time(), exit_code=exit_.returncode,

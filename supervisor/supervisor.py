@@ -15,12 +15,13 @@ import os
 import signal
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 from anyio.abc import TaskGroup
 
 from supervisor import events as ev, paths, rounds
+from supervisor.backends import LocalBackend
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.dispatcher import Changes, Dispatcher
@@ -43,8 +44,9 @@ EXIT_MARGIN_S = 4.5
 class Supervisor(Dispatcher):
     def __init__(self, config: Config, store: Store, accs: dict[str, Accumulator],
                  pool: GpuPool, handle_signals: bool = True,
-                 live_stream: TextIO | None = None) -> None:
+                 live_stream: TextIO | None = None, backend: Any = None) -> None:
         self.config, self.store, self.pool = config, store, pool
+        self.backend = backend or LocalBackend(pool.probe)
         self.state = store.state
         self.handle_signals, self.live_stream = handle_signals, live_stream
         self.watch: dict[str, tuple[RoundJob, rounds.LineSink]] = {}  # rounds running now
@@ -54,6 +56,7 @@ class Supervisor(Dispatcher):
         self.stop_reason: str | None = None
         self.no_gpus = False
         self.changes = Changes()
+        self.gpus_changed = Changes()
         self.dispatch_scope = anyio.CancelScope()
         self.tg: TaskGroup | None = None  # the run's task group, once it runs
         self.log = get_logger()
@@ -64,13 +67,16 @@ class Supervisor(Dispatcher):
     # -- main ------------------------------------------------------------------------
     async def run(self) -> int:
         self.log.info("run_started", exp_name=self.config.exp_name,
-                      objects=len(self.state.order), gpus=self.pool.gpus,
+                      objects=len(self.state.order), backend=self.backend.kind,
+                      gpus=self.pool.gpus,
                       target=self.config.target_count_per_object,
                       manifest=str(paths.manifest(self.config.exp_dir)))
         await self.merger.flush(snapshot=True)
         async with anyio.create_task_group() as tg:
             if self.handle_signals:
                 tg.start_soon(self._watch_signals)
+            if self.backend.dynamic:
+                tg.start_soon(self._follow_gpus)
             self.tg = tg
             if self.live_stream is not None:
                 tg.start_soon(LiveView(self.snapshot, self.live_stream).run)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from supervisor import events as ev
+from supervisor import events as ev, slots
 from supervisor.records import (
     HAS_GRASPS, GpuRecord, GpuStatus, ObjectStatus, RoundRecord,
     RoundStatus,
@@ -139,7 +139,17 @@ def gpu_lost(state: State, e: ev.GpuLost) -> list[Effect]:
     if rec.status == GpuStatus.LOST:
         return []
     rec.status, rec.reason = GpuStatus.LOST, e.reason
-    return [Log("gpu_lost", {"gpu": e.gpu, "reason": e.reason}, "warning")]
+    return [Log("gpu_lost", {**slots.fields(e.gpu), "reason": e.reason}, "warning")]
+
+
+def gpu_added(state: State, e: ev.GpuAdded) -> list[Effect]:
+    """A cluster GPU joined: new, or back after its worker was lost (a quarantined one
+    stays quarantined for the run)."""
+    rec = state.gpus.get(e.gpu)
+    if rec is not None and rec.status != GpuStatus.LOST:
+        return []
+    state.gpus[e.gpu] = GpuRecord(e.gpu, slots.node(e.gpu))
+    return [Log("gpu_added", slots.fields(e.gpu))]
 
 
 def dataset_written(state: State, e: ev.DatasetWritten) -> list[Effect]:
@@ -176,6 +186,7 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.RoundFailed: round_failed,
     ev.RoundInterrupted: round_interrupted,
     ev.GpuLost: gpu_lost,
+    ev.GpuAdded: gpu_added,
     ev.DatasetWritten: dataset_written,
     ev.ObjectReloaded: reconcile.object_reloaded,
     ev.ObjectRecovered: reconcile.object_recovered,

@@ -119,6 +119,8 @@ def read_settings(r: Reader, cls: type) -> Any:
             values[f.name] = r.raw(f.name)
         elif "choices" in rules:
             values[f.name] = r.text(f.name, default, rules["choices"])
+        elif isinstance(default, str):
+            values[f.name] = r.text(f.name, default)
         elif isinstance(default, bool):
             values[f.name] = r.flag(f.name, default)
         elif isinstance(default, int):

@@ -161,11 +161,11 @@ def test_example_config_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text()
     for key in TOP_KEYS:
         if key not in ("main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk",
-                       "logs"):
+                       "logs", "backend"):
             assert re.search(rf"^(# )?{key} =|\({key} = ", text, re.M), key
     tables = {"gpu": "GpuSettings", "retry": "RetrySettings", "timeouts": "TimeoutSettings",
               "cleanup": "CleanupSettings", "disk": "DiskSettings", "logs": "LogSettings",
-              "dedup": "DedupSettings"}
+              "dedup": "DedupSettings", "backend": "BackendSettings"}
     for table, cls in tables.items():
         section = text.split(f"\n[{table}]\n", 1)[1].split("\n[", 1)[0]
         for f in dataclasses.fields(getattr(cfg, cls)):
