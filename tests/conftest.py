@@ -53,7 +53,8 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
     lines, tables = [], []
     for key, value in data.items():
         if isinstance(value, dict) and key in (
-            "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs"
+            "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
+            "backend",
         ):
             tables.append((key, value))
         else:

@@ -9,13 +9,10 @@ cluster.shutdown(): never `ray stop`, never a kill by name.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,63 +26,23 @@ from supervisor.gpus import FakeProbe, Reading, read_gpus
 from supervisor.raycluster import RayCluster, RayMissing, RemoteExit, Slot, connect
 from supervisor.raynode import GpuActor
 
-# Skipped without Ray (pip install -e '.[ray]'), except under CI, which installs it.
-pytestmark = [pytest.mark.anyio, pytest.mark.skipif(
-    importlib.util.find_spec("ray") is None and not os.environ.get("CI"),
-    reason="ray is not installed: pip install -e '.[ray]'")]
+from raytest import loopback_cluster, needs_ray
+
+pytestmark = [pytest.mark.anyio, needs_ray]
 FREE = {0: 1000, 1: 1001}
 
 
 @pytest.fixture(scope="module")
 def env() -> Iterator[dict[str, Any]]:
-    saved = dict(os.environ)
-    # Loopback, for the cluster's processes and this driver. Ray reads it when imported.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
-    from ray._private import ray_constants
-    from ray.cluster_utils import Cluster
-    enabled = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before
-    temp = tempfile.mkdtemp(prefix="rayt")  # short: Ray's socket paths must stay < 108
-    # Cluster writes its address to /tmp/ray/ray_current_cluster whatever temp_dir says,
-    # and fails where that folder does not exist (a fresh machine).
-    shared = Path(tempfile.gettempdir()) / "ray"
-    made_shared = not shared.exists()
-    shared.mkdir(exist_ok=True)
-    cluster = None
-    try:
-        cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "num_gpus": 2, "include_dashboard": False, "temp_dir": temp})
-        cluster.add_node(num_cpus=1, num_gpus=2)
+    with loopback_cluster({"num_cpus": 1, "num_gpus": 2},
+                          {"num_cpus": 1, "num_gpus": 2}) as (cluster, temp):
         sigterm = signal.getsignal(signal.SIGTERM)
         rc = connect(cluster.address, probe_factory=functools.partial(FakeProbe, FREE))
         sigterm_kept = signal.getsignal(signal.SIGTERM) is sigterm
         anyio.run(rc.refresh)
-        base = Path(temp) / "experiments"
-        yield {"cluster": cluster, "rc": rc, "base": base, "ray": ray,
+        yield {"cluster": cluster, "rc": rc, "base": temp / "experiments", "ray": ray,
                "sigterm_kept": sigterm_kept}
-    finally:
-        ray.shutdown()
-        if cluster is not None:
-            cluster.shutdown()
-        ray_constants.ENABLE_RAY_CLUSTER = enabled
-        os.environ.clear()
-        os.environ.update(saved)
-        remove_tree(Path(temp))
-        if made_shared:
-            try:
-                shared.rmdir()  # only if it is still empty
-            except OSError:
-                pass
-
-
-def remove_tree(path: Path) -> None:
-    """Ray's exiting processes may still write their logs for a moment."""
-    for _ in range(50):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            return
-        time.sleep(0.1)
 
 
 def emulator(name: str, gpu: int, iterations: int = 5) -> list[str]:
