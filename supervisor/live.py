@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 import anyio
 
-from supervisor import logs
+from supervisor import logs, slots
 from supervisor.progress import Progress
 from supervisor.status import duration
 
@@ -31,7 +31,7 @@ class Snapshot:
     objects_done: int
     progress: int  # accepted grasps, at most each object's target
     progress_target: int
-    gpus: dict[int, str]  # gpu -> "" (healthy) or its status
+    gpus: dict[Any, str]  # gpu -> "" (healthy) or its status
     running: list[tuple[int, str, Progress | None]] = field(default_factory=list)
 
 
@@ -60,7 +60,7 @@ class LiveView:
         lines = [f"{s.exp_name}{state}: objects {s.objects_done}/{s.objects} done, grasps "
                  f"{s.progress}/{s.progress_target} [{_bar(share)}] {share:.0%}, "
                  f"ETA {duration(self.eta_s(s))}"]
-        by_gpu: dict[int, list[str]] = {gpu: [] for gpu in s.gpus}
+        by_gpu: dict[Any, list[str]] = {gpu: [] for gpu in s.gpus}
         for gpu, name, bar in s.running:
             if bar is None:
                 text = "starting"
@@ -68,9 +68,10 @@ class LiveView:
                 rate = f"{bar.it_per_s:.2f} it/s" if bar.it_per_s else "- it/s"
                 text = f"[{_bar(bar.fraction, 10)}] {bar.n}/{bar.total} {rate}"
             by_gpu.setdefault(gpu, []).append(f"{name} {text}")
-        for gpu, running in sorted(by_gpu.items()):
+        for gpu, running in sorted(by_gpu.items(), key=lambda i: slots.order(i[0])):
             tag = f" ({s.gpus[gpu]})" if s.gpus.get(gpu) else ""
-            lines.append(f"  GPU {gpu}{tag}: " + ("; ".join(running) if running else "idle"))
+            lines.append(f"  {slots.label(gpu)}{tag}: "
+                         + ("; ".join(running) if running else "idle"))
         return lines
 
     def draw(self) -> None:

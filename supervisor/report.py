@@ -19,7 +19,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from supervisor import paths, report_data as rd, samples as smp
+from supervisor import paths, report_data as rd, samples as smp, slots
 from supervisor.fsutil import atomic_write_bytes
 
 REPORT_NAME = "report.html"
@@ -86,20 +86,20 @@ def timeline_figure(att: dict[str, Any], clock: Clock) -> dict[str, Any]:
     return {"data": traces, "layout": layout}
 
 
-def gpu_figure(gpus: dict[int, dict[str, np.ndarray]], clock: Clock) -> go.Figure:
+def gpu_figure(gpus: dict[Any, dict[str, np.ndarray]], clock: Clock) -> go.Figure:
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=("utilisation (%)", "memory used (GiB)"))
     points = max(200, SAMPLE_POINTS // max(1, len(gpus)))
     capacity = 0.0
-    for n, (g, a) in enumerate(sorted(gpus.items())):
+    for n, (g, a) in enumerate(sorted(gpus.items(), key=lambda i: slots.order(i[0]))):
         t, util, used = rd.downsample(a["t"], a["util_percent"], a["used_mib"] / 1024,
                                       points=points, peak=(False, True))
         t, util, used = rd.with_gaps(t, util, used)
         colour = f"hsl({n * 137 % 360},65%,45%)"
         x = clock.ms(t)
-        fig.add_scatter(x=x, y=util.astype(np.float32), name=f"GPU {g}", legendgroup=str(g),
+        fig.add_scatter(x=x, y=util.astype(np.float32), name=slots.label(g), legendgroup=str(g),
                         line={"color": colour, "width": 1}, row=1, col=1)
-        fig.add_scatter(x=x, y=used.astype(np.float32), name=f"GPU {g}", legendgroup=str(g),
+        fig.add_scatter(x=x, y=used.astype(np.float32), name=slots.label(g), legendgroup=str(g),
                         showlegend=False, line={"color": colour, "width": 1}, row=2, col=1)
         capacity = max(capacity, float(a["total_mib"].max()) / 1024)
     if capacity > 0:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from supervisor import paths
+from supervisor import paths, slots
 
 HAS_GRASPS = ("finished", "merged")
 OUTCOMES = ("merged", "discarded", "failed", "interrupted", "running")
@@ -70,6 +70,8 @@ def with_journal(exp_dir: Path, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def row_label(gpu: Any, node: Any) -> str:
+    if isinstance(gpu, str):  # a cluster's GPU: its key says the node
+        return slots.label(gpu)
     name = f"GPU {'?' if gpu is None else gpu}"
     return f"{node}/{name}" if node else name
 

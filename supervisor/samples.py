@@ -4,8 +4,10 @@
 (``RECORD``), one per GPU per sample (one more per further round sharing the GPU then),
 appended with one ``write`` per sample. At the default 10 s, a week on 8 GPUs is 8 x 60,480
 records = 13.5 MB. ``gpu_samples.rounds.jsonl`` names the rounds that records refer to,
-one line per round. A record or line cut short by a kill is ignored by readers and cut off
-by the next sampler. Readers never lock. Without NVML nothing is written.
+one line per round, and a cluster's GPUs (``"HOST/NODE/gpuN"``, whose records carry
+a number from ``CLUSTER_GPU_BASE`` up), one line per GPU. A record or line cut short by
+a kill is ignored by readers and cut off by the next sampler. Readers never lock. Without
+NVML nothing is written.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import Any, Callable, Iterable, Mapping
 import anyio
 import numpy as np
 
-from supervisor import paths
+from supervisor import paths, slots
 from supervisor.gpus import ProbeError, Reading, read_gpus
 from supervisor.logs import get_logger
+from supervisor.slots import GpuKey
 
 SAMPLES_NAME = paths.SAMPLES_NAME
 ROUNDS_NAME = "gpu_samples.rounds.jsonl"
@@ -33,6 +36,7 @@ RECORD = np.dtype([
     ("util", "<i2"), ("used_mib", "<i4"), ("total_mib", "<i4"),  # -1: unknown
     ("round", "<i4"), ("round_mib", "<i4"),  # id in ROUNDS_NAME (0: none), its GPU memory
 ])
+CLUSTER_GPU_BASE = 1 << 15  # record numbers of a cluster's GPUs, named in ROUNDS_NAME
 SAMPLE_INTERVAL_S = 10.0
 READ_TIMEOUT_S = 5.0
 # The sampler's own thread limiter: a hung NVML call never holds a default-limiter token.
@@ -63,26 +67,48 @@ def read_records(path: Path) -> np.ndarray:
                        offset=len(MAGIC))
 
 
-def read_round_names(path: Path) -> dict[int, dict[str, Any]]:
-    """id -> {"id", "pid", "round", "t"} of ROUNDS_NAME; torn or foreign lines skipped."""
+def _names(path: Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_bytes().split(b"\n")
     except FileNotFoundError:
         lines = []
-    out = {}
+    out = []
     for line in lines:
         try:
             entry = json.loads(line)
+        except ValueError:
+            continue  # torn by a kill, or empty
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def read_round_names(path: Path) -> dict[int, dict[str, Any]]:
+    """id -> {"id", "pid", "round", "t"} of ROUNDS_NAME; torn or foreign lines skipped."""
+    out = {}
+    for entry in _names(path):
+        try:
             out[int(entry["id"])] = {**entry, "round": str(entry["round"])}
         except (ValueError, KeyError, TypeError):
-            continue  # torn by a kill, or empty
+            continue
+    return out
+
+
+def read_gpu_names(path: Path) -> dict[int, str]:
+    """Record number -> a cluster GPU's key, from ROUNDS_NAME."""
+    out = {}
+    for entry in _names(path):
+        try:
+            out[int(entry["gpu_id"])] = str(entry["gpu"])
+        except (ValueError, KeyError, TypeError):
+            continue
     return out
 
 
 @dataclass(frozen=True)
 class Samples:
     # gpu -> {"t", "util_percent" (float, NaN unknown), "used_mib", "total_mib"}, by time
-    gpus: dict[int, dict[str, np.ndarray]]
+    gpus: dict[GpuKey, dict[str, np.ndarray]]
     round_peak_mib: dict[str, int]  # round name -> the most GPU memory sampled for it
 
 
@@ -93,12 +119,15 @@ def load(path: Path) -> Samples:
     # Several records of one GPU in one sample (rounds sharing it; written together).
     first = np.ones(len(rec), bool)
     first[1:] = (t[1:] != t[:-1]) | (gpu[1:] != gpu[:-1])
-    gpus, run_ids, run_max = {}, [], []
+    gpus: dict[GpuKey, dict[str, np.ndarray]] = {}
+    run_ids, run_max = [], []
+    named = read_gpu_names(path.with_name(ROUNDS_NAME)) if (gpu >= CLUSTER_GPU_BASE).any() \
+        else {}
     for g in np.unique(gpu).tolist():
         idx = np.flatnonzero(gpu == g)
         keep = idx[first[idx]]
         util = rec["util"][keep]
-        gpus[g] = {"t": t[keep], "used_mib": rec["used_mib"][keep],
+        gpus[named.get(g, g)] = {"t": t[keep], "used_mib": rec["used_mib"][keep],
                    "util_percent": np.where(util < 0, np.nan, util.astype(float)),
                    "total_mib": rec["total_mib"][keep]}
         ids = rec["round"][idx]  # a round's samples are runs on its GPU: max of each run
@@ -123,7 +152,7 @@ def latest_and_mean(exp_dir: Path) -> dict[str, Any]:
     except SamplesError:  # someone else's file: status shows "not sampled", not a traceback
         gpus = {}
     latest = []
-    for g, a in sorted(gpus.items()):
+    for g, a in sorted(gpus.items(), key=lambda i: slots.order(i[0])):
         util = float(a["util_percent"][-1])
         latest.append({"gpu": g, "at": float(a["t"][-1]),
                        "util_percent": None if math.isnan(util) else int(util),
@@ -132,7 +161,7 @@ def latest_and_mean(exp_dir: Path) -> dict[str, Any]:
             "samples": sum(len(a["t"]) for a in gpus.values())}
 
 
-def mean_util(gpus: Mapping[int, Mapping[str, np.ndarray]]) -> float | None:
+def mean_util(gpus: Mapping[GpuKey, Mapping[str, np.ndarray]]) -> float | None:
     """Mean utilisation over every sample of every GPU (samples are evenly spaced)."""
     utils = np.concatenate([a["util_percent"] for a in gpus.values()] or [np.zeros(0)])
     utils = utils[~np.isnan(utils)]
@@ -164,6 +193,7 @@ class SampleFile:
         self.names_path = self.path.with_name(ROUNDS_NAME)
         self.ids: dict[tuple[int, str], int] = {}  # (pid, round) -> id, this process
         self.next_id = 0  # 0: the files are not checked yet
+        self.gpu_ids: dict[str, int] = {}  # a cluster GPU's key -> its record number
 
     def _prepare(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,8 +211,17 @@ class SampleFile:
             os.close(fd)
         self.next_id = max(read_round_names(self.names_path), default=0) + 1
         self.ids.clear()
+        self.gpu_ids = {key: n for n, key in read_gpu_names(self.names_path).items()}
 
-    def append(self, t: float, readings: Mapping[int, Reading],
+    def _gpu_number(self, gpu: GpuKey, t: float, lines: list[dict[str, Any]]) -> int:
+        if isinstance(gpu, int):
+            return gpu
+        if gpu not in self.gpu_ids:
+            self.gpu_ids[gpu] = max(self.gpu_ids.values(), default=CLUSTER_GPU_BASE - 1) + 1
+            lines.append({"gpu_id": self.gpu_ids[gpu], "gpu": gpu, "t": t})
+        return self.gpu_ids[gpu]
+
+    def append(self, t: float, readings: Mapping[GpuKey, Reading],
                rounds: Mapping[int, str]) -> int:
         """Write one sample of these readings; returns the records written. Blocking."""
         if not readings:
@@ -191,7 +230,8 @@ class SampleFile:
             if not self.next_id:
                 self._prepare()
             parts, lines = [], []
-            for gpu, reading in sorted(readings.items()):
+            for gpu, reading in sorted(readings.items(), key=lambda i: slots.order(i[0])):
+                number = self._gpu_number(gpu, t, lines)
                 memory = {}
                 for pid, mib in round_memory(reading.processes, rounds).items():
                     key = (pid, rounds[pid])
@@ -199,7 +239,7 @@ class SampleFile:
                         self.ids[key], self.next_id = self.next_id, self.next_id + 1
                         lines.append({"id": self.ids[key], "pid": pid, "round": key[1], "t": t})
                     memory[self.ids[key]] = mib
-                parts.append(records_for(t, gpu, reading, memory))
+                parts.append(records_for(t, number, reading, memory))
             if lines:  # names first, then the records that use them; the leading newline
                 # ends a line a kill may have cut short (readers skip both)
                 text = "".join("\n" + json.dumps(line) for line in lines) + "\n"
@@ -235,13 +275,13 @@ class Sampler:
     group leader pid to its name. A GPU that fails or hangs is skipped and logged once (a
     hung read is abandoned, and that GPU not read again until it returns); never raises."""
 
-    def __init__(self, exp_dir: Path, probe: Any, gpus: Callable[[], Iterable[int]],
+    def __init__(self, exp_dir: Path, probe: Any, gpus: Callable[[], Iterable[GpuKey]],
                  rounds: Callable[[], Mapping[int, str]], interval_s: float = SAMPLE_INTERVAL_S,
                  timeout_s: float = READ_TIMEOUT_S) -> None:
         self.probe, self.gpus, self.rounds = probe, gpus, rounds
         self.interval_s, self.timeout_s = interval_s, min(timeout_s, interval_s)
         self.file = SampleFile(exp_dir)
-        self.pending: set[int] = set()  # GPUs whose read is still in a thread
+        self.pending: set[GpuKey] = set()  # GPUs whose read is still in a thread
         self.warned: set[Any] = set()
         self.limiter = anyio.CapacityLimiter(SAMPLER_THREADS)
         self.no_nvml = False
@@ -259,7 +299,7 @@ class Sampler:
         """Read every GPU (concurrently, each under the timeout) and append one sample."""
         # Daemon threads (gpus.read_gpus): a read stuck in NVML never delays exit.
         got = await read_gpus(self.probe, list(self.gpus()), self.timeout_s, self.pending)
-        readings: dict[int, Reading] = {}
+        readings: dict[GpuKey, Reading] = {}
         for gpu, value in got.items():
             if isinstance(value, ProbeError):
                 self._warn_once(gpu, "gpu_sample_failed", gpu=gpu, error=str(value))

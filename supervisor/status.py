@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from supervisor import paths, plan, samples
+from supervisor import paths, plan, samples, slots
 from supervisor.config import Config
 from supervisor.lock import live_holder
 from supervisor.records import HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus
@@ -146,7 +146,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "failures_by_reason": dict(failures.most_common()),
         "gpus": {str(g): {"status": r.status.value, "reason": r.reason,
                           "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed}
-                 for g, r in sorted(state.gpus.items())},
+                 for g, r in sorted(state.gpus.items(), key=lambda i: slots.order(i[0]))},
         "mean_round_s": None if mean_round_s is None else round(mean_round_s, 3),
         "rounds_to_go": rounds_to_go,
         "eta_s": None if eta is None else round(eta, 1),
@@ -184,7 +184,7 @@ def render(summary: dict[str, Any]) -> str:
         lines.append("GPUs: not sampled (no NVML)")
     bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
     for gpu, v in bad.items():
-        lines.append(f"GPU {gpu} {v['status']}: {v['reason']}")
+        lines.append(f"{slots.label(slots.parse(gpu))} {v['status']}: {v['reason']}")
     for o in s["per_object"]:
         if o["problem"]:
             lines.append(f"{o['object_code']}: {o['problem']}; repair with: "

@@ -151,6 +151,49 @@ def test_unwritable_experiments_folder_is_one_line(layout: Layout, capsys) -> No
     assert len(err) == 1 and "cannot start" in err[0] and "exp" in err[0]
 
 
+def test_backend_ray_without_ray_exits_2_with_the_install_command(
+        layout: Layout, capsys, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name: str, *args, **kwargs):  # as on a machine without the extra
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    path = layout.write_config(gpus="all", backend={"kind": "ray"})
+    for args in ([str(path)], [str(path), "--dry-run"]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pip install -e '.[ray]'" in err[0], err
+    assert not (layout.root / "exp").exists()
+
+
+def test_backend_keys_are_checked(layout: Layout, capsys) -> None:
+    for backend, gpus, expected in (({"kind": "slurm"}, "all", "'local' or 'ray'"),
+                                    ({"kind": "ray", "address": ""}, "all", "non-empty"),
+                                    ({"kind": "ray"}, [0, 1], '"all" with [backend]')):
+        path = layout.write_config(gpus=gpus, backend=backend)
+        assert cli.main([str(path)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err, err
+
+
+def test_the_local_backend_never_imports_ray(layout: Layout) -> None:
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+    path = layout.write_config()
+    code = ("import sys; from supervisor import cli; code = cli.main([sys.argv[1]]); "
+            "assert 'ray' not in sys.modules, 'ray imported'; sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_example_config_documents_every_key() -> None:
     import dataclasses
 

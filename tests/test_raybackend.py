@@ -54,13 +54,13 @@ def reference(root: Path, **overrides: Any) -> Layout:
     return local
 
 
-def assert_same_finals(a: Layout, b: Layout) -> None:
+def assert_same_finals(a: Layout, b: Layout, quota: int = 10) -> None:
     for code in CODES:
         x, y = a.final(code), b.final(code)
         assert sorted(x) == sorted(y)
         for key in x:
             assert np.array_equal(x[key], y[key]), (code, key)
-        assert len(x["energy"]) == 10  # exactly the quota
+        assert len(x["energy"]) == quota  # exactly the quota
 
 
 class Head:
@@ -167,19 +167,22 @@ def test_node_beside_gpu_and_dry_run_lists_the_nodes(cluster: Any, tmp_path: Pat
     assert status.returncode == 0 and "objects 3/3 done" in status.stdout, status.stdout
 
 
-def test_a_node_lost_mid_round_reruns_its_rounds_elsewhere(cluster: Any,
-                                                           tmp_path: Path) -> None:
-    node = cluster.add_node(num_cpus=1, num_gpus=2)
-    gone = node_of(node)
+def test_a_node_that_joins_is_used_and_one_lost_mid_round_reruns_elsewhere(
+        cluster: Any, tmp_path: Path) -> None:
+    more = {"num_iterations": 40, "target_count_per_object": 24}  # 18 rounds of ~2 s
+    layout = Layout(tmp_path / "ray")
+    head = Head(layout.write_config(**ray_data(cluster), **slow(0.05), **more))
+    node = None
     try:
-        layout = Layout(tmp_path / "ray")
-        head = Head(layout.write_config(**ray_data(cluster), **slow(0.05),
-                                        num_iterations=40))
+        head.wait_for("round_started")
+        node = cluster.add_node(num_cpus=1, num_gpus=2)  # joins while the run goes on
+        gone = node_of(node)
+        head.wait_for("gpu_added", count=2, where=lambda e: e.get("node") == gone)
         head.wait_for("round_started", where=lambda e: e.get("node") == gone)
         cluster.remove_node(node)
         assert head.finish() == 0, "".join(head.stderr)[-2000:]
     finally:
-        if node in cluster.worker_nodes:
+        if node is not None and node in cluster.worker_nodes:
             cluster.remove_node(node)
     lost = head.named("gpu_lost")
     assert {e["node"] for e in lost} == {gone} and len(lost) == 2
@@ -191,7 +194,7 @@ def test_a_node_lost_mid_round_reruns_its_rounds_elsewhere(cluster: Any,
         rnd = m["objects"][e["object_code"]]["rounds"][e["round"].rsplit("__r", 1)[1]]
         assert rnd["node"] != gone and rnd["status"] in ("merged", "discarded")
         assert any("node lost" in f["reason"] for f in rnd["failures"])
-    assert_same_finals(layout, reference(tmp_path / "local", num_iterations=40))
+    assert_same_finals(layout, reference(tmp_path / "local", **more), quota=24)
 
 
 def test_drain_then_stop_on_every_node_then_resume(cluster: Any, tmp_path: Path) -> None:

@@ -284,3 +284,15 @@ async def test_a_write_error_is_logged_once_and_sampling_goes_on(tmp_path: Path)
             tg.cancel_scope.cancel()
     assert [e["event"] for e in logs] == ["gpu_samples_not_written"]
     assert samples.samples_path(tmp_path).read_bytes() == b"not ours, keep it"
+
+
+def test_cluster_gpus_are_named_and_survive_a_restart_of_the_sampler(tmp_path: Path) -> None:
+    a, b = "127.0.0.1/1a2b3c4d/gpu0", "127.0.0.1/5e6f7a8b/gpu0"  # GPU 0 of two nodes
+    f = SampleFile(tmp_path)
+    f.append(1.0, {a: Reading(100, 1000, 10, {}), b: Reading(200, 1000, 20, {})}, {})
+    again = SampleFile(tmp_path)  # a resumed run numbers the same GPU the same way
+    again.append(2.0, {b: Reading(300, 1000, 30, {})}, {})
+    gpus = samples.load(tmp_path / samples.SAMPLES_NAME).gpus
+    assert set(gpus) == {a, b}
+    assert list(gpus[b]["util_percent"]) == [20.0, 30.0] and list(gpus[a]["t"]) == [1.0]
+    assert [g["gpu"] for g in samples.latest_and_mean(tmp_path)["gpus"]] == [a, b]
