@@ -11,6 +11,10 @@ reads, merges and resumes exactly as with the local backend, and never needs the
 
 from __future__ import annotations
 
+import os
+import socket
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import anyio
@@ -23,6 +27,7 @@ from supervisor.job import RoundJob, round_env
 from supervisor.raycluster import READ_TIMEOUT_S, RayCluster, RayMissing, Slot, connect
 from supervisor.slots import GpuKey
 
+CONNECT_TIMEOUT_S = 5.0
 START_HINT = ("start one with `ray start --head --num-gpus N` on this machine and "
               "`ray start --address HEAD_IP:6379 --num-gpus N` on the others "
               "(README, \"Many servers\")")
@@ -89,11 +94,39 @@ class RayBackend:
         self.cluster.close()
 
 
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Ray retries an address where nothing answers for ever: look first. "auto" is what
+    Ray would use: RAY_ADDRESS, else the address the last `ray start` here wrote down."""
+    target, source = address, ""
+    if address == "auto":
+        recorded = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else str(recorded)
+        try:
+            target = os.environ.get("RAY_ADDRESS") or recorded.read_text().strip()
+        except OSError:
+            return  # Ray itself says that no cluster runs here
+        if not target or target.startswith("ray://"):
+            return
+    elif address.startswith("ray://"):
+        return
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise GpuError(f'[backend] address = "{address}": expected "auto" or "HOST:PORT" '
+                       'such as "10.0.0.1:6379"')
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        where = f" ({target}, from {source})" if source else ""
+        raise GpuError(f'[backend] address = "{address}"{where}: no Ray cluster answers '
+                       f"there ({exc}); {START_HINT}") from None
+
+
 def open_backend(config: Config, probe_factory: Callable[[], Probe] | None = None
                  ) -> RayBackend:
     """Join the cluster at ``[backend] address`` and place a worker on each of its GPUs.
     Blocking (call it before the event loop starts). Raises GpuError, with the fix."""
     address = config.backend.address
+    check_reachable(address)
     try:
         cluster = connect(address, probe_factory=probe_factory)
     except RayMissing as exc:

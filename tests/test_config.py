@@ -171,6 +171,25 @@ def test_backend_ray_without_ray_exits_2_with_the_install_command(
     assert not (layout.root / "exp").exists()
 
 
+def test_backend_ray_with_no_cluster_there_exits_2_at_once(layout: Layout, capsys,
+                                                           monkeypatch) -> None:
+    """Ray itself would retry such an address for ever."""
+    import socket
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    for address, named in ((f"127.0.0.1:{port}", ""), ("auto", "from RAY_ADDRESS"),
+                           ("nowhere", 'expected "auto" or "HOST:PORT"')):
+        path = layout.write_config(gpus="all", backend={"kind": "ray", "address": address})
+        assert cli.main([str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f'address = "{address}"' in err[0] and named in err[0], err
+        assert "ray start --head" in err[0] or named
+    assert not (layout.root / "exp").exists()
+
+
 def test_backend_keys_are_checked(layout: Layout, capsys) -> None:
     for backend, gpus, expected in (({"kind": "slurm"}, "all", "'local' or 'ray'"),
                                     ({"kind": "ray", "address": ""}, "all", "non-empty"),
