@@ -169,6 +169,7 @@ class Dispatcher:
             # The merger records the outcome before the slot is free again (on_ended), so
             # that the next pick already knows where this round failed.
             outcome.on_ended = self._ended
+            outcome.gpu_mib = self.pool.peak_mib.get(job.name)
             await send.send(outcome)
 
     async def _follow_gpus(self) -> None:

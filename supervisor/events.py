@@ -64,6 +64,7 @@ class RoundProduced:
     accepted: int
     at: float
     duration_s: float
+    gpu_mib: int | None = None  # the most GPU memory NVML showed for it (None: unknown)
 
 
 @dataclass(frozen=True)

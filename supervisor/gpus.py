@@ -203,9 +203,12 @@ async def read_gpus(probe: Probe, gpus: Sequence[int], timeout_s: float,
 class GpuPool:
     """Rounds in flight per GPU and free-memory admission that counts memory once.
 
-    A round's memory is reserved (the footprint learned so far, or round_memory_mib)
-    only until NVML shows its processes; from then on NVML's free memory already holds
-    it. Which GPUs are healthy is the state machine's business, not the pool's.
+    Each round in flight counts as the estimate (the footprint: the largest peak of a
+    round that has ended; before one has, round_memory_mib or the largest peak seen so
+    far), less what NVML already shows of it: that part is in NVML's free figure. NVML
+    lists a round's process before its memory is there (seen on an H200: 14 MiB for the
+    first ~0.1 s of a 2.6 GiB round), so a first sighting never ends the reservation.
+    Which GPUs are healthy is the state machine's business, not the pool's.
     """
 
     def __init__(self, probe: Probe, gpus: str | Sequence[int], settings: GpuSettings) -> None:
@@ -222,7 +225,8 @@ class GpuPool:
         self.probe, self.settings = probe, settings
         self.gpus = list(chosen)
         self.rounds: dict[GpuKey, dict[str, int | None]] = {g: {} for g in chosen}  # name -> pgid
-        self.footprint_mib: int | None = None  # largest round seen in NVML so far
+        self.footprint_mib: int | None = None  # largest peak of a round that has ended
+        self.peak_mib: dict[str, int] = {}  # running round -> the most NVML showed of it
         self.reading_now: set[int] = set()  # GPUs whose read thread has not returned
 
     def add(self, gpu: GpuKey) -> None:
@@ -250,19 +254,30 @@ class GpuPool:
         if name in self.rounds.get(gpu, {}):
             self.rounds[gpu][name] = pgid
 
-    def release(self, gpu: GpuKey, name: str) -> None:
+    def release(self, gpu: GpuKey, name: str) -> int | None:
+        """The round ended: its peak (MiB, None if NVML never showed it) is learned."""
         self.rounds.get(gpu, {}).pop(name, None)
+        peak = self.peak_mib.pop(name, None)
+        if peak:
+            self.footprint_mib = max(self.footprint_mib or 0, peak)
+        return peak
+
+    def estimate_mib(self) -> int:
+        """What one round is expected to take at its peak."""
+        if self.footprint_mib is not None:
+            return self.footprint_mib
+        return max([self.settings.round_memory_mib, *self.peak_mib.values()])
 
     def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
-        """MiB NVML shows per round of ``gpu`` (by process group), learning footprints."""
+        """MiB NVML shows per round of ``gpu`` (by process group), learning peaks."""
         groups = {pgid: name for name, pgid in self.rounds.get(gpu, {}).items() if pgid}
         seen: dict[str, int] = {}
         for pid, mib in reading.processes.items():
             name = groups.get(pid) or groups.get(process_group(pid) or -1)
             if name is not None:
                 seen[name] = seen.get(name, 0) + mib
-        for mib in seen.values():
-            self.footprint_mib = max(self.footprint_mib or 0, mib)
+        for name, mib in seen.items():
+            self.peak_mib[name] = max(self.peak_mib.get(name, 0), mib)
         return seen
 
     def shortage(self, gpu: GpuKey, reading: Reading) -> str | None:
@@ -275,12 +290,13 @@ class GpuPool:
             return None
         s = self.settings
         seen = self._seen(gpu, reading)
-        unseen = self.in_flight(gpu) - len(seen)
-        estimate = self.footprint_mib or s.round_memory_mib
-        need = max(s.min_free_mib, self.footprint_mib or 0) if s.max_rounds_per_gpu == "auto" \
+        estimate = self.estimate_mib()
+        rounds = self.rounds.get(gpu, {})
+        reserved = sum(max(0, estimate - seen.get(name, 0)) for name in rounds)
+        need = max(s.min_free_mib, estimate) if s.max_rounds_per_gpu == "auto" \
             else s.min_free_mib
-        available = reading.free_mib - unseen * estimate
+        available = reading.free_mib - reserved
         if available < need:
-            return (f"{available} MiB available ({reading.free_mib} free - {unseen} x "
-                    f"{estimate} reserved for rounds NVML does not show yet) < {need}")
+            return (f"{available} MiB available ({reading.free_mib} free - {reserved} reserved:"
+                    f" {len(rounds)} x {estimate} less what NVML shows of them) < {need}")
         return None

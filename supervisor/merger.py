@@ -82,7 +82,7 @@ class Merger:
                 self.accs.setdefault(job.object_code, Accumulator()).add(job.round_id,
                                                                          out.columns)
             self.record(ev.RoundProduced(job.object_code, job.round_id, out.produced,
-                                         out.accepted, now(), duration))
+                                         out.accepted, now(), duration, out.gpu_mib))
         elif out.kind == INTERRUPTED:
             self.record(ev.RoundInterrupted(job.object_code, job.round_id,
                                             out.reason or "interrupted", now(), duration))

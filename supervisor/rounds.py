@@ -52,6 +52,7 @@ class Outcome:
     accepted: int = 0
     columns: results.Columns | None = None  # accepted grasps with provenance
     tail: list[str] = field(default_factory=list)
+    gpu_mib: int | None = None  # the most GPU memory NVML showed for the round
     # Called by the merger once the outcome is recorded (frees the GPU slot).
     on_ended: Callable[[RoundJob], None] | None = None
 

@@ -145,7 +145,8 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "removed_as_duplicates": sum(o["removed_as_duplicates"] for o in objects),
         "failures_by_reason": dict(failures.most_common()),
         "gpus": {str(g): {"status": r.status.value, "reason": r.reason,
-                          "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed}
+                          "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed,
+                          "footprint_mib": r.footprint_mib}
                  for g, r in sorted(state.gpus.items(), key=lambda i: slots.order(i[0]))},
         "mean_round_s": None if mean_round_s is None else round(mean_round_s, 3),
         "rounds_to_go": rounds_to_go,

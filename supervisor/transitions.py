@@ -60,6 +60,9 @@ def round_produced(state: State, e: ev.RoundProduced) -> list[Effect]:
     state.run_ok += 1
     state.fail_streak = []
     effects = health.gpu_succeeded(state, e.code, rnd)
+    rec = state.gpus.get(rnd.gpu)
+    if e.gpu_mib and rec is not None:  # the manifest and status show what a round takes
+        rec.footprint_mib = max(rec.footprint_mib or 0, e.gpu_mib)
     values = dict(produced=e.produced, accepted=e.accepted, unique=None, exit_code=0,
                   reason=None)
     state.stopping.discard(rnd.name)

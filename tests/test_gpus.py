@@ -35,7 +35,7 @@ def test_memory_of_rounds_nvml_does_not_show_yet_is_reserved() -> None:
     p.take(0, "a")  # 16000 - 6000 = 10000 >= 8000
     assert p.shortage(0, p.probe.read(0)) is None
     p.take(0, "b")  # 16000 - 12000 = 4000 < 8000: NVML has not seen them yet
-    assert "2 x 6000 reserved" in p.shortage(0, p.probe.read(0))
+    assert "12000 reserved: 2 x 6000" in p.shortage(0, p.probe.read(0))
 
 
 def test_memory_nvml_already_shows_is_not_subtracted_again() -> None:
@@ -49,21 +49,39 @@ def test_memory_nvml_already_shows_is_not_subtracted_again() -> None:
         p.probe.free[0] -= 20_000  # NVML now shows the round's memory...
         p.probe.processes[0][me + n] = 20_000  # ...as its process's
     assert p.probe.free[0] == 20_000 and p.shortage(0, p.probe.read(0)) is not None
-    assert p.footprint_mib == 20_000
+    assert p.footprint_mib is None  # learned when a round ends, from its peak
+    assert p.release(0, "a") == 20_000 and p.footprint_mib == 20_000
 
 
-def test_auto_packing_learns_the_footprint() -> None:
-    p = pool({0: 80_000}, max_rounds_per_gpu="auto", min_free_mib=1000, round_memory_mib=50_000)
+def test_auto_packing_learns_the_footprint_from_rounds_that_ended() -> None:
+    p = pool({0: 80_000}, max_rounds_per_gpu="auto", min_free_mib=1000, round_memory_mib=30_000)
     p.take(0, "a")
     p.started(0, "a", 4242)
-    # Before any measurement the estimate (50 GB) is reserved: 80 - 50 = 30 GB left.
+    # Before any measurement the estimate (30 GB) is reserved: 80 - 30 = 50 GB left.
     assert p.shortage(0, p.probe.read(0)) is None
     p.take(0, "b")
-    assert "2 x 50000" in p.shortage(0, p.probe.read(0))
-    p.probe.processes[0] = {4242: 10_000}  # NVML shows round a: 10 GB
+    assert "60000 reserved: 2 x 30000" in p.shortage(0, p.probe.read(0))
+    p.probe.processes[0] = {4242: 10_000}  # NVML shows round a: 10 GB so far
     p.probe.free[0] = 70_000
-    # b is now reserved at the learned 10 GB: 70 - 10 = 60 GB >= max(1000, 10000)
-    assert p.shortage(0, p.probe.read(0)) is None and p.footprint_mib == 10_000
+    # Still 30 GB each until a round has ended: a may still grow. 70 - 20 - 30 = 20 < 30.
+    assert "50000 reserved" in p.shortage(0, p.probe.read(0))
+    assert p.release(0, "a") == 10_000 and p.footprint_mib == 10_000
+    p.probe.processes[0], p.probe.free[0] = {}, 80_000
+    # Learned: b and one more reserve 10 GB each: 80 - 10 = 70 GB >= max(1000, 10000)
+    assert p.shortage(0, p.probe.read(0)) is None and p.estimate_mib() == 10_000
+
+
+def test_a_first_sighting_does_not_end_the_reservation() -> None:
+    """On an H200, NVML listed a round's process at 14 MiB ~0.1 s before its 2.6 GiB."""
+    p = pool({0: 16_000}, max_rounds_per_gpu="auto", min_free_mib=1000, round_memory_mib=6000)
+    p.take(0, "a")
+    p.started(0, "a", 4242)
+    p.probe.processes[0] = {4242: 14}
+    p.probe.free[0] = 16_000 - 14
+    short = p.shortage(0, p.probe.read(0))  # 15986 - (6000 - 14) = 10000 >= 6000: room
+    assert short is None
+    p.take(0, "b")  # b unseen, a still 5986 short of the estimate: 15986 - 11986 < 6000
+    assert "11986 reserved" in p.shortage(0, p.probe.read(0))
 
 
 def test_selection_restricts_and_unknown_index_is_an_error() -> None:

@@ -124,6 +124,7 @@ def test_memory_is_counted_once_so_an_80gb_card_takes_3_rounds_of_20gb(layout: L
         elif e["event"] in ("round_finished", "round_failed", "round_interrupted"):
             in_flight -= 1
     assert peak == 3, peak
+    assert layout.manifest()["gpus"]["0"]["footprint_mib"] == 20_000  # what a round takes
     del os
 
 
