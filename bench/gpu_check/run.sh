@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU check (see the other files here): on a machine with an NVIDIA GPU,
+#   OUT=/some/dir bench/gpu_check/run.sh          (WORKTREE=1: also the working tree)
+# Tests the committed code (.whl/head.tar, made by `git archive HEAD ...`) when that
+# snapshot exists, else the checkout itself. Everything lands under $OUT.
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+OUT=${OUT:-/tmp/gpu_check_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+T0=$(date +%s)
+el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+
+# -- dependencies the image lacks (structlog; anyio only if older than 4.4) ---------------
+if ls "$REPO"/.whl/structlog-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$REPO"/.whl/structlog-*.whl || exit 1
+  if ! python3 -c "import importlib.metadata as m,sys; v=tuple(int(x) for x in m.version('anyio').split('.')[:2]); sys.exit(v<(4,4))"; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$REPO"/.whl/anyio-*.whl || exit 1
+  fi
+fi
+export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+
+{
+  nvidia-smi; nvidia-smi -L
+  nvidia-smi --query-gpu=index,name,pci.bus_id,driver_version,memory.total,memory.free,utilization.gpu --format=csv
+  uname -a; id; ls -l /proc/self/ns/pid
+  python3 - <<'PY'
+import importlib.metadata as m, sys
+print(sys.version)
+for p in ("torch", "anyio", "structlog", "nvidia-ml-py", "numpy", "scipy", "pytest", "hypothesis"):
+    try: print(p, m.version(p))
+    except Exception as e: print(p, "MISSING", e)
+import torch; print("torch cuda", torch.version.cuda, torch.cuda.is_available(), torch.cuda.device_count())
+PY
+} > "$OUT/env.txt" 2>&1
+el "env:"; grep -E "Driver Version|NVIDIA H|^torch|^anyio|^structlog|^nvidia-ml-py" "$OUT/env.txt" | head -8
+
+# -- which source --------------------------------------------------------------------
+if [ -f "$REPO/.whl/head.tar" ]; then
+  SRC=/tmp/gpu_check_head; rm -rf "$SRC"; mkdir -p "$SRC/bench"
+  tar -xf "$REPO/.whl/head.tar" -C "$SRC" && cp -r "$HERE" "$SRC/bench/gpu_check"
+else
+  SRC=$REPO
+fi
+
+run_suite() {  # $1 source root, $2 out dir, $3 "probe" to run parts 1-3 too, $4 budget s
+  local root=$1 out=$2; mkdir -p "$out"
+  ( cd "$root" && el "pytest real_nvml ($root)" &&
+    timeout 90 python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpus.py -k real_nvml \
+      2>&1 | tee "$out/pytest_real_nvml.txt" | tail -3 )
+  if [ "$3" = probe ]; then
+    ( cd "$root" && el "pytest test_gpus.py + test_samples.py" &&
+      timeout 120 python3 -m pytest -q -p no:cacheprovider -x tests/test_gpus.py tests/test_samples.py \
+        > "$out/pytest_gpus_samples.txt" 2>&1; tail -2 "$out/pytest_gpus_samples.txt" )
+    ( cd "$root" && el "probe_check (parts 1-3)" &&
+      timeout 120 python3 bench/gpu_check/probe_check.py "$out" > "$out/probe_check.txt" 2>&1
+      echo "probe_check rc=$?"; grep -E "FAILED|Error" "$out/probe_check.txt" | head -5 )
+  fi
+  ( cd "$root" && el "experiments (part 4)" &&
+    GPU_CHECK_EXP_BUDGET_S=$4 GPU_CHECK_WORK=/tmp/gpu_check_work_$(basename "$out") \
+      timeout $(( $4 + 60 )) python3 bench/gpu_check/experiments.py "$out" > "$out/experiments.txt" 2>&1
+    echo "experiments rc=$?"; grep -E "^EXP|Traceback|Error" "$out/experiments.txt" | cut -c1-300 | head -12 )
+}
+
+run_suite "$SRC" "$OUT/head" probe 170
+if [ "${WORKTREE:-0}" = 1 ] && [ "$SRC" != "$REPO" ]; then
+  run_suite "$REPO" "$OUT/tree" noprobe 100
+fi
+el "summary"
+python3 "$HERE/summarize.py" "$OUT" 2>&1 | tee "$OUT/summary.txt"
+el "done"
