@@ -46,7 +46,8 @@ def synthetic(objects: int = OBJECTS, rounds: int = ROUNDS) -> tuple[State, list
     for code in codes:
         for rid in range(rounds):
             gpu = rid % 8
-            events += [ev.RoundStarted(code, rid, gpu, t), ev.RoundSpawned(code, rid, 4000 + rid, 7),
+            events += [ev.RoundStarted(code, rid, gpu, t),
+                       ev.RoundSpawned(code, rid, 4000 + rid, 7),
                        ev.RoundProduced(code, rid, BATCH, 1500, t + 600, 600.0)]
             t += 1
     return state, events
@@ -160,7 +161,8 @@ def bytes_per_object(tmp: Path) -> None:
     size = final.stat().st_size
     print(f"bytes written per 30,000-grasp object ({rid} rounds, merge_stride auto): "
           f"{written / 2**20:.1f} MiB of final.npz writes + {journal_bytes / 1024:.0f} KiB "
-          f"journal for a {size / 2**20:.1f} MiB final.npz: {(written + journal_bytes) / size:.2f}x")
+          f"journal for a {size / 2**20:.1f} MiB final.npz: "
+          f"{(written + journal_bytes) / size:.2f}x")
 
 
 def live_tick() -> None:

@@ -1,66 +1,101 @@
-"""The Ray backend against local subprocesses: python bench/ray_backend.py [--rounds 48]
+"""The real supervisor on the Ray backend against the local backend:
+python bench/ray_backend.py [--rounds 48] [--base-s 1.0]
 
-A loopback Ray cluster of 3 nodes x 4 logical GPUs (ray.cluster_utils.Cluster, 127.0.0.1
-only) runs emulator rounds of uneven length through supervisor.raycluster; then the same
-rounds run through runner.run_child on 12 local slots. Each slot takes the next round as
-soon as its last one ended (the same list, the same order, for both). Printed per backend:
-makespan and its ratio to the lower bound max(total work / 12, longest round) (work:
-measured child run times, start to exit, of the local run; and of its own run), launch latency (a child's exit
-seen by the head to the next child's start on that slot, median and p90), the head's RSS.
-The cluster is stopped with cluster.shutdown() and its temporary folder removed.
+Both runs are ``python -m supervisor CONFIG --log-format json`` subprocesses with the same
+config (4 objects x rounds/4 rounds each: target_count_per_object = rounds/4 x
+round_batch_size, no [filter], no dedup), differing only in where rounds run:
+
+- local: ``gpus = [0..11]``, ``[gpu] probe = "static"`` (12 slots on this machine);
+- ray: ``gpus = "all"``, ``[backend] kind = "ray"``, address = a loopback cluster of 3 nodes
+  x 4 logical GPUs (ray.cluster_utils.Cluster on 127.0.0.1, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0),
+  started before that run and stopped with cluster.shutdown() after it (temp folder removed).
+
+Rounds are ``bench/uneven_main.py``: the emulator with EMULATOR_ITER_S set from the seed,
+1x..4x a base, so both backends run the same 48 rounds of the same uneven lengths.
+
+Figures, per backend:
+- makespan: first round start to last round end (manifest.json started_at/finished_at);
+  lower bound = max(work / 12, longest round), work = sum of the rounds' durations. Two
+  bounds: from the manifest's per-round times (the supervisor's own, spawn and Ray's
+  per-round overhead included), and from the children's own run times (uneven_main.py's
+  first statement to the emulator's return: overhead outside the child counts against
+  the backend).
+- launch latency: on each GPU slot, from the ``round_finished`` log event of a round to
+  the ``round_started`` event of the next round there (the JSON events' ``timestamp``,
+  structlog's ISO time, microseconds). round_finished is logged once the child exited and
+  its result was read; round_started just before the child is spawned (for Ray: before the
+  task is sent to the node). Also the child-side gap (a child's end to the next child's
+  first statement on that slot), which adds interpreter exit and start-up and spawning.
+- the head's peak RSS: VmHWM of the supervisor process (/proc/PID/status, sampled).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
-import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any, Callable
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback; Ray reads it on import
 
-import anyio  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from conftest import write_toml  # noqa: E402
 
-from supervisor import runner  # noqa: E402
-from supervisor.raycluster import RayCluster, Slot, connect  # noqa: E402
-
+WRAPPER = Path(__file__).resolve().parent / "uneven_main.py"
 NODES, GPUS_PER_NODE = 3, 4
-ITER_S = 0.01
+SLOTS = NODES * GPUS_PER_NODE
+OBJECTS, BATCH, ITERATIONS = 4, 4, 100
+HEAD_TIMEOUT_S = 300.0
 
 
-def rss_mib(pid: int | str = "self") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+# -- config ---------------------------------------------------------------------------
+def write_config(root: Path, rounds: int, base_s: float, backend: dict[str, Any]) -> Path:
+    """The same experiment for both backends; ``backend`` adds gpus and [backend]."""
+    (root / "BimanGrasp-Optimization").mkdir(parents=True)
+    times = root / "times"
+    times.mkdir()
+    command = ["{python}", str(WRAPPER), "--name", "{name}", "--object_code",
+               "{object_code}", "--batch_size", "{batch_size}", "--num_iterations",
+               "{num_iterations}", "--seed", "{seed}", "--gpu", "{gpu}",
+               "--jitter_strength", "0.1"]
+    top = {"exp_name": "bench", "experiments_dir": "exp",
+           "object_code_list": [f"obj_{i}" for i in range(OBJECTS)],
+           "target_count_per_object": rounds // OBJECTS * BATCH,
+           "round_batch_size": BATCH, "num_iterations": ITERATIONS, "seed_base": 1000,
+           "max_rounds": 1000, "keep_intermediate": False, "gpus": backend["gpus"]}
+    tables = {
+        "main": {"command": command, "cwd": "BimanGrasp-Optimization", "env": {
+            "EMULATOR_STARTUP_S": "0.05", "BENCH_BASE_ITER_S": repr(base_s / ITERATIONS),
+            "BENCH_TIMES_DIR": str(times)}},
+        "gpu": {"probe": "static", "poll_interval_s": 1.0, "max_rounds_per_gpu": 1},
+        "timeouts": {"grace_s": 5.0},
+        "disk": {"min_free_gib": 0.01},
+        "backend": backend["backend"],
+    }
+    return write_toml(root / "config.toml", {**top, **tables})
 
 
-def tree_rss_mib(root: int) -> float:
-    """RSS of ``root``'s descendants (the cluster's processes, the children)."""
-    total = 0.0
-    for pid in descendants(root):
-        try:
-            total += rss_mib(pid)
-        except OSError:
-            pass
-    return total
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds of ``root`` and its descendants, children they reaped included."""
-    ticks = 0
-    for pid in descendants(root) | {root}:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += sum(int(f) for f in fields[11:15])
-        except (OSError, ValueError, IndexError):
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+# -- /proc ----------------------------------------------------------------------------
+def proc_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def descendants(root: int) -> set[int]:
@@ -81,170 +116,307 @@ def descendants(root: int) -> set[int]:
     return tree
 
 
-def argv(name: str, gpu: int, iterations: int) -> list[str]:
-    return [sys.executable, "-m", "supervisor.emulator", "--name", name, "--object_code",
-            "obj", "--batch_size", "4", "--num_iterations", str(iterations), "--seed", "1",
-            "--gpu", str(gpu), "--jitter_strength", "0.1"]
+def cluster_pss_mib(exclude: int) -> float:
+    """PSS of this process's descendants (Ray's GCS, raylets, workers, actors) but the
+    supervisor ``exclude`` and the rounds' processes."""
+    total = 0
+    for pid in descendants(os.getpid()) - {exclude}:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"uneven_main" in cmd or b"launch.py" in cmd:
+                continue
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1024
 
 
-class Schedule:
-    """Slots pull rounds from one list; starts, ends and child run times are recorded."""
+# -- one supervisor run ---------------------------------------------------------------
+class Head:
+    """``python -m supervisor CONFIG --log-format json``: its events, exit, peak RSS."""
 
-    def __init__(self, jobs: list[int]) -> None:
-        self.jobs = list(jobs)
-        self.next = 0
-        self.latency: list[float] = []
-        self.work: list[float] = []
-        self.first = self.last = 0.0
+    def __init__(self, config: Path, extra_sample: Callable[[int], float] | None = None):
+        env = dict(os.environ, PYTHONUNBUFFERED="1",
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.stderr_path = config.parent / "supervisor.stderr"
+        self.t0 = time.time()
+        with open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor", str(config), "--log-format", "json"],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err,
+                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        self.events: list[dict[str, Any]] = []
+        reader = threading.Thread(target=self._read, daemon=True)
+        reader.start()
+        self.hwm_kib = 0
+        self.extra_peak = 0.0
+        last_extra = 0.0
+        deadline = time.monotonic() + HEAD_TIMEOUT_S
+        while self.proc.poll() is None:
+            self.hwm_kib = max(self.hwm_kib, proc_kib(self.proc.pid, "VmHWM") or 0)
+            if extra_sample is not None and time.monotonic() - last_extra >= 1.0:
+                last_extra = time.monotonic()
+                self.extra_peak = max(self.extra_peak, extra_sample(self.proc.pid))
+            if time.monotonic() > deadline:
+                self.stop()
+                break
+            time.sleep(0.1)
+        self.code = self.proc.wait()
+        self.wall = time.time() - self.t0
+        reader.join(10)
 
-    def take(self) -> tuple[int, int] | None:
-        if self.next >= len(self.jobs):
-            return None
-        self.next += 1
-        return self.next - 1, self.jobs[self.next - 1]
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
 
-    async def slot_loop(self, run_one) -> None:
-        ended: float | None = None
-        while (job := self.take()) is not None:
-            started: list[float] = []
+    def stop(self) -> None:
+        """Past the time limit: drain, stop the rounds, then kill (this pid only)."""
+        print(f"supervisor {self.proc.pid} ran past {HEAD_TIMEOUT_S:.0f} s: stopping it",
+              file=sys.stderr)
+        for _ in range(2):
+            self.proc.send_signal(signal.SIGINT)
+            time.sleep(1.0)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
-            def on_start(pid: int) -> None:
-                started.append(time.monotonic())
-                if ended is not None:
-                    self.latency.append(started[0] - ended)
-
-            ok = await run_one(job, on_start)
-            ended = time.monotonic()
-            assert ok, job
-            self.work.append(ended - started[0])
-            self.last = max(self.last, ended)
-
-    def bound(self, slots: int) -> float:
-        return max(sum(self.work) / slots, max(self.work))
-
-    def figures(self, label: str, bound: float, slots: int, rss: float, extra: str = "") -> str:
-        makespan = self.last - self.first
-        lat = sorted(self.latency)
-        p90 = lat[min(len(lat) - 1, int(0.9 * len(lat)))]
-        return (f"{label:<6} makespan {makespan:5.2f} s = {makespan / bound:4.2f} x the lower "
-                f"bound ({makespan / self.bound(slots):4.2f} x its own: "
-                f"{self.bound(slots):5.2f} s)   launch latency median "
-                f"{statistics.median(lat) * 1000:5.0f} ms, p90 {p90 * 1000:5.0f} ms   "
-                f"head RSS {rss:5.0f} MiB{extra}")
-
-
-async def run_ray(rc: RayCluster, jobs: list[int], base: Path, env: dict[str, str]) -> Schedule:
-    sched = Schedule(jobs)
-
-    def runner_for(slot: Slot):
-        async def run_one(job: tuple[int, int], on_start) -> bool:
-            name = f"ray{job[0]}"
-            exit_ = await rc.run_round(slot, argv(name, slot.gpu, job[1]), os.getcwd(), env,
-                                       base, name, "obj", 5, 0, 0, lambda s, line: None,
-                                       on_start, anyio.Event(), anyio.Event(), False)
-            return exit_.returncode == 0 and exit_.result is not None
-        return run_one
-
-    sched.first = time.monotonic()
-    async with anyio.create_task_group() as tg:
-        for slot in rc.slots():
-            tg.start_soon(sched.slot_loop, runner_for(slot))
-    return sched
+    def named(self, *names: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") in names]
 
 
-async def run_local(slots: int, jobs: list[int], base: Path, env: dict[str, str]) -> Schedule:
-    sched = Schedule(jobs)
-    full_env = {**os.environ, **env}
+def stamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
-    def runner_for(gpu: int):
-        async def run_one(job: tuple[int, int], on_start) -> bool:
-            name = f"local{job[0]}"
-            exit_ = await runner.run_child(
-                argv(name, gpu, job[1]), cwd=Path.cwd(), on_line=lambda s, line: None,
-                env={**full_env, "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                     "CUDA_VISIBLE_DEVICES": str(gpu)}, on_start=on_start, grace_s=5)
-            result = base / name / "results" / "obj.npy"
-            ok = exit_.returncode == 0 and result.exists()
-            shutil.rmtree(base / name, ignore_errors=True)
-            return ok
-        return run_one
 
-    sched.first = time.monotonic()
-    async with anyio.create_task_group() as tg:
-        for gpu in range(slots):
-            tg.start_soon(sched.slot_loop, runner_for(gpu))
-    return sched
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def gaps(per_slot: dict[Any, list[tuple[float, float]]]) -> list[float]:
+    """(start, end) per slot -> each end to the next start on that slot."""
+    out = []
+    for spans in per_slot.values():
+        spans.sort()
+        out += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+    return out
+
+
+class Figures:
+    def __init__(self, label: str, root: Path, head: Head) -> None:
+        self.label, self.head = label, head
+        exp = root / "exp" / "bench"
+        m = json.loads((exp / "manifest.json").read_text())
+        rnds = [r for obj in m["objects"].values() for r in obj["rounds"].values()]
+        self.statuses: dict[str, int] = {}
+        for r in rnds:
+            self.statuses[r["status"]] = self.statuses.get(r["status"], 0) + 1
+        ran = [r for r in rnds if r.get("started_at") and r.get("finished_at")]
+        self.rounds = len(ran)
+        self.retried = sum(len(r.get("failures") or []) for r in rnds)
+        first = min(r["started_at"] for r in ran)
+        self.makespan = max(r["finished_at"] for r in ran) - first
+        head_d = [r["finished_at"] - r["started_at"] for r in ran]
+        self.work_m, self.bound_m = sum(head_d), max(sum(head_d) / SLOTS, max(head_d))
+        slot_of = {r["name"]: str(r["gpu"]) for r in ran}
+        # Children's own times (bench/uneven_main.py), per round name (attempts: the last).
+        child: dict[str, dict[str, Any]] = {}
+        for f in (root / "times").glob("*.json"):
+            rec = json.loads(f.read_text())
+            if rec["ok"] and rec["start"] > child.get(rec["name"], {}).get("start", 0):
+                child[rec["name"]] = rec
+        child_d = [c["end"] - c["start"] for c in child.values()]
+        self.work_c = sum(child_d)
+        self.bound_c = max(self.work_c / SLOTS, max(child_d)) if child_d else math.nan
+        self.child_min, self.child_max = min(child_d), max(child_d)
+        # Log events: launch latency on each slot.
+        key = lambda e: (e.get("node"), e.get("gpu"))  # noqa: E731
+        started = {e["round"]: e for e in head.named("round_started")}
+        finished = {e["round"]: e for e in head.named("round_finished")}
+        spans: dict[Any, list[tuple[float, float]]] = {}
+        for name, e in started.items():
+            if name in finished:
+                spans.setdefault(key(e), []).append((stamp(e), stamp(finished[name])))
+        self.latency = gaps(spans)
+        cspans: dict[Any, list[tuple[float, float]]] = {}
+        for name, c in child.items():
+            cspans.setdefault(slot_of.get(name), []).append((c["start"], c["end"]))
+        self.child_gap = gaps(cspans)
+        # Where the gap goes: child end -> round_finished -> round_started -> child start.
+        self.seen_exit = [stamp(finished[n]) - c["end"] for n, c in child.items()
+                          if n in finished]
+        self.spawn = [c["start"] - stamp(started[n]) for n, c in child.items() if n in started]
+        starts = head.named("round_started")
+        self.startup = (min(stamp(e) for e in starts) - head.t0) if starts else math.nan
+        self.noise = {n: len(head.named(n)) for n in ("round_failed", "round_interrupted",
+                                                       "round_retry", "round_stopped")}
+
+    @property
+    def ratio_m(self) -> float:
+        return self.makespan / self.bound_m
+
+    @property
+    def ratio_c(self) -> float:
+        return self.makespan / self.bound_c
+
+    def lines(self) -> list[str]:
+        ms = lambda v: f"{v * 1000:.0f}"  # noqa: E731
+        lat, cg = self.latency, self.child_gap
+        noise = ", ".join(f"{k} {v}" for k, v in self.noise.items() if v) or "none"
+        return [
+            f"{self.label}: exit {self.head.code}, {self.rounds} rounds "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(self.statuses.items()))}; "
+            f"failures/retries/stops: {noise}), start-up {self.startup:.1f} s to the first "
+            f"round, whole run {self.head.wall:.1f} s",
+            f"  makespan {self.makespan:.2f} s; manifest round times: work {self.work_m:.1f} s,"
+            f" bound {self.bound_m:.2f} s -> ratio {self.ratio_m:.3f}; children's own times"
+            f" ({self.child_min:.2f}-{self.child_max:.2f} s): work {self.work_c:.1f} s, "
+            f"bound {self.bound_c:.2f} s -> ratio {self.ratio_c:.3f}",
+            f"  launch latency (round_finished -> next round_started, same slot, n={len(lat)}):"
+            f" median {ms(statistics.median(lat))} ms, p90 {ms(percentile(lat, 0.9))} ms",
+            f"  child end -> next child start (same slot, n={len(cg)}): median "
+            f"{ms(statistics.median(cg))} ms, p90 {ms(percentile(cg, 0.9))} ms  [child end -> "
+            f"round_finished median {ms(statistics.median(self.seen_exit))} ms; round_started"
+            f" -> child start median {ms(statistics.median(self.spawn))} ms]",
+            f"  head peak RSS (supervisor VmHWM) {self.head.hwm_kib / 1024:.0f} MiB",
+        ]
+
+
+# -- the loopback cluster -------------------------------------------------------------
+class Loopback:
+    """3 nodes x 4 logical GPUs on 127.0.0.1; shutdown() stops it and removes its files."""
+
+    def __init__(self, temp: Path) -> None:
+        import ray
+        from ray._private import ray_constants
+        from ray.cluster_utils import Cluster
+        self.ray = ray
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before
+        self.temp = temp
+        # Cluster writes its address to /tmp/ray/ray_current_cluster whatever temp_dir
+        # says, and fails where that folder does not exist.
+        self.shared = Path(tempfile.gettempdir()) / "ray"
+        self.made_shared = not self.shared.exists()
+        self.current = self.shared / "ray_current_cluster"
+        self.had_current = self.current.exists()
+        self.shared.mkdir(exist_ok=True)
+        self.cluster = None
+        t0 = time.monotonic()
+        try:
+            self.cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": 1, "num_gpus": GPUS_PER_NODE, "include_dashboard": False,
+                "temp_dir": str(temp)})
+            for _ in range(NODES - 1):
+                self.cluster.add_node(num_cpus=0, num_gpus=GPUS_PER_NODE)
+            self.cluster.wait_for_nodes()
+        except BaseException:
+            self.shutdown()
+            raise
+        self.up_s = time.monotonic() - t0
+        self.address = self.cluster.address
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
+            self.cluster = None
+        for _ in range(50):  # Ray's exiting processes may still write their logs a moment
+            shutil.rmtree(self.temp, ignore_errors=True)
+            if not self.temp.exists():
+                break
+            time.sleep(0.1)
+        if not self.had_current:
+            self.current.unlink(missing_ok=True)
+        if self.made_shared:
+            try:
+                self.shared.rmdir()  # only if it is still empty
+            except OSError:
+                pass
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=48,
+                        help=f"rounds in all, a multiple of {OBJECTS} (default 48)")
+    parser.add_argument("--base-s", type=float, default=1.0,
+                        help="a round's optimisation time at 1x; rounds take 1x-4x (default 1)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the experiments (manifests, logs, child times) and say where")
     args = parser.parse_args()
-    rng = random.Random(args.seed)
-    jobs = [rng.randint(40, 300) for _ in range(args.rounds)]  # 0.4 s to 3 s of iterations
-    temp = Path(tempfile.mkdtemp(prefix="rayb"))
-    base = temp / "experiments"
-    env = {"EMULATOR_STARTUP_S": "0", "EMULATOR_ITER_S": str(ITER_S),
-           "EMULATOR_EXPERIMENTS_BASE": str(base), "PYTHONUNBUFFERED": "1"}
-    from ray.cluster_utils import Cluster
-    import ray
-
-    shared = Path(tempfile.gettempdir()) / "ray"  # Cluster writes its address there
-    made_shared = not shared.exists()
-    shared.mkdir(exist_ok=True)
-    rss0 = rss_mib()
-    t0 = time.monotonic()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": GPUS_PER_NODE, "include_dashboard": False,
-        "temp_dir": str(temp)})
+    if args.rounds <= 0 or args.rounds % OBJECTS:
+        parser.error(f"--rounds must be a positive multiple of {OBJECTS}")
+    temp = Path(tempfile.mkdtemp(prefix="rayb"))  # short: Ray's socket paths stay < 108
     try:
-        for _ in range(NODES - 1):
-            cluster.add_node(num_cpus=0, num_gpus=GPUS_PER_NODE)
-        rc = connect(cluster.address)
-        added, _ = anyio.run(rc.refresh)
-        assert len(added) == NODES * GPUS_PER_NODE, added
-        up = time.monotonic() - t0
-        time.sleep(2.0)  # settle, then measure what the idle cluster costs
-        cpu0 = tree_cpu_s(os.getpid())
-        time.sleep(5.0)
-        idle_cpu = (tree_cpu_s(os.getpid()) - cpu0) / 5.0
-        cpu0 = tree_cpu_s(os.getpid())
-        ray_sched = anyio.run(run_ray, rc, jobs, base, env)
-        ray_cpu = tree_cpu_s(os.getpid()) - cpu0
-        ray_rss = rss_mib()
-        cluster_rss = tree_rss_mib(os.getpid())
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    cpu0 = tree_cpu_s(os.getpid())
-    local_sched = anyio.run(run_local, NODES * GPUS_PER_NODE, jobs, base, env)
-    local_cpu = tree_cpu_s(os.getpid()) - cpu0
-    local_rss = rss_mib()
-    for _ in range(50):  # Ray's exiting processes may still write their logs for a moment
-        shutil.rmtree(temp, ignore_errors=True)
-        if not temp.exists():
-            break
-        time.sleep(0.1)
-    if made_shared and not any(shared.iterdir()):
-        shared.rmdir()
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"{args.rounds} rounds ({OBJECTS} objects x {args.rounds // OBJECTS}) of "
+              f"bench/uneven_main.py ({ITERATIONS} iterations at EMULATOR_ITER_S = "
+              f"{args.base_s / ITERATIONS:g} s x U(1, 4) from the seed: {args.base_s:g}-"
+              f"{4 * args.base_s:g} s of iterations, EMULATOR_STARTUP_S 0.05) on {SLOTS} GPU "
+              f"slots; {os.cpu_count()} CPU cores, load average {load}. Each backend: one "
+              "`python -m supervisor CONFIG --log-format json` run, the same config.")
+        print("ratio = makespan / max(work / 12, longest round); makespan = first round "
+              "start to last round end (manifest started_at/finished_at); work = the sum of "
+              "the manifest's round times (dispatch to merge: spawn and Ray's transport "
+              "included), and, second figure, of the children's own run times (uneven_main.py"
+              "'s first statement to the emulator's return: every overhead outside the child "
+              "counts against the backend).")
+        print("launch latency = a round's round_finished to the next round_started on the same"
+              " slot (the JSON events' structlog ISO timestamps, us: exit seen and result read"
+              " -> the next child about to be spawned); child end -> next child start adds the"
+              " child's exit and the spawn (launcher, interpreter start-up; Ray: the task "
+              "sent to the node). Head RSS = the supervisor process's VmHWM (/proc, sampled "
+              "every 0.1 s).", flush=True)
+        local_root = temp / "local"
+        local_cfg = write_config(local_root, args.rounds, args.base_s, {
+            "gpus": list(range(SLOTS)), "backend": {"kind": "local"}})
+        local = Figures("local (12 slots)", local_root, Head(local_cfg))
+        for line in local.lines():
+            print(line, flush=True)
 
-    slots = NODES * GPUS_PER_NODE
-    bound = local_sched.bound(slots)
-    nominal = max(sum(jobs) * ITER_S / slots, max(jobs) * ITER_S)
-    print(f"{args.rounds} emulator rounds of {min(jobs) * ITER_S:.1f}-{max(jobs) * ITER_S:.1f} s "
-          f"(iterations only; {sum(jobs) * ITER_S:.1f} s in all) on {slots} slots, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"lower bound {bound:.2f} s = max(work / {slots}, longest round), work = the local "
-          f"children's measured run times (nominal, iterations only: {nominal:.2f} s); "
-          "'its own': the same from that backend's children")
-    print(f"ray cluster: {NODES} nodes x {GPUS_PER_NODE} logical GPUs, up with its "
-          f"{slots} actors in {up:.1f} s; its processes' RSS {cluster_rss:.0f} MiB, "
-          f"idle CPU {idle_cpu * 100:.0f}% of one core")
-    print(ray_sched.figures("ray", bound, slots, ray_rss, f" (before Ray {rss0:.0f} MiB)"))
-    print(local_sched.figures("local", bound, slots, local_rss))
-    print(f"CPU per round (head, cluster, children): ray {ray_cpu / args.rounds:.2f} s, "
-          f"local {local_cpu / args.rounds:.2f} s")
+        cluster = Loopback(temp / "ray-cluster")
+        try:
+            ray_root = temp / "ray"
+            ray_cfg = write_config(ray_root, args.rounds, args.base_s, {
+                "gpus": "all", "backend": {"kind": "ray", "address": cluster.address}})
+            idle_pss = cluster_pss_mib(-1)
+            head = Head(ray_cfg, extra_sample=cluster_pss_mib)
+        finally:
+            cluster.shutdown()
+        ray = Figures(f"ray ({NODES} nodes x {GPUS_PER_NODE} GPUs)", ray_root, head)
+        for line in ray.lines():
+            print(line, flush=True)
+        print(f"  Ray cluster: up in {cluster.up_s:.1f} s; its processes' PSS {idle_pss:.0f} "
+              f"MiB idle, peak {head.extra_peak:.0f} MiB during the run (GCS, raylets, the "
+              f"{SLOTS} GPU actors; rounds excluded)")
+
+        within = ray.ratio_m <= local.ratio_m * 1.05
+        within_c = ray.ratio_c <= local.ratio_c * 1.05
+        print(f"Ray backend within 5 % of the local backend's makespan ratio: "
+              f"{'yes' if within else 'no'} (ray {ray.ratio_m:.3f} vs local {local.ratio_m:.3f},"
+              f" {(ray.ratio_m / local.ratio_m - 1) * 100:+.1f} %; against the children's own "
+              f"times: {'yes' if within_c else 'no'}, ray {ray.ratio_c:.3f} vs local "
+              f"{local.ratio_c:.3f}, {(ray.ratio_c / local.ratio_c - 1) * 100:+.1f} %)")
+        med = {f.label.split()[0]: statistics.median(f.latency) * 1000 for f in (ray, local)}
+        print(f"launch latency median under 100 ms: "
+              f"{'yes' if med['ray'] < 100 else 'no'} for ray ({med['ray']:.0f} ms), "
+              f"{'yes' if med['local'] < 100 else 'no'} for local ({med['local']:.0f} ms)")
+        for f in (local, ray):
+            if f.head.code != 0:
+                print(f"{f.label}: the supervisor exited {f.head.code}; its stderr:\n"
+                      + f.head.stderr_path.read_text()[-2000:], file=sys.stderr)
+    finally:
+        if args.keep:
+            print(f"kept: {temp}/local and {temp}/ray (config.toml, exp/bench/, times/)")
+        else:
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":
