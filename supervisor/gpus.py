@@ -268,6 +268,11 @@ class GpuPool:
             return self.footprint_mib
         return max([self.settings.round_memory_mib, *self.peak_mib.values()])
 
+    def observe(self, gpu: GpuKey, reading: Reading) -> None:
+        """Any reading of ``gpu`` (the sampler's too): peaks are learned from every one,
+        not only from those taken while a round waits to start."""
+        self._seen(gpu, reading)
+
     def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
         """MiB NVML shows per round of ``gpu`` (by process group), learning peaks."""
         groups = {pgid: name for name, pgid in self.rounds.get(gpu, {}).items() if pgid}

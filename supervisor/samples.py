@@ -277,8 +277,10 @@ class Sampler:
 
     def __init__(self, exp_dir: Path, probe: Any, gpus: Callable[[], Iterable[GpuKey]],
                  rounds: Callable[[], Mapping[int, str]], interval_s: float = SAMPLE_INTERVAL_S,
-                 timeout_s: float = READ_TIMEOUT_S) -> None:
+                 timeout_s: float = READ_TIMEOUT_S,
+                 observe: Callable[[GpuKey, Reading], Any] | None = None) -> None:
         self.probe, self.gpus, self.rounds = probe, gpus, rounds
+        self.observe = observe  # each reading also goes here (the pool learns peaks)
         self.interval_s, self.timeout_s = interval_s, min(timeout_s, interval_s)
         self.file = SampleFile(exp_dir)
         self.pending: set[GpuKey] = set()  # GPUs whose read is still in a thread
@@ -305,6 +307,8 @@ class Sampler:
                 self._warn_once(gpu, "gpu_sample_failed", gpu=gpu, error=str(value))
             else:
                 readings[gpu] = value
+                if self.observe is not None:
+                    self.observe(gpu, value)
         known = {g: r for g, r in readings.items()
                  if r.total_mib is not None or r.util_percent is not None}
         if readings and not known:

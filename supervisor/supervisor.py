@@ -83,7 +83,7 @@ class Supervisor(Dispatcher):
             tg.start_soon(Sampler(
                 self.config.exp_dir, self.pool.probe, gpus=lambda: self.pool.gpus,
                 rounds=self._running_pids,
-                interval_s=self.config.gpu.sample_interval_s).run)
+                interval_s=self.config.gpu.sample_interval_s, observe=self.pool.observe).run)
             send, recv = anyio.create_memory_object_stream[Message](math.inf)
             async with anyio.create_task_group() as work:
                 work.start_soon(self.merger.consume, recv)

@@ -296,3 +296,23 @@ def test_cluster_gpus_are_named_and_survive_a_restart_of_the_sampler(tmp_path: P
     assert set(gpus) == {a, b}
     assert list(gpus[b]["util_percent"]) == [20.0, 30.0] and list(gpus[a]["t"]) == [1.0]
     assert [g["gpu"] for g in samples.latest_and_mean(tmp_path)["gpus"]] == [a, b]
+
+
+@pytest.mark.anyio
+async def test_the_sampler_teaches_the_pool_peaks_of_rounds_never_read_at_admission(
+        tmp_path: Path) -> None:
+    """Seen on an H200: every round started at once, no admission read followed, and the
+    footprint stayed unknown although the sampler saw each round's 1.6 GiB."""
+    from supervisor.config import GpuSettings
+    from supervisor.gpus import GpuPool
+
+    probe = FakeProbe({0: 80_000})
+    pool = GpuPool(probe, [0], GpuSettings(max_rounds_per_gpu="auto"))
+    leader = os.getpid()  # stands for the round's process group leader
+    pool.take(0, "r")
+    pool.started(0, "r", leader)
+    sampler = Sampler(tmp_path, probe, lambda: [0], lambda: {leader: "r"}, observe=pool.observe)
+    for mib in (14, 1634, 900):  # first sighting, peak, later
+        probe.processes[0] = {leader: mib}
+        await sampler.sample_once()
+    assert pool.release(0, "r") == 1634 and pool.estimate_mib() == 1634

@@ -99,6 +99,12 @@ def run_experiment(name: str, cfg: Path, timeout: float) -> dict:
     status = subprocess.run([sys.executable, "-m", "supervisor", "status", str(cfg)],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     (OUT / f"{name}.status.txt").write_text(status.stdout + status.stderr)
+    sj = subprocess.run([sys.executable, "-m", "supervisor", "status", str(cfg), "--json"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=60)
+    try:
+        status_json_gpus = json.loads(sj.stdout).get("gpus")
+    except ValueError:
+        status_json_gpus = {"error": f"rc {sj.returncode}: {sj.stdout[-300:]} {sj.stderr[-500:]}"}
     events, other = [], []
     for line in log.read_text().splitlines():
         try:
@@ -112,6 +118,17 @@ def run_experiment(name: str, cfg: Path, timeout: float) -> dict:
             "gpu_samples_off", "gpu_samples_not_written", "object_done")
     notable = [e for e in events if e.get("event") in keep
                or e.get("level") in ("warning", "error", "critical")]
+    # rounds in flight at once, from the log's order of round_started / round ended
+    live, max_live, live_at_start = set(), 0, []
+    for e in events:
+        ev_, rn = e.get("event"), e.get("round")
+        if ev_ == "round_started":
+            live.add(rn)
+            live_at_start.append(len(live))
+            max_live = max(max_live, len(live))
+        elif ev_ in ("round_finished", "round_failed", "round_retry", "round_lost",
+                     "round_stopped", "round_interrupted"):
+            live.discard(rn)
     exp_dir = WORK / "experiments" / name
     manifest = {}
     try:
@@ -147,6 +164,8 @@ def run_experiment(name: str, cfg: Path, timeout: float) -> dict:
         "fake_main_records": records, "round_config_txt": configs, "samples": peaks,
         "status_rc": status.returncode, "status_out": status.stdout[-3000:],
         "status_err": status.stderr[-2000:], "t_run_started": t_run,
+        "status_json_gpus": status_json_gpus, "max_in_flight": max_live,
+        "in_flight_at_each_start": live_at_start,
     }
 
 
@@ -159,9 +178,6 @@ def main() -> None:
     deadline = time.time() + float(os.environ.get("GPU_CHECK_EXP_BUDGET_S", "200"))
     free0 = free_mib()
     plan = [
-        # the GPU trap, one round at a time: 2 rounds in a row on GPU 0
-        ("trap", 2, {"max_rounds_per_gpu": 1, "min_free_mib": 4000,
-                     "round_memory_mib": 2000}, "all"),
         # "auto", tight: the 2nd round fits while NVML does not show the 1st yet, the
         # 3rd must wait (gpu_wait) until one ends: footprint learned ~1.5 GiB
         ("auto_tight", 3, {"max_rounds_per_gpu": "auto", "min_free_mib": free0 - 2500,
@@ -169,6 +185,9 @@ def main() -> None:
         # "auto", plenty of memory: 3 rounds at once on the one card
         ("auto_plain", 3, {"max_rounds_per_gpu": "auto", "min_free_mib": 8000,
                            "round_memory_mib": 6000}, "all"),
+        # the GPU trap, one round at a time: 2 rounds in a row on GPU 0
+        ("trap", 2, {"max_rounds_per_gpu": 1, "min_free_mib": 4000,
+                     "round_memory_mib": 2000}, "all"),
     ]
     for name, rounds, gpu, gpus in plan:
         left = deadline - time.time()
@@ -176,7 +195,7 @@ def main() -> None:
             results.append({"name": name, "skipped": f"{left:.0f} s of budget left"})
             continue
         cfg = write_cfg(name, rounds, gpu, gpus)
-        res = run_experiment(name, cfg, min(120.0, left))
+        res = run_experiment(name, cfg, min(90.0, left))
         res["free0_mib"] = free0
         res["gpu_settings"] = gpu
         results.append(res)
@@ -199,12 +218,18 @@ def main() -> None:
         print("    MANIFEST footprint_mib:", {g: v.get("footprint_mib") for g, v in
                                              gpus_.items()} if isinstance(gpus_, dict)
               else gpus_, flush=True)
+        print("    STATUS --json gpus:", json.dumps(res["status_json_gpus"]), flush=True)
+        print("    IN FLIGHT: max", res["max_in_flight"], "at each round_started",
+              res["in_flight_at_each_start"], flush=True)
+        print("    ROUNDS gpu:", [(r.get("name", "")[-2:], r.get("gpu"), r.get("status"))
+                                   for r in res["manifest_rounds"]], flush=True)
         print("    SAMPLES round_peak_mib:", json.dumps((res["samples"] or {}).get(
             "round_peak_mib")), flush=True)
         print("    STATUS rc=%s: %s" % (res["status_rc"], " | ".join(
             l for l in res["status_out"].splitlines()[:5] if l.strip())), flush=True)
     # a copy of each experiment's folder (small: manifest, journal, samples, logs)
-    shutil.copytree(WORK / "experiments", OUT / "experiments", dirs_exist_ok=True)
+    if (WORK / "experiments").exists():
+        shutil.copytree(WORK / "experiments", OUT / "experiments", dirs_exist_ok=True)
 
 
 if __name__ == "__main__":

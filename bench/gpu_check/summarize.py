@@ -19,9 +19,10 @@ for tag in ("head", "tree"):
     if not d.exists():
         continue
     print(f"==== {tag}")
-    pt = d / "pytest_real_nvml.txt"
+    pt = d / "pytest.txt"
     if pt.exists():
-        print("pytest real_nvml:", pt.read_text().strip().splitlines()[-1:])
+        lines = pt.read_text().strip().splitlines()
+        print("pytest:", [x for x in lines if "real_nvml" in x][:2], lines[-1:])
     pc = load(d / "probe_check.json") or {}
     for k in [k for k in pc if k.endswith("_error")]:
         print(k, pc[k].strip().splitlines()[-1])
@@ -61,6 +62,9 @@ for tag in ("head", "tree"):
               e["event_counts"])
         waits = [x.get("short") for x in e["notable_events"] if x.get("event") == "gpu_wait"]
         print("  gpu_wait:", waits)
+        print("  rounds in flight: max", e.get("max_in_flight"), "at each start",
+              e.get("in_flight_at_each_start"))
+        print("  status --json gpus:", e.get("status_json_gpus"))
         warn = [(x.get("event"), x.get("message") or x.get("reason") or x.get("error"))
                 for x in e["notable_events"] if x.get("level") in ("warning", "error")]
         print("  warnings/errors:", warn)
