@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check (see the other files here): on a machine with an NVIDIA GPU,
-#   OUT=/some/dir bench/gpu_check/run.sh          (WORKTREE=1: also the working tree)
+#   GPU_CHECK_INSTALL=1 OUT=/some/dir bench/gpu_check/run.sh   (WORKTREE=1: also the tree)
 # GPU_CHECK_DRY=1 GPU_CHECK_FAKE=1: plumbing test on a CPU box (no NVML, no torch).
 # Tests the committed code (.whl/head.tar, made by `git archive HEAD ...`) when that
 # snapshot exists, else the checkout itself. Everything lands under $OUT.
@@ -14,12 +14,16 @@ T0=$(date +%s)
 el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
 # -- dependencies the image lacks (structlog; anyio only if older than 4.4) ---------------
-# Into the interpreter's own site-packages where it can (a test starts a child with
-# PYTHONPATH=ROOT alone, so /tmp/site would be lost there), else into /tmp/site.
+# With GPU_CHECK_INSTALL=1 (only on a throwaway machine such as the lent device) into the
+# interpreter's own site-packages (a test starts a child with PYTHONPATH=ROOT alone, so
+# /tmp/site would be lost there); otherwise, never touching the interpreter, into /tmp/site.
 pip_in() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade "$@" ||
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site "$@"
+  if [ "${GPU_CHECK_INSTALL:-0}" = 1 ] && python3 -m pip install -q --no-index --no-deps \
+      --no-compile --no-cache-dir --upgrade "$@"; then
+    return 0
+  fi
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$@"
 }
 if ls "$REPO"/.whl/structlog-*.whl >/dev/null 2>&1; then
   python3 -c "import structlog" 2>/dev/null || pip_in "$REPO"/.whl/structlog-*.whl || exit 1
