@@ -31,7 +31,7 @@ from supervisor.logs import get_logger
 from supervisor.merger import Merger, Message
 from supervisor.records import GpuStatus, ObjectStatus, now
 from supervisor.rounds import Control, RoundJob
-from supervisor.samples import Sampler
+from supervisor.sampler import Sampler
 from supervisor.status import removed
 from supervisor.store import Store
 

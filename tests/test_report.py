@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from supervisor import report, report_data as rd, samples
+from supervisor import report, report_data as rd, sampler
 from supervisor.gpus import Reading
 from supervisor.lock import ExperimentLock
 from supervisor.results import QPOS_NAMES
@@ -200,7 +200,7 @@ def make_experiment(exp_dir: Path, m: dict[str, Any]) -> None:
     exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "manifest.json").write_text(json.dumps(m))
     write_final(exp_dir, "a", 20)
-    store = samples.SampleFile(exp_dir)
+    store = sampler.SampleFile(exp_dir)
     for i in range(50):
         store.append(100.0 + 10 * i, {0: Reading(40_000, 80_000, 90, {}),
                                       1: Reading(70_000, 80_000, None, {})}, {})

@@ -17,7 +17,9 @@ from structlog.testing import capture_logs
 from conftest import ROOT
 from supervisor import samples
 from supervisor.gpus import FakeProbe, Reading, StaticProbe
-from supervisor.samples import MAGIC, RECORD, SampleFile, Sampler
+from supervisor import sampler as sampler_mod
+from supervisor.sampler import SampleFile, Sampler
+from supervisor.samples import MAGIC, RECORD
 
 
 def reading(used: int, util: int | None = 50, processes: dict[int, int] | None = None,
@@ -27,7 +29,7 @@ def reading(used: int, util: int | None = 50, processes: dict[int, int] | None =
 
 def test_record_size_and_the_documented_week_on_8_gpus(tmp_path: Path) -> None:
     assert RECORD.itemsize == 28
-    week_records = 8 * 7 * 86_400 / samples.SAMPLE_INTERVAL_S
+    week_records = 8 * 7 * 86_400 / sampler_mod.SAMPLE_INTERVAL_S
     assert len(MAGIC) + week_records * RECORD.itemsize < 50e6
     store = SampleFile(tmp_path)
     store.append(1.0, {0: reading(1), 1: reading(2)}, {})
@@ -80,8 +82,8 @@ def round_group():
 def test_round_memory_matches_children_by_process_group(round_group) -> None:
     leader, child = round_group
     processes = {child: 5000, os.getpid(): 700, 999_999_999: 1}
-    assert samples.round_memory(processes, {leader: "exp__obj__r3"}) == {leader: 5000}
-    assert samples.round_memory({leader: 10, child: 5}, {leader: "r"}) == {leader: 15}
+    assert sampler_mod.round_memory(processes, {leader: "exp__obj__r3"}) == {leader: 5000}
+    assert sampler_mod.round_memory({leader: 10, child: 5}, {leader: "r"}) == {leader: 15}
 
 
 def test_round_peaks_and_reused_pids(tmp_path: Path) -> None:
@@ -147,7 +149,7 @@ WRITER = """
 import os, sys
 from pathlib import Path
 from supervisor.gpus import Reading
-from supervisor.samples import SampleFile
+from supervisor.sampler import SampleFile
 store, pid, t = SampleFile(Path(sys.argv[1])), os.getpid(), 0
 while True:
     name = f"e__obj__r{t // 7}"

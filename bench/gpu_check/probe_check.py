@@ -1,5 +1,5 @@
 """Parts 1-3 of the GPU check: NvmlProbe, per-process memory and its delay, utilisation
-sampling with supervisor.samples.Sampler. Writes JSON to OUT_DIR (argv[1])."""
+sampling with supervisor.sampler.Sampler. Writes JSON to OUT_DIR (argv[1])."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from supervisor import gpus, samples  # noqa: E402
+from supervisor import gpus, sampler as sampler_mod, samples  # noqa: E402
 
 OUT = Path(sys.argv[1])
 CHILD = str(Path(__file__).with_name("gpu_child.py"))
@@ -128,7 +128,7 @@ async def part3(probe: gpus.NvmlProbe) -> None:
     def rounds() -> dict:
         return {load["proc"].pid: "load"} if "proc" in load else {}
 
-    sampler = samples.Sampler(exp, probe, gpus=lambda: probe.gpu_indices(), rounds=rounds,
+    sampler = sampler_mod.Sampler(exp, probe, gpus=lambda: probe.gpu_indices(), rounds=rounds,
                               interval_s=0.5, timeout_s=2.0)
     async with anyio.create_task_group() as tg:
         tg.start_soon(sampler.run)
