@@ -7,6 +7,12 @@ dies it SIGKILLs the whole group, so a worker that main.py spawned (a data loade
 renderer) dies too, not only main.py. SIGTERM from the supervisor reaches every member
 of the group; the launcher itself ignores it and exits the way the command exited.
 anyio's open_process has no preexec hook, hence this small parent.
+
+The launcher can itself be SIGKILLed while its parent lives on: Ray kills the direct
+children of a worker that exits (a head killed with kill -9 ends its workers so), and a
+SIGKILL runs no handler. So the launcher also forks a watchdog into the group, which
+asks for a signal when the launcher dies and then SIGKILLs the whole group; the launcher
+ends the watchdog itself before exiting normally.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ PR_SET_PDEATHSIG = 1
 PARENT_GONE = signal.SIGUSR1
 
 
+LEADER = os.getpid()  # the launcher (the watchdog, forked, keeps the launcher's value)
+
+
 def _kill_group(*_: object) -> None:
-    # Only a group of our own: started by hand (not as a session leader) it must not
-    # take down its caller's group.
-    if os.getpgrp() == os.getpid():
+    # Only the launcher's own group: started by hand (not as a session leader) it must
+    # not take down its caller's group.
+    if os.getpgrp() == LEADER:
         os.killpg(0, signal.SIGKILL)
     os._exit(137)
 
@@ -41,6 +50,18 @@ def _die_with_parent(parent_pid: int) -> None:
         _kill_group()
 
 
+def _watchdog(launcher: int) -> int:
+    """Fork the group's watchdog (see above); returns its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)  # a round's stop is the command's business
+    _die_with_parent(launcher)
+    while True:
+        signal.pause()
+
+
 def _exit_like(status: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -56,6 +77,7 @@ def main(args: list[str]) -> None:
         sys.exit("usage: python -m supervisor.launch PARENT_PID -- COMMAND [ARGS...]")
     _die_with_parent(int(args[0]))
     argv = args[2:]
+    watchdog = _watchdog(os.getpid()) if sys.platform.startswith("linux") else None
     child = os.fork()
     if child == 0:
         for sig in (PARENT_GONE, signal.SIGTERM, signal.SIGINT):
@@ -69,6 +91,9 @@ def main(args: list[str]) -> None:
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     _, status = os.waitpid(child, 0)
+    if watchdog is not None:  # a normal end: the group's other members are not killed
+        os.kill(watchdog, signal.SIGKILL)
+        os.waitpid(watchdog, 0)
     _exit_like(status)
 
 

@@ -230,12 +230,16 @@ def test_drain_then_stop_on_every_node_then_resume(cluster: Any, tmp_path: Path)
 def test_kill_9_of_the_head_leaves_nothing_running_and_resumes(cluster: Any,
                                                                tmp_path: Path) -> None:
     layout = Layout(tmp_path / "ray")
-    config = layout.write_config(**ray_data(cluster), **slow(0.05), num_iterations=40)
+    # One round's first attempt hangs, silent: no broken pipe ends it for us. Ray SIGKILLs
+    # the launchers with their workers; the launchers' watchdogs kill the rest.
+    env = {"EMULATOR_ITER_S": "0.05", "EMULATOR_FAULTS": "t__obj_a__r0=hang,ok*"}
+    config = layout.write_config(**ray_data(cluster), env=env, num_iterations=40)
     head = Head(config)
-    head.wait_for("round_started", count=2)
+    head.wait_for("round_started", count=3)
     deadline = time.monotonic() + 30
-    while not live_emulators("t") and time.monotonic() < deadline:
+    while len(live_emulators("t")) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.5)  # obj_a's r0 hangs now
     assert live_emulators("t")
     head.proc.kill()
     head.proc.wait()

@@ -107,3 +107,36 @@ async def test_child_runs_in_its_own_process_group(tmp_path: Path) -> None:
         f"import os; print(os.getpgid(0) == os.getppid() != {os.getpgrp()}, flush=True)",
         tmp_path)
     assert ("stdout", "True") in lines
+
+
+def test_a_sigkilled_launcher_takes_its_group_with_it(tmp_path: Path) -> None:
+    """Ray SIGKILLs a dying worker's direct children: the launcher, which runs no handler
+    then. Its watchdog kills the group (main.py and what it spawned)."""
+    import subprocess
+    import time
+
+    marker = tmp_path / "pids"
+    code = ("import os, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); "
+            f"open({str(marker)!r}, 'w').write(f'{{os.getpid()}} {{w.pid}}'); time.sleep(60)")
+    launcher = subprocess.Popen(runner.launch_argv([sys.executable, "-c", code]),
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pids = [int(p) for p in marker.read_text().split()]
+        assert all(alive(p) for p in pids)
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 5
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(alive(p) for p in pids)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except OSError:
+            pass
