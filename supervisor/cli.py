@@ -15,11 +15,11 @@ from typing import Any, Iterator, Sequence, TextIO
 
 import anyio
 
-from supervisor import logs
+from supervisor import logs, paths
 from supervisor.commands import COMMANDS, Parser, UsageError, add_overrides, overrides_from
 from supervisor.config import Config, ConfigError, load_config, one_line
 from supervisor.gpus import GpuError, GpuPool, Probe, make_probe
-from supervisor.lock import ExperimentLock, LockedError
+from supervisor.lock import ExperimentLock, LockedError, in_use, live_holder
 from supervisor.resume import RefusedError, load_grasps, open_experiment, start
 from supervisor.state import CleanRounds
 from supervisor.supervisor import Supervisor
@@ -101,7 +101,11 @@ def run_supervisor(config: Config, probe: Probe | None = None,
     """Run to the end. With ``[backend] kind = "ray"`` and no ``backend`` given, joins the
     cluster first (Ray is imported only then) and leaves it at the end."""
     own = backend is None and probe is None and config.backend.kind == "ray"
-    if own:
+    if own:  # the refusals that need no cluster come first: joining one takes seconds
+        holder = live_holder(config.exp_dir)
+        if holder is not None:
+            raise in_use(paths.lock(config.exp_dir), holder)
+        open_experiment(config)  # raises RefusedError (identity, resume = false, ...)
         from supervisor.raybackend import open_backend
         backend = open_backend(config)
 

@@ -40,6 +40,13 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
     """With ``[backend] kind = "ray"`` (and no ``probe`` given) it joins the cluster to list
     its nodes and GPUs, and leaves it again."""
     if probe is None and config.backend.kind == "ray":
+        holder = live_holder(config.exp_dir)
+        if holder is not None:  # its workers hold the cluster's GPUs: say so, join nothing
+            print(f"Dry run of {config.path}: nothing is started or written. Experiment "
+                  f"{config.exp_name!r}: a supervisor (pid {holder}) is running it now on the "
+                  f"Ray cluster at {config.backend.address!r}; `python -m supervisor status "
+                  f"{config.path}` shows its progress.", file=out)
+            return 0
         from supervisor.raybackend import open_backend
         backend = open_backend(config)
         try:

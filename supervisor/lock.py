@@ -18,6 +18,12 @@ class LockedError(RuntimeError):
     """Another live supervisor holds this experiment."""
 
 
+def in_use(path: Path, holder: int | None) -> LockedError:
+    return LockedError(
+        f"{path}: experiment is in use by a running supervisor (pid {holder}); "
+        f"wait for it, stop it with kill -INT {holder}, or pick another exp_name")
+
+
 def live_holder(exp_dir: Path) -> int | None:
     """The pid of a live supervisor holding ``exp_dir``, read without touching the lock
     (so that looking never blocks a supervisor that is starting)."""
@@ -42,10 +48,7 @@ class ExperimentLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise LockedError(
-                f"{self.path}: experiment is in use by a running supervisor (pid {holder}); "
-                f"wait for it, stop it with kill -INT {holder}, or pick another exp_name"
-            ) from None
+            raise in_use(self.path, holder) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd

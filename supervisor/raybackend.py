@@ -140,6 +140,7 @@ def open_backend(config: Config, probe_factory: Callable[[], Probe] | None = Non
     if not backend.gpu_indices():
         backend.close()
         raise GpuError(f'the Ray cluster at [backend] address = "{address}" offers no GPU to '
-                       "this supervisor (none, or all held by other jobs: `ray status` "
-                       f"shows them); {START_HINT}")
+                       "this supervisor (none, or all held by other jobs, such as another "
+                       "supervisor: one supervisor uses every GPU Ray offers; `ray status` "
+                       "shows them)")
     return backend

@@ -199,10 +199,19 @@ def test_a_node_that_joins_is_used_and_one_lost_mid_round_reruns_elsewhere(
 
 def test_drain_then_stop_on_every_node_then_resume(cluster: Any, tmp_path: Path) -> None:
     layout = Layout(tmp_path / "ray")
-    config = layout.write_config(**ray_data(cluster), **slow(0.05), num_iterations=40)
+    config = layout.write_config(**ray_data(cluster), **slow(0.05), num_iterations=80)
     # First SIGINT: nothing new starts, the running rounds finish and are merged.
     head = Head(config)
     head.wait_for("round_started", count=2)
+    # Meanwhile a second supervisor is refused at once, before joining the cluster, and
+    # --dry-run says who runs it (the running one's workers hold every GPU).
+    for args, code, said in (([], 2, f"running supervisor (pid {head.proc.pid})"),
+                             (["--dry-run"], 0, f"a supervisor (pid {head.proc.pid})")):
+        t0 = time.monotonic()
+        other = subprocess.run([sys.executable, "-m", "supervisor", str(config), *args],
+                               env=cli_env(), capture_output=True, text=True, timeout=60)
+        assert other.returncode == code and said in other.stdout + other.stderr, other
+        assert time.monotonic() - t0 < 15
     os.kill(head.proc.pid, signal.SIGINT)
     head.wait_for("drain_started")
     assert head.finish() == 130
@@ -224,7 +233,7 @@ def test_drain_then_stop_on_every_node_then_resume(cluster: Any, tmp_path: Path)
     # Resume: exactly the quota, the same arrays as an uninterrupted local run.
     head = Head(config)
     assert head.finish() == 0, "".join(head.stderr)[-2000:]
-    assert_same_finals(layout, reference(tmp_path / "local", num_iterations=40))
+    assert_same_finals(layout, reference(tmp_path / "local", num_iterations=80))
 
 
 def test_kill_9_of_the_head_leaves_nothing_running_and_resumes(cluster: Any,
