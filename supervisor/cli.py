@@ -73,7 +73,7 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
             log.warning("orphan_stopped", round=name, pgid=pid)
         if warning:
             log.warning("gpu_probe", message=warning)
-        if backend is not None:
+        if backend is not None and backend.kind == "ray":
             log.info("ray_cluster", address=config.backend.address, gpus=len(pool.gpus),
                      nodes={node: len(keys) for node, keys in backend.nodes().items()})
         inherited = os.environ.get("CUDA_VISIBLE_DEVICES")

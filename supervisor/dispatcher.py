@@ -88,6 +88,16 @@ class Dispatcher:
         poll_s = self.config.gpu.poll_interval_s
         while not self.draining.is_set() and not self.state.settled():
             if not self.state.healthy_gpus():
+                if self.backend.dynamic and any(
+                        r.status == GpuStatus.LOST for r in self.state.gpus.values()):
+                    # A cluster whose nodes all left: they may come back (a restarted
+                    # server, a new allocation); SIGINT ends the wait.
+                    if self._due(logged, "gpu"):
+                        self.log.warning("gpu_wait", short={}, poll_interval_s=poll_s,
+                                         reason="no GPU left in the cluster: waiting for a "
+                                         "node to join")
+                    await self.changes.wait(poll_s)
+                    continue
                 self.no_gpus = True
                 self.log.error("no_gpus_left", reasons={
                     str(g): r.reason for g, r in self.state.gpus.items()})

@@ -231,9 +231,9 @@ class GpuPool:
 
     def add(self, gpu: GpuKey) -> None:
         """A cluster GPU that joined."""
-        if gpu not in self.rounds:
+        if gpu not in self.gpus:  # new, or back (a replaced worker, a node that rejoined)
             self.gpus.append(gpu)
-            self.rounds[gpu] = {}
+        self.rounds.setdefault(gpu, {})
 
     def remove(self, gpu: GpuKey) -> None:
         """A cluster GPU that left: no new round; its rounds end as lost on their own."""

@@ -123,7 +123,9 @@ class Supervisor(Dispatcher):
                               if r.status == GpuStatus.QUARANTINED],
             wall_s=round(time.time() - self.started, 3), **self.merger.summary(),
             **({"error": self.merger.write_error or self.stop_reason}
-               if self.merger.write_error or self.stop_reason else {}),
+               if self.merger.write_error or self.stop_reason else
+               {"error": "no GPU left (every GPU lost or quarantined)"} if self.no_gpus
+               else {}),
         )
 
     def snapshot(self) -> Snapshot:

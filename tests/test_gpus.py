@@ -128,3 +128,13 @@ def test_real_nvml_probe() -> None:
         assert all(pid > 0 and mib >= 0 for pid, mib in reading.processes.items())
 
 
+
+
+def test_a_cluster_gpu_that_leaves_and_comes_back_is_in_the_pool_again() -> None:
+    p = pool({0: 20000, 1: 20000})
+    p.take(1, "r")
+    p.remove(1)  # its node left while a round ran there
+    assert p.gpus == [0] and p.in_flight(1) == 1
+    p.release(1, "r")
+    p.add(1)  # a replaced worker on the same GPU
+    assert p.gpus == [0, 1] and p.has_slot(1)

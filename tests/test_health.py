@@ -193,3 +193,39 @@ def test_suspect_gpu_waits_until_another_gpu_tells() -> None:
     assert plan.pick(state, 1) is None and plan.pick(state, 0) is not None
     apply(state, ev.RoundProduced("c", 0, 4, 4, 1.0, 1.0))
     assert state.gpus[1].status == GpuStatus.QUARANTINED
+
+
+def test_a_cluster_that_lost_every_gpu_waits_for_a_node_to_join(layout: Layout) -> None:
+    """On a cluster (a dynamic backend) losing every node is not the end of the run: a
+    restarted server comes back. Here the only GPU leaves, then joins again."""
+    from supervisor.backends import LocalBackend
+    from supervisor.cli import open_supervisor
+
+    class Churning(LocalBackend):
+        dynamic = True
+
+        def __init__(self, probe: FakeProbe) -> None:
+            super().__init__(probe)
+            self.calls = 0
+
+        async def refresh(self):  # first the node leaves, then it is back
+            self.calls += 1
+            if self.calls == 1:
+                return [], [(0, "node lost: 10.0.0.2 (test): it left the cluster")]
+            return ([0], []) if self.calls == 3 else ([], [])
+
+    config = layout.config(gpus=[0], object_code_list=["obj_a"])
+    probe = FakeProbe({0: 80_000})
+
+    async def main() -> int:
+        with anyio.fail_after(60), open_supervisor(config, probe, handle_signals=False,
+                                                   backend=Churning(probe)) as sup:
+            return await sup.run()
+
+    with capture_logs() as logs:
+        assert anyio.run(main) == 0
+    events = [e["event"] for e in logs]
+    assert events.index("gpu_lost") < events.index("gpu_wait") < events.index("gpu_added")
+    waits = [e for e in logs if e["event"] == "gpu_wait"]
+    assert "waiting for a node" in waits[0]["reason"]
+    assert len(layout.final("obj_a")["energy"]) == 10
