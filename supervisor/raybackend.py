@@ -133,8 +133,8 @@ def open_backend(config: Config, probe_factory: Callable[[], Probe] | None = Non
         raise GpuError(str(exc)) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GpuError(f'[backend] address = "{address}": no Ray cluster there ({first}); '
-                       f"{START_HINT}") from None
+        raise GpuError(f'[backend] address = "{address}": could not join a Ray cluster there '
+                       f"({first}); {START_HINT}") from None
     backend = RayBackend(cluster, config.gpu.nvml_timeout_s)
     anyio.run(backend.refresh)
     if not backend.gpu_indices():

@@ -98,6 +98,7 @@ def connect(address: str, *, probe_factory: Callable[[], Probe] | None = None,
     every process involved (a driver and cluster that disagree hang)."""
     ray = _ray()
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    _ray_messages_to_stderr()
     if not ray.is_initialized():
         main = threading.current_thread() is threading.main_thread()
         sigterm = signal.getsignal(signal.SIGTERM) if main else None
@@ -106,6 +107,25 @@ def connect(address: str, *, probe_factory: Callable[[], Probe] | None = None,
         if main:  # ray.init replaces it with sys.exit: the first SIGTERM must only drain
             signal.signal(signal.SIGTERM, sigterm)
     return RayCluster(ray, probe_factory)
+
+
+def _ray_messages_to_stderr() -> None:
+    """Ray prints what the cluster reports to this driver ("(raylet) A worker died...") on
+    stdout, where the supervisor's JSON events go (one foreign line stops `jq`): send it to
+    stderr. Private API, hence the care: without it, nothing changes."""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "to_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.to_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 class RayCluster:

@@ -424,3 +424,13 @@ async def test_a_killed_supervisor_takes_its_remote_rounds_with_it(env: dict[str
             driver.kill()
             driver.wait()
         cluster.remove_node(node)
+
+
+def test_what_the_cluster_reports_goes_to_stderr_not_among_the_json_events(
+        env: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
+    """A tester saw "(raylet) A worker died ..." in the supervisor's JSON log on stdout."""
+    from ray._private import worker
+    worker.print_to_stdstream({"lines": ["A worker died (test)"], "pid": "raylet",
+                               "is_err": False}, ignore_prefix=False)
+    out, err = capfd.readouterr()
+    assert "A worker died (test)" in err and "A worker died" not in out
