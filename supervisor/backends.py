@@ -40,8 +40,8 @@ class LocalBackend:
     kind = "local"
     dynamic = False  # the set of GPUs never changes during a run
 
-    def __init__(self, probe: Probe) -> None:
-        self.probe = probe
+    def __init__(self, probe: Probe | None = None) -> None:
+        self.probe = probe  # for its Probe interface; execute needs none
 
     def gpu_indices(self) -> list[Any]:
         return self.probe.gpu_indices()

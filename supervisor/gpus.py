@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import anyio
 import anyio.from_thread
@@ -162,6 +162,17 @@ def process_group(pid: int) -> int | None:
         return None
 
 
+def round_memory(processes: Mapping[int, int], rounds: Mapping[int, Any]) -> dict[int, int]:
+    """MiB per round leader pid (``rounds``' keys): main.py may be a child in the round's
+    process group."""
+    out: dict[int, int] = {}
+    for pid, mib in processes.items():
+        leader = pid if pid in rounds else process_group(pid)
+        if leader in rounds:
+            out[leader] = out.get(leader, 0) + mib
+    return out
+
+
 async def read_gpus(probe: Probe, gpus: Sequence[int], timeout_s: float,
                     busy: set[int]) -> dict[int, Reading | ProbeError]:
     """Read ``gpus`` concurrently, each in a daemon thread under ``timeout_s``.
@@ -276,11 +287,8 @@ class GpuPool:
     def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
         """MiB NVML shows per round of ``gpu`` (by process group), learning peaks."""
         groups = {pgid: name for name, pgid in self.rounds.get(gpu, {}).items() if pgid}
-        seen: dict[str, int] = {}
-        for pid, mib in reading.processes.items():
-            name = groups.get(pid) or groups.get(process_group(pid) or -1)
-            if name is not None:
-                seen[name] = seen.get(name, 0) + mib
+        seen = {groups[pgid]: mib for pgid, mib in round_memory(reading.processes,
+                                                                groups).items()}
         for name, mib in seen.items():
             self.peak_mib[name] = max(self.peak_mib.get(name, 0), mib)
         return seen

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import anyio
 
-from supervisor import runner
+from supervisor import runner, slots
 from supervisor.backends import RoundError, RoundLost
 from supervisor.config import Config
 from supervisor.gpus import GpuError, Probe, ProbeError, Reading
@@ -56,7 +56,7 @@ class RayBackend:
         """Node (``HOST/NODE``) -> its GPU keys, for --dry-run and the start-up log."""
         out: dict[str, list[GpuKey]] = {}
         for key in self.gpu_indices():
-            out.setdefault(key.rpartition("/gpu")[0], []).append(key)
+            out.setdefault(slots.node(key) or "", []).append(key)
         return out
 
     # -- following the cluster ---------------------------------------------------------

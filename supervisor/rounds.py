@@ -17,7 +17,6 @@ import anyio
 from supervisor import paths, progress, results, runner, slots
 from supervisor.backends import LocalBackend, RoundError, RoundLost
 from supervisor.config import Config
-from supervisor.gpus import StaticProbe
 from supervisor.job import RoundJob, child_env, command  # noqa: F401 (re-exported)
 from supervisor.logs import get_logger
 
@@ -122,7 +121,7 @@ async def run_round(config: Config, job: RoundJob, control: Control,
     watch = {} if watch is None else watch
     try:
         return await _run_round(config, job, control, on_start, watch,
-                                backend or LocalBackend(StaticProbe([])))
+                                backend or LocalBackend())
     finally:
         watch.pop(job.name, None)
 

@@ -15,7 +15,7 @@ import anyio
 import numpy as np
 
 from supervisor import slots
-from supervisor.gpus import ProbeError, Reading, process_group, read_gpus
+from supervisor.gpus import ProbeError, Reading, read_gpus, round_memory
 from supervisor.logs import get_logger
 from supervisor.samples import (
     CLUSTER_GPU_BASE, MAGIC, RECORD, ROUNDS_NAME, SamplesError, read_gpu_names,
@@ -27,16 +27,6 @@ SAMPLE_INTERVAL_S = 10.0
 READ_TIMEOUT_S = 5.0
 # The sampler's own thread limiter: a hung NVML call never holds a default-limiter token.
 SAMPLER_THREADS = 64
-
-
-def round_memory(processes: Mapping[int, int], rounds: Mapping[int, str]) -> dict[int, int]:
-    """MiB per round leader pid: main.py may be a child in the round's process group."""
-    out: dict[int, int] = {}
-    for pid, mib in processes.items():
-        leader = pid if pid in rounds else process_group(pid)
-        if leader in rounds:
-            out[leader] = out.get(leader, 0) + mib
-    return out
 
 
 class SampleFile:

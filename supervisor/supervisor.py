@@ -110,6 +110,8 @@ class Supervisor(Dispatcher):
     def _summary(self, code: int) -> None:
         s, by = self.state, self.state.objects_by_status
         gone = [removed(s.objects[c]) for c in s.order]
+        error = self.merger.write_error or self.stop_reason or (
+            "no GPU left (every GPU lost or quarantined)" if self.no_gpus else None)
         self.log.info(
             "run_finished", exit_code=code, objects=len(s.order),
             objects_done=by[ObjectStatus.DONE], objects_failed=by[ObjectStatus.FAILED],
@@ -122,10 +124,7 @@ class Supervisor(Dispatcher):
             gpus_quarantined=[g for g, r in s.gpus.items()
                               if r.status == GpuStatus.QUARANTINED],
             wall_s=round(time.time() - self.started, 3), **self.merger.summary(),
-            **({"error": self.merger.write_error or self.stop_reason}
-               if self.merger.write_error or self.stop_reason else
-               {"error": "no GPU left (every GPU lost or quarantined)"} if self.no_gpus
-               else {}),
+            **({"error": error} if error else {}),
         )
 
     def snapshot(self) -> Snapshot:
