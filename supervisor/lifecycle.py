@@ -38,6 +38,11 @@ def settle(state: State, obj: ObjectRecord) -> list[Effect]:
         comp = plan.completion(obj, state.policy.dedup)
         if comp.done:
             return _complete(state, obj, comp)
+        # The grasps held meet the quota once the rounds below settle ([dedup]: once
+        # they are judged): meeting it wins over max_rounds and failures, which only
+        # stop new rounds, and none is wanted now.
+        return [WriteDataset(obj.code, None, final=False)] if _stride_due(state, obj.code) \
+            else []
     if obj.consecutive_failures >= state.policy.max_consecutive_failed_rounds:
         return _give_up(state, obj, O.FAILED,
                         f"{obj.consecutive_failures} consecutive rounds failed")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from supervisor import cleanup, dataset, events as ev, paths
+from supervisor import cleanup, dataset, events as ev, paths, plan
 from supervisor.config import Config
 from supervisor.dataset import Accumulator
 from supervisor.faults import crash_point
@@ -171,14 +171,15 @@ class Merger:
     async def _write_dataset(self, write: WriteDataset) -> None:
         acc = self.accs.get(write.code) or Accumulator()
         used = write.used
-        if used is None:  # a stride or drain write: every round held (and judged)
-            rounds = self.state.objects[write.code].rounds
-            used = {rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()
-                    if not self.config.dedup.enabled or rounds[rid].unique is not None}
+        if used is None:  # a stride or drain write: the rounds held (and judged)...
+            obj = self.state.objects[write.code]
+            held = {rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()
+                    if not self.config.dedup.enabled or obj.rounds[rid].unique is not None}
+            used = plan.first_rows(held, obj.target)  # ...never more than the target
         columns = acc.build(used)
         path = paths.final(self.config.exp_dir, write.code)
         try:
-            await anyio.to_thread.run_sync(dataset.write, path, columns)
+            digest = await anyio.to_thread.run_sync(dataset.write, path, columns)
         except OSError:
             self.writes[write.code] = write  # tried again at the next flush
             raise

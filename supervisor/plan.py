@@ -61,6 +61,20 @@ def completion(obj: ObjectRecord, dedup: bool = False) -> Completion:
     return Completion(False, None, used)
 
 
+def first_rows(held: dict[int, int], target: int) -> dict[int, int]:
+    """Rows per round of a dataset that holds at most ``target`` grasps: the first ones
+    in (round_id, item_index) order of ``held`` (round id -> grasps held)."""
+    used: dict[int, int] = {}
+    total = 0
+    for rid in sorted(held):
+        take = min(held[rid], target - total)
+        if take <= 0:
+            break
+        used[rid] = take
+        total += take
+    return used
+
+
 @dataclass(frozen=True)
 class Pick:
     object_code: str

@@ -100,3 +100,25 @@ def test_a_run_resumed_after_merged_rounds_keeps_its_deduped_rows(layout: Layout
     for key in reference:
         np.testing.assert_array_equal(reference[key], resumed[key], err_msg=key)
     assert dedup.dedup_mask(resumed, DedupSettings(enabled=True)).all()
+
+
+def test_quota_met_on_the_last_allowed_round_exits_0_with_exactly_the_target(
+        layout: Layout) -> None:
+    """Found by a new user (max_rounds reached by the round that met the quota): exit 1,
+    "exhausted", and a final.npz with more rows than the target."""
+    from structlog.testing import capture_logs
+
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=10,
+                           round_batch_size=4, max_rounds=3, dedup=DEDUP, gpus=[0],
+                           keep_intermediate=True)
+    with capture_logs() as logs:
+        assert run_in_process(config) == 0
+    assert not [e for e in logs if e["event"] == "object_failed"]
+    summary = [e for e in logs if e["event"] == "run_finished"][0]
+    assert summary["objects_done"] == 1 and summary["grasps"] == 10
+    data = layout.final("obj_a")
+    assert len(data["energy"]) == 10
+    assert data["round_id"].tolist() == [0] * 4 + [1] * 4 + [2] * 2
+    assert data["item_index"].tolist() == [0, 1, 2, 3] * 2 + [0, 1]
+    obj = layout.manifest()["objects"]["obj_a"]
+    assert obj["status"] == "done" and obj["collected"] == 10

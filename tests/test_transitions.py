@@ -194,3 +194,55 @@ def test_journal_lines_round_trip() -> None:
                   ev.SupervisorStarted(1, "h", ("x",), T, "/c", {"A": "1"}, (0, 1))):
         seq, back = ev.decode(ev.encode(7, event))
         assert seq == 7 and back == event
+
+
+def test_quota_met_on_the_last_allowed_round_is_done_not_exhausted() -> None:
+    """Found by a new user: with [dedup], the last allowed round reached the target
+    before it was judged; the object was marked exhausted and final.npz got every row."""
+    state = new(target=6, max_rounds=2, dedup=True)
+    start(state, "a", 0, 0)
+    ok(state, "a", 0, accepted=4)
+    apply(state, ev.RoundDeduped("a", 0, 4))
+    start(state, "a", 1, 0)
+    effects = ok(state, "a", 1, accepted=4)  # 8 held >= 6, r1 not judged yet
+    assert state.objects["a"].status == O.ACTIVE and not logs(effects, "object_failed")
+    effects = apply(state, ev.RoundDeduped("a", 1, 3))
+    assert state.objects["a"].status == O.DONE
+    assert [e for e in effects if isinstance(e, WriteDataset)] == [
+        WriteDataset("a", {0: 4, 1: 2}, final=True)]
+
+
+def test_failures_never_beat_a_quota_that_the_held_grasps_meet() -> None:
+    state = new(target=6, max_consecutive_failed_rounds=1, max_attempts=1, dedup=True)
+    start(state, "a", 0, 0)
+    ok(state, "a", 0, accepted=4)
+    apply(state, ev.RoundDeduped("a", 0, 4))
+    start(state, "a", 1, 0)
+    start(state, "a", 2, 1)
+    ok(state, "a", 2, accepted=4)  # held 8: the quota is met once r1 settles
+    fail(state, "a", 1, 0)  # r1 failed for good: one failure is the limit
+    assert state.objects["a"].status == O.ACTIVE
+    effects = apply(state, ev.RoundDeduped("a", 2, 4))
+    assert state.objects["a"].status == O.DONE
+    assert WriteDataset("a", {0: 4, 2: 2}, final=True) in effects
+
+
+def test_too_few_grasps_after_judging_is_exhausted() -> None:
+    state = new(target=6, max_rounds=2, dedup=True)
+    for rid in (0, 1):
+        start(state, "a", rid, 0)
+        ok(state, "a", rid, accepted=4)
+    apply(state, ev.RoundDeduped("a", 0, 4))
+    effects = apply(state, ev.RoundDeduped("a", 1, 1))  # 5 unique < 6, no round left
+    assert state.objects["a"].status == O.EXHAUSTED
+    assert logs(effects, "object_failed")[0]["collected"] == 5
+
+
+@pytest.mark.parametrize("held,target,expected", [
+    ({0: 4, 1: 4, 2: 4}, 10, {0: 4, 1: 4, 2: 2}),
+    ({2: 4, 0: 4}, 4, {0: 4}),
+    ({0: 3}, 10, {0: 3}),
+    ({}, 5, {}),
+])
+def test_first_rows_never_exceed_the_target(held, target, expected) -> None:
+    assert plan.first_rows(held, target) == expected
