@@ -82,6 +82,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, required=True, help="folder for {object_code}.npy")
         p.add_argument("--format", choices=("legacy",), default="legacy",
                        help="legacy: main.py's own result format")
+        p.add_argument("--include-unlisted", action="store_true",
+                       help="also export objects of earlier runs that the config no "
+                       "longer lists")
     return p
 
 
@@ -119,7 +122,7 @@ def main(command: str, argv: Sequence[str]) -> int:
     from supervisor.export import export
 
     problems = 0
-    for line, ok in export(config, state, args.out):
+    for line, ok in export(config, state, args.out, args.include_unlisted):
         print(line, file=sys.stdout if ok else sys.stderr)
         problems += not ok
     return 1 if problems else 0

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -28,11 +29,24 @@ def empty_columns() -> Columns:
     return cols
 
 
-def write(path: Path, columns: Columns) -> None:
-    """Atomically replace ``path`` with these columns plus ``qpos_names``."""
+def digest(columns: Columns) -> str:
+    """A digest of the grasps' arrays (names, dtypes, shapes, values), independent of the
+    zip archive around them: what the manifest records of each final.npz it writes."""
+    h = hashlib.sha256()
+    for key in sorted(k for k in columns if k != "qpos_names"):
+        arr = np.ascontiguousarray(columns[key])
+        h.update(f"{key}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def write(path: Path, columns: Columns) -> str:
+    """Atomically replace ``path`` with these columns plus ``qpos_names``; returns their
+    digest."""
     arrays = dict(columns)
     arrays["qpos_names"] = np.array(QPOS_NAMES)
     atomic_write(path, lambda f: np.savez(f, **arrays))
+    return digest(columns)
 
 
 def _check(path: Path, data: dict[str, np.ndarray]) -> None:

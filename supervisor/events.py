@@ -116,6 +116,7 @@ class DatasetWritten:
     rows: int
     final_bytes: int
     final_mtime_ns: int
+    digest: str | None = None  # supervisor.dataset.digest of its arrays
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,10 @@ class ObjectReloaded:
     in_final: dict[int, int]
     from_folders: dict[int, tuple[int, int]]
     missing: dict[int, str]
+    # The final.npz that holds ``in_final``, as found (None: no file, or an old journal).
+    final_bytes: int | None = None
+    final_mtime_ns: int | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from supervisor import dataset, paths
+from supervisor import integrity
 from supervisor.config import Config
 from supervisor.records import ObjectStatus
 from supervisor.state import State
@@ -55,30 +55,34 @@ def from_legacy(path: Path) -> Columns:
     return columns
 
 
-def export(config: Config, state: State, out: Path) -> Iterator[tuple[str, bool]]:
+def export(config: Config, state: State, out: Path,
+           include_unlisted: bool = False) -> Iterator[tuple[str, bool]]:
     """Write ``out/{code}.npy`` for every object with grasps; yields (line, ok) per
-    object. A final.npz that is missing, unreadable or not what the manifest recorded is
-    not exported: the line says so and how to repair it."""
-    hint = f"repair with: {config.command('recover')}"
-    for code in state.order:
+    object. A final.npz that is not what the manifest records (missing, unreadable,
+    another object's, altered: ``supervisor.integrity``) is not exported: the line says
+    so and how to repair it. Objects that the config no longer lists are exported only
+    with ``include_unlisted``."""
+    listed = set(config.object_codes)
+    unlisted = [c for c in state.objects if c not in listed]
+    for code in [*state.order, *(unlisted if include_unlisted else ())]:
         obj = state.objects[code]
-        source = paths.final(config.exp_dir, code)
-        if not source.exists():
-            if obj.collected:
-                yield f"{code}: {source} is missing but held {obj.collected} grasps; {hint}", False
+        finding = integrity.check(config, state, code, deep=True)
+        if not finding.ok:
+            yield (f"{code}: not exported: {finding.problem}; "
+                   f"{integrity.advice(config, state, code, finding)}"), False
             continue
-        try:
-            columns = dataset.grasp_columns(dataset.load(source))
-        except dataset.DatasetError as exc:
-            yield f"{code}: not exported: {exc}; {hint}", False
-            continue
+        if finding.data is None:
+            continue  # nothing written yet
+        columns = finding.data
         n = len(columns["energy"])
-        if n != obj.collected:
-            yield (f"{code}: not exported: {source} holds {n} grasps, the manifest recorded "
-                   f"{obj.collected}; {hint}"), False
-            continue
         items = to_legacy(columns, code)
         target = out / f"{code}.npy"
         atomic_write(target, lambda f, a=items: np.save(f, a, allow_pickle=True))
-        done = "" if obj.status == ObjectStatus.DONE else " (object not done yet)"
+        done = "" if obj.status == ObjectStatus.DONE else f" (object {obj.status}, not done)"
+        if code not in listed:
+            done += " (not in the current list)"
         yield f"{code}: {n} grasps -> {target}{done}", True
+    if unlisted and not include_unlisted:
+        yield (f"not exported: {len(unlisted)} object(s) not in the current list "
+               f"({', '.join(unlisted[:5])}{', ...' if len(unlisted) > 5 else ''}); add "
+               f"--include-unlisted to export them too"), True

@@ -190,7 +190,7 @@ class Merger:
             self.accs.pop(write.code, None)
             self.judges.pop(write.code, None)
         self.record(ev.DatasetWritten(write.code, dict(used), rows, stat.st_size,
-                                      stat.st_mtime_ns))
+                                      stat.st_mtime_ns, digest))
         for name in acc.partial_keys:
             self.log.warning("key_dropped", object_code=write.code, key=name, reason=(
                 "not saved by every round of this object: kept as NaN where missing"))

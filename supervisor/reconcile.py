@@ -96,6 +96,8 @@ def object_reloaded(state: State, e: ev.ObjectReloaded) -> list[Effect]:
                             reason=f"grasps not in final.npz and "
                                    f"{e.missing.get(rnd.round_id, 'no result')}; running it again")
     obj.collected = sum(e.in_final.values())
+    obj.final_bytes, obj.final_mtime_ns, obj.final_digest = (
+        e.final_bytes, e.final_mtime_ns, e.digest)  # the file as found
     state.unwritten[e.code] = sum(1 for r in obj.rounds.values() if r.status == R.FINISHED)
     state.written_rounds[e.code] = len(e.in_final)
     if obj.status == O.DONE:  # killed between deciding it done and writing final.npz
@@ -136,7 +138,7 @@ def dataset_lost(state: State, e: ev.DatasetLost) -> list[Effect]:
     resume reloads its rounds from their folders or reruns them with the same seeds."""
     obj = state.objects[e.code]
     state.set_object(obj, O.ACTIVE, None)
-    obj.collected, obj.final_bytes, obj.final_mtime_ns = 0, None, None
+    obj.collected, obj.final_bytes, obj.final_mtime_ns, obj.final_digest = 0, None, None, None
     return [Log("object_reopened", {"object_code": e.code, "reason": e.reason})]
 
 

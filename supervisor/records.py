@@ -110,6 +110,7 @@ class ObjectRecord:
     # What the last write of final.npz left on disk, to tell when it changed since.
     final_bytes: int | None = None
     final_mtime_ns: int | None = None
+    final_digest: str | None = None  # supervisor.dataset.digest of what was written
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
 
     @property
@@ -127,6 +128,7 @@ class ObjectRecord:
             "reason": self.reason,
             "final_bytes": self.final_bytes,
             "final_mtime_ns": self.final_mtime_ns,
+            "final_digest": self.final_digest,
             "rounds": {str(rid): r.to_json() for rid, r in sorted(self.rounds.items())},
         }
 
@@ -141,7 +143,7 @@ class ObjectRecord:
             status=ObjectStatus(o["status"]), collected=int(o["collected"]),
             consecutive_failures=int(o["consecutive_failures"]), reason=o.get("reason"),
             final_bytes=o.get("final_bytes"), final_mtime_ns=o.get("final_mtime_ns"),
-            rounds=rounds,
+            final_digest=o.get("final_digest"), rounds=rounds,
         )
 
 

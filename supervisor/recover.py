@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from supervisor import dataset, events as ev, journal, manifest as mf, paths, plan, store as st
+from supervisor import dataset, events as ev, integrity, journal, manifest as mf, paths, plan
+from supervisor import store as st
 from supervisor.config import SEED_STRIDE, Config
 from supervisor.records import RoundStatus
 from supervisor.results import ResultError, read_accepted
@@ -119,37 +120,24 @@ def recover(config: Config) -> list[str]:
     check_experiment(config)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     report: list[str] = []
-    finals: dict[str, dict[str, np.ndarray]] = {}
-    broken_finals: list[tuple[str, str]] = []
-    for code in config.object_codes:
-        path = paths.final(config.exp_dir, code)
-        if not path.exists():
-            continue
-        try:
-            finals[code] = dataset.load(path)
-        except dataset.DatasetError as exc:
-            report.append(f"moved aside {_aside(path, stamp)} ({exc})")
-            broken_finals.append((code, str(exc)))
     path = paths.manifest(config.exp_dir)
-    old: State | None = None
     if path.exists():
         try:
-            old = st.load_state(config)
+            return _repair_finals(config, st.load_state(config), stamp)
         except (mf.ManifestError, journal.JournalError) as exc:
             report.append(f"moved aside {_aside(path, stamp)} ({exc})")
             journal_path = paths.journal(config.exp_dir)
             if journal_path.exists():
                 report.append(f"moved aside {_aside(journal_path, stamp)}")
-    if old is not None:
-        for code, reason in broken_finals:
-            if code in old.objects:
-                apply(old, ev.DatasetLost(code, reason))
-                report.append(f"{code}: reopened; resume reloads or reruns its rounds")
-        if not broken_finals:
-            report.append(f"{path} and the datasets are readable: nothing to recover")
-            return report
-        _save(config, old)
-        return report
+    finals: dict[str, dict[str, np.ndarray]] = {}
+    for code in config.object_codes:
+        final = paths.final(config.exp_dir, code)
+        if not final.exists():
+            continue
+        try:
+            finals[code] = dataset.load(final)
+        except dataset.DatasetError as exc:
+            report.append(f"moved aside {_aside(final, stamp)} ({exc})")
     state = _rebuild(config, finals)
     _save(config, state)
     for code in config.object_codes:
@@ -159,6 +147,26 @@ def recover(config: Config) -> list[str]:
                       f"{by[RoundStatus.FINISHED]} to reload from their folders, "
                       f"{by[RoundStatus.DISCARDED]} kept out of a delivered dataset")
     report.append(f"wrote {path}; resume with: {config.command()}")
+    return report
+
+
+def _repair_finals(config: Config, state: State, stamp: str) -> list[str]:
+    """A readable manifest: put misplaced final.npz files back and move the other bad
+    ones aside (integrity.restore); say what a rerun then rebuilds. The manifest stays
+    as it is: resume rebuilds a missing final.npz from what it records."""
+    report = [f"{code}: {line}" for code, line in integrity.restore(config, state, stamp)]
+    left = 0
+    for code in state.objects:
+        finding = integrity.check(config, state, code)
+        if not finding.ok:
+            left += 1
+            report.append(f"{code}: {finding.problem}; "
+                          f"{integrity.rebuild_note(config, state, code)}")
+    if not report:
+        return [f"{paths.manifest(config.exp_dir)} and the datasets are what the run "
+                f"recorded: nothing to recover"]
+    if not left:
+        report.append("every final.npz is now what the run recorded")
     return report
 
 

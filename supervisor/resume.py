@@ -13,13 +13,13 @@ import signal
 import socket
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from supervisor import dataset, events as ev, journal, manifest as mf, paths, store as st
+from supervisor import dataset, events as ev, integrity, journal, manifest as mf, paths
+from supervisor import store as st
 from supervisor.config import MAX_SEED, SEED_STRIDE, Config
 from supervisor.dataset import Accumulator
 from supervisor.fsutil import remove_stale_temps
@@ -168,28 +168,12 @@ def kill_orphans(rounds: tuple[tuple[str, int, int | None], ...],
 
 
 # -- grasps ------------------------------------------------------------------------------
-def _final_matches(config: Config, code: str, state: State) -> bool:
-    obj = state.objects[code]
-    try:
-        stat = os.stat(paths.final(config.exp_dir, code))
-    except OSError:
-        return False
-    return (stat.st_size, stat.st_mtime_ns) == (obj.final_bytes, obj.final_mtime_ns) \
-        and obj.collected == obj.target
-
-
-def _final_rows(path: Path) -> int | None:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return len(npz["round_id"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
-
-
 def load_grasps(config: Config, store: Store) -> tuple[dict[str, Accumulator], list[Effect],
                                                        list[tuple[str, tuple[str, ...]]]]:
     """Accumulators for unfinished objects, from final.npz plus round folders; and the
-    round folders of done objects that a kill left behind (to clean)."""
+    round folders of done objects that a kill left behind (to clean). A done object whose
+    final.npz is missing, short or stale is reloaded, which rebuilds it; one that is
+    unreadable, foreign or altered is refused: recover repairs it first."""
     state = store.state
     accs: dict[str, Accumulator] = {}
     effects: list[Effect] = []
@@ -199,40 +183,41 @@ def load_grasps(config: Config, store: Store) -> tuple[dict[str, Accumulator], l
         obj = state.objects[code]
         path = paths.final(config.exp_dir, code)
         remove_stale_temps(path.parent)
-        if obj.status == ObjectStatus.DONE:
-            if _final_matches(config, code, state) or _final_rows(path) == obj.target:
-                names = tuple(r.name for r in obj.rounds.values()
-                              if paths.round_dir(config, r.name).exists())
-                if names:
-                    leftovers.append((code, names))
-                continue
-        elif obj.status != ObjectStatus.ACTIVE:
+        if obj.status not in (ObjectStatus.DONE, ObjectStatus.ACTIVE):
+            continue
+        finding = integrity.check(config, state, code)
+        if finding.kind in integrity.NEEDS_RECOVER:
+            raise RefusedError(f"{code}: {finding.problem} ({path}); "
+                               f"{integrity.advice(config, state, code, finding)}")
+        if obj.status == ObjectStatus.DONE and finding.ok:
+            names = tuple(r.name for r in obj.rounds.values()
+                          if paths.round_dir(config, r.name).exists())
+            if names:
+                leftovers.append((code, names))
             continue
         held = any(r.status in (*HAS_GRASPS, RoundStatus.DISCARDED) and r.accepted is not None
                    for r in obj.rounds.values())
         if not held and not path.exists():
             continue  # nothing produced yet: nothing to reconcile
-        acc, event = _reload(config, state, code, path)
+        acc, event = _reload(config, state, code, path, finding.data)
         accs[code] = acc
         effects += store.record(event)
     return accs, effects, leftovers
 
 
-def _reload(config: Config, state: State, code: str, path: Path
-            ) -> tuple[Accumulator, ev.ObjectReloaded]:
+def _reload(config: Config, state: State, code: str, path: Path,
+            data: dict[str, np.ndarray] | None) -> tuple[Accumulator, ev.ObjectReloaded]:
+    """``data``: final.npz as integrity.check read it (None: not read yet)."""
     obj = state.objects[code]
     acc = Accumulator()
+    found: tuple[int | None, int | None, str | None] = (None, None, None)
     if path.exists():
-        try:
-            acc = Accumulator.from_columns(dataset.grasp_columns(dataset.load(path)))
-        except dataset.DatasetError as exc:
-            raise RefusedError(f"{exc}; {recover_hint(config)}") from None
+        stat = path.stat()
+        if data is None:
+            data = dataset.grasp_columns(dataset.load(path))  # checked: readable
+        acc = Accumulator.from_columns(data)
+        found = (stat.st_size, stat.st_mtime_ns, dataset.digest(data))
     in_final = {rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()}
-    unknown = sorted(set(in_final) - set(obj.rounds))
-    if unknown:
-        raise RefusedError(f"{path}: holds grasps of round(s) {unknown}, which "
-                           f"{paths.manifest(config.exp_dir)} does not know; "
-                           f"{recover_hint(config)}")
     from_folders: dict[int, tuple[int, int]] = {}
     missing: dict[int, str] = {}
     for rnd in obj.rounds.values():
@@ -249,4 +234,4 @@ def _reload(config: Config, state: State, code: str, path: Path
             continue
         acc.add(rnd.round_id, cols)
         from_folders[rnd.round_id] = (produced, len(cols["round_id"]))
-    return acc, ev.ObjectReloaded(code, in_final, from_folders, missing)
+    return acc, ev.ObjectReloaded(code, in_final, from_folders, missing, *found)

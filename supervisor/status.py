@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from supervisor import paths, plan, samples, slots
+from supervisor import integrity, paths, plan, samples, slots
 from supervisor.config import Config
 from supervisor.lock import live_holder
 from supervisor.records import HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus
@@ -52,21 +52,6 @@ def _wall_span(obj: ObjectRecord, end: float) -> float:
     return max(ends) - min(r.started_at for r in started) if ends else 0.0
 
 
-def dataset_problem(config: Config, obj: ObjectRecord) -> str | None:
-    """Why the object's final.npz is not what the run recorded, or None."""
-    if obj.final_bytes is None:
-        return None
-    try:
-        stat = os.stat(paths.final(config.exp_dir, obj.code))
-    except FileNotFoundError:
-        return "final.npz is missing"
-    if (stat.st_size, stat.st_mtime_ns) != (obj.final_bytes, obj.final_mtime_ns):
-        return "final.npz changed since the run wrote it"
-    if obj.status == ObjectStatus.DONE and obj.collected < obj.target:
-        return f"final.npz holds {obj.collected} of {obj.target} (the last write failed)"
-    return None
-
-
 def removed(obj: ObjectRecord) -> tuple[int, int]:
     """Grasps the quality filter and [dedup] removed from the rounds that produced."""
     filtered = duplicates = 0
@@ -85,11 +70,15 @@ def object_status(config: Config, state: State, obj: ObjectRecord, end: float) -
     t = state.tally[obj.code]
     rate = t.accepted / t.produced if t.produced else None
     gpu_s = _gpu_seconds(obj, end)
-    problem = dataset_problem(config, obj)
+    finding = integrity.check(config, state, obj.code)
+    problem = None if finding.ok else finding.problem
     status = obj.status.value if problem is None else "broken"
     collected = min(state.collected(obj.code), obj.target)
     return {
         "object_code": obj.code, "index": obj.index, "status": status,
+        "listed": obj.code in config.object_codes,
+        "repair": None if problem is None else integrity.advice(config, state, obj.code,
+                                                                finding),
         "collected": obj.collected if obj.status == ObjectStatus.DONE else collected,
         "in_final": obj.collected, "target": obj.target, "problem": problem,
         "rounds_merged": t.by_status[R.MERGED],
@@ -118,6 +107,9 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
     end = now if live else updated
     codes = [c for c in config.object_codes if c in state.objects]
     objects = [object_status(config, state, state.objects[c], end) for c in codes]
+    # Objects of earlier runs that the config no longer lists: their final.npz stays.
+    unlisted = [object_status(config, state, state.objects[c], end) for c in state.objects
+                if c not in set(config.object_codes)]
     for o in objects if not live else ():
         o["rounds_running"] = 0
     durations = [d for c in codes for d in _round_seconds(state.objects[c])]
@@ -127,7 +119,9 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
     parallel = len([g for g, r in state.gpus.items() if r.status == "healthy"]) or 1
     rounds_to_go = sum(o["rounds_to_go"] for o in objects)
     mean_round_s = sum(durations) / len(durations) if durations else None
-    eta = 0.0 if not rounds_to_go else (
+    all_done = all(o["status"] == "done" for o in objects)
+    can_finish = all_done or any(o["status"] == "active" for o in objects)
+    eta = None if not can_finish else 0.0 if not rounds_to_go else (
         rounds_to_go * mean_round_s / parallel if mean_round_s and live else None)
     return {
         "exp_name": state.policy.exp_name,
@@ -135,9 +129,10 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "run_live": live,
         "objects": len(objects),
         "objects_done": sum(o["status"] == "done" for o in objects),
-        "objects_failed": sum(o["status"] in ("failed", "exhausted") for o in objects),
+        "objects_failed": sum(o["status"] == "failed" for o in objects),
+        "objects_exhausted": sum(o["status"] == "exhausted" for o in objects),
         "objects_broken": sum(o["status"] == "broken" for o in objects),
-        "grasps_done": sum(o["collected"] for o in objects),
+        "grasps_done": sum(o["collected"] for o in objects if o["status"] != "broken"),
         "grasps_total": sum(o["target"] for o in objects),
         "rounds_running": sum(o["rounds_running"] for o in objects) if live else 0,
         "gpu_hours": round(sum(o["gpu_hours"] for o in objects), 4),
@@ -154,6 +149,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "gpu_samples": samples.latest_and_mean(config.exp_dir),
         "recover_command": config.command("recover"),
         "per_object": objects,
+        "not_in_list": unlisted,
     }
 
 
@@ -169,9 +165,9 @@ def render(summary: dict[str, Any]) -> str:
     lines = [
         f"experiment {s['exp_name']}: {'running' if s['run_live'] else 'not running'}, "
         f"manifest updated {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(s['updated_at']))}",
-        f"objects {s['objects_done']}/{s['objects']} done, {s['objects_failed']} failed; "
-        f"grasps {s['grasps_done']}/{s['grasps_total']}; {s['rounds_running']} round(s) "
-        f"running; {s['gpu_hours']:.2f} GPU-hours; ETA {duration(s['eta_s'])}",
+        f"objects {s['objects_done']}/{s['objects']} done, {s['objects_failed']} failed, "
+        f"{s['objects_exhausted']} exhausted; grasps {s['grasps_done']}/{s['grasps_total']}; "
+        f"{s['rounds_running']} round(s) running; {s['gpu_hours']:.2f} GPU-hours; {_eta(s)}",
         f"removed: {s['removed_by_filter']} by the quality filter, "
         f"{s['removed_as_duplicates']} near-duplicates",
     ]
@@ -186,10 +182,9 @@ def render(summary: dict[str, Any]) -> str:
     bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
     for gpu, v in bad.items():
         lines.append(f"{slots.label(slots.parse(gpu))} {v['status']}: {v['reason']}")
-    for o in s["per_object"]:
+    for o in s["per_object"] + s["not_in_list"]:
         if o["problem"]:
-            lines.append(f"{o['object_code']}: {o['problem']}; repair with: "
-                         f"{s['recover_command']}")
+            lines.append(f"{o['object_code']}: {o['problem']}; {o['repair']}")
     if s["failures_by_reason"]:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in
                                                s["failures_by_reason"].items()))
@@ -205,4 +200,19 @@ def render(summary: dict[str, Any]) -> str:
                      f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} "
                      f"{o['removed_by_filter']:>8} {o['removed_as_duplicates']:>6} "
                      f"{hourly:>9} {speed:>12}")
+    if s["not_in_list"]:
+        lines.append(f"not in the current list ({len(s['not_in_list'])}; their final.npz "
+                     f"stays, `export --include-unlisted` exports them): " + ", ".join(
+                         f"{o['object_code']} {o['status']} {o['in_final']}/{o['target']}"
+                         for o in s["not_in_list"]))
     return "\n".join(lines)
+
+
+def _eta(s: dict[str, Any]) -> str:
+    if s["objects_broken"]:
+        return f"no ETA: {s['objects_broken']} final.npz to repair (below)"
+    if s["objects_done"] == s["objects"]:
+        return "all done"
+    if not any(o["status"] == "active" for o in s["per_object"]):
+        return "no ETA: nothing left that can finish"
+    return f"ETA {duration(s['eta_s'])}"

@@ -110,13 +110,18 @@ class Supervisor(Dispatcher):
     def _summary(self, code: int) -> None:
         s, by = self.state, self.state.objects_by_status
         gone = [removed(s.objects[c]) for c in s.order]
+        # Done means delivered: an object decided done whose final.npz could not be
+        # written (a full disk) is not.
+        unwritten = sum(1 for c in s.order if s.objects[c].status == ObjectStatus.DONE
+                        and s.objects[c].collected < s.objects[c].target)
         error = self.merger.write_error or self.stop_reason or (
             "no GPU left (every GPU lost or quarantined)" if self.no_gpus else None)
         self.log.info(
             "run_finished", exit_code=code, objects=len(s.order),
-            objects_done=by[ObjectStatus.DONE], objects_failed=by[ObjectStatus.FAILED],
+            objects_done=by[ObjectStatus.DONE] - unwritten,
+            objects_failed=by[ObjectStatus.FAILED],
             objects_exhausted=by[ObjectStatus.EXHAUSTED],
-            objects_unfinished=by[ObjectStatus.ACTIVE],
+            objects_unfinished=by[ObjectStatus.ACTIVE] + unwritten,
             grasps=sum(s.objects[c].collected for c in s.order),
             removed_by_filter=sum(f for f, _ in gone),
             removed_as_duplicates=sum(d for _, d in gone),

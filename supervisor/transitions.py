@@ -158,6 +158,7 @@ def gpu_added(state: State, e: ev.GpuAdded) -> list[Effect]:
 def dataset_written(state: State, e: ev.DatasetWritten) -> list[Effect]:
     obj = state.objects[e.code]
     obj.collected, obj.final_bytes, obj.final_mtime_ns = e.rows, e.final_bytes, e.final_mtime_ns
+    obj.final_digest = e.digest
     effects: list[Effect] = []
     for rid, n in sorted(e.used.items()):
         rnd = obj.rounds[rid]

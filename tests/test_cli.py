@@ -292,3 +292,13 @@ def test_a_reader_going_away_does_not_stop_the_run(layout: Layout) -> None:
     status = subprocess.run(f"{sys.executable} -m supervisor status {path} | head -1",
                             shell=True, env=cli_env(), capture_output=True, text=True)
     assert status.returncode == 0 and "Traceback" not in status.stderr
+
+
+def test_status_says_exhausted_and_no_eta_when_nothing_can_finish(layout: Layout) -> None:
+    """status called exhausted objects "failed" and showed ETA 0h00m00s."""
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=20,
+                               max_rounds=2)
+    assert run_cli(str(path)).returncode == 1
+    text = run_cli("status", str(path)).stdout
+    assert "0 failed, 1 exhausted" in text
+    assert "no ETA: nothing left that can finish" in text and "0h00m00s" not in text
