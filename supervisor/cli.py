@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -131,17 +132,36 @@ def _run(argv: Sequence[str]) -> int:
     return run_supervisor(config, live_stream=sys.stderr if live else None)
 
 
+def _silence_console() -> None:
+    """stdout and stderr are gone (``| head`` closed, the terminal hung up): point them at
+    /dev/null, so that no later write, nor Python's own flush at exit, fails."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+
 def main_guarded() -> int:
-    """``main`` for ``python -m supervisor``: ``| head`` closing stdout is not an error."""
+    """``main`` for ``python -m supervisor``: a reader that went away (``| head``, a
+    terminal that hung up) costs the output, never the exit code of a run."""
     try:
         code = main()
-        sys.stdout.flush()
-        return code
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        # BrokenPipeError (``| head``) or EIO (a hung-up terminal) while printing.
+        if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EIO:
+            raise
+        _silence_console()
         return 1
     except KeyboardInterrupt:  # Ctrl+C before the run's own signal handling started
         return 130
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        _silence_console()
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

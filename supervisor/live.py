@@ -41,9 +41,13 @@ def _bar(fraction: float, width: int = 20) -> str:
 
 
 class LiveView:
+    """Draws on ``stream`` every REFRESH_S until cancelled. A terminal that went away (a
+    closed SSH session: EIO) ends the view quietly; the run goes on without it."""
+
     def __init__(self, snapshot: Callable[[], Snapshot], stream: TextIO) -> None:
         self.snapshot, self.stream, self.height = snapshot, stream, 0
         self.lines: list[str] = []
+        self.dead = False
         first = snapshot()
         self.start_progress, self.start_time = first.progress, time.monotonic()
 
@@ -78,24 +82,32 @@ class LiveView:
         self.lines = self.render()
         self.redraw()
 
+    def _write(self, text: str) -> None:
+        if self.dead:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # EIO from a hung-up terminal, a closed stream
+            self.dead = True
+            logs.set_around_print(None)
+
     def redraw(self) -> None:
         """Draw the last rendered lines again (after a log line scrolled past)."""
         up = f"\x1b[{self.height}F" if self.height else ""
-        self.stream.write(up + CLEAR_TO_END + "\n".join(self.lines) + "\n")
-        self.stream.flush()
+        self._write(up + CLEAR_TO_END + "\n".join(self.lines) + "\n")
         self.height = len(self.lines)
 
     def clear(self) -> None:
         if self.height:
-            self.stream.write(f"\x1b[{self.height}F" + CLEAR_TO_END)
-            self.stream.flush()
+            self._write(f"\x1b[{self.height}F" + CLEAR_TO_END)
             self.height = 0
 
     async def run(self) -> None:
         # Console logs on the same terminal: the view steps aside for each log line.
         logs.set_around_print((self.clear, self.redraw))
         try:
-            while True:
+            while not self.dead:
                 self.draw()
                 await anyio.sleep(REFRESH_S)
         finally:

@@ -23,6 +23,11 @@ MAX_LINE_CHARS = 4096
 READ_CHUNK_BYTES = 65536
 # After the child exits, how long its pipes may stay open (held by grandchildren).
 DRAIN_S = 5.0
+# The watchdog wakes at least this often, and a wake-up this much later than asked means
+# the supervisor itself was not running (SIGSTOP, Ctrl+Z, a suspended VM): that time is
+# not the child's silence.
+TICK_S = 1.0
+LATE_S = 0.5
 
 LineHandler = Callable[[str, str], None]  # (stream name, line)
 
@@ -60,6 +65,15 @@ async def _pump(stream: ByteReceiveStream, name: str, on_line: LineHandler,
                 on_line(name, raw.decode("utf-8", "replace")[:MAX_LINE_CHARS])
     if buffer:
         on_line(name, buffer.decode("utf-8", "replace")[:MAX_LINE_CHARS])
+
+
+def exited(pid: int) -> bool:
+    """The child has exited and waits to be reaped (a zombie): nothing left to stop."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -168,11 +182,22 @@ async def run_child(
             tg.start_soon(pump, process.stderr, "stderr")
             tg.start_soon(wait_exit)
             tg.start_soon(wait_stop)
+            due = None  # when the watchdog asked to wake up
             while process.returncode is None:
-                stopped, wait_s = overdue(anyio.current_time())
-                if stopped:
+                now = anyio.current_time()
+                if due is not None and now - due > LATE_S:
+                    # We were not running: neither reading the child's output nor seeing
+                    # its exit. Look again once both have had their turn.
+                    last_output += now - due
+                    due = None
+                    await anyio.sleep(0)
+                    continue
+                stopped, wait_s = overdue(now)
+                if stopped and (stopped == "stop" or not exited(process.pid)):
                     await stop_group(process, grace_s, kill)
                     break
+                wait_s = TICK_S if stopped else min(wait_s, TICK_S)  # exited: reap it
+                due = now + wait_s
                 with anyio.move_on_after(wait_s):
                     await wake.wait()
             # Pipes still open after the exit are held by grandchildren: kill them.
