@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from supervisor.validate import ConfigError, Reader, check_name
+from supervisor.validate import ConfigError, Reader, check_name, toml_value
 
 # Round logs are {exp_name}__{code}__r{id}.log: past the file system's name limit every
 # round would fail with ENAMETOOLONG.
@@ -20,7 +20,8 @@ def resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def read_object_file(source: str, path: Path) -> list[Any]:
+def read_object_file(source: str, path: Path) -> list[tuple[Any, str]]:
+    """The file's codes, each with where it is (``line 3``, ``item 2``)."""
     key = "object_code_file"
     if not path.is_file():
         raise ConfigError(source, key, str(path), "an existing .txt or .json file")
@@ -35,11 +36,11 @@ def read_object_file(source: str, path: Path) -> list[Any]:
             raise ConfigError(source, key, str(path), f"a JSON list of strings ({exc})") from None
         if not isinstance(codes, list):
             raise ConfigError(source, key, str(path), "a JSON list of strings")
-        return codes
+        return [(code, f"item {n}") for n, code in enumerate(codes)]
     if path.suffix != ".txt":
         raise ConfigError(source, key, str(path), "a .txt (one code a line) or .json file")
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
+    lines = ((n, line.split("#", 1)[0].strip()) for n, line in enumerate(text.splitlines(), 1))
+    return [(line, f"line {n}") for n, line in lines if line]
 
 
 def object_codes(r: Reader, base: Path) -> tuple[tuple[str, ...], str]:
@@ -50,18 +51,24 @@ def object_codes(r: Reader, base: Path) -> tuple[tuple[str, ...], str]:
         key, codes = "object_code_list", r.raw("object_code_list")
         if not isinstance(codes, list):
             raise r.error(key, codes, "a list of object codes")
+        found = [(code, f"{key}[{n}]") for n, code in enumerate(codes)]
     else:
         key = "object_code_file"
-        codes = read_object_file(r.source, resolve(base, r.text(key, None)))
-    if not codes:
-        raise r.error(key, codes, "at least one object code")
-    seen: set[str] = set()
-    for code in codes:
-        check_name(r.source, key, code)
+        path = resolve(base, r.text(key, None))
+        found = read_object_file(r.source, path)
+    if not found:
+        raise r.error(key, [], "at least one object code")
+    seen: dict[str, str] = {}
+    for code, where in found:
+        check_name(r.source, where if key == "object_code_list" else f"{key} ({path}, {where})",
+                   code)
         if code in seen:
-            raise r.error(key, code, "each object code once (this one is duplicated)")
-        seen.add(code)
-    return tuple(codes), key
+            if key == "object_code_list":
+                raise r.error(where, code, f"each object code once (already {seen[code]})")
+            raise r.error(key, str(path), f"each object code once ({toml_value(code)} is on "
+                                          f"{seen[code]} and {where})")
+        seen[code] = where
+    return tuple(code for code, _ in found), key
 
 
 def check_lengths(source: str, exp_name: str, codes: tuple[str, ...], key: str) -> None:

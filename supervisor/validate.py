@@ -5,6 +5,7 @@ bad value and the expected form, e.g.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import fields
 from typing import Any, Mapping
@@ -25,8 +26,24 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML file spells it (true, "text", [1, 2], {a = 1}), so that an
+    error shows what the user wrote, not Python's True or 'text'."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    if value is None:
+        return "(unset)"
+    return repr(value)
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = toml_value(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import EMULATOR_COMMAND, Layout, write_toml
 from supervisor import cli
-from supervisor.config import ConfigError, load_config
+from supervisor.config import ConfigError, load_config, parse_config
 
 
 def test_valid_config_resolves_paths_against_its_folder(layout: Layout) -> None:
@@ -237,3 +237,59 @@ def test_example_config_documents_every_key() -> None:
     main = text.split("\n[main]\n", 1)[1].split("\n[", 1)[0]
     for key in ("command", "cwd", "output_dir", "threads", "env"):
         assert f"\n{key} =" in main, key
+
+
+@pytest.mark.parametrize("value,codes", [
+    ('["a","b"]', ["a", "b"]), ("['a', 'b']", ["a", "b"]), ("a, b", ["a", "b"]),
+    ("a", ["a"]),
+])
+def test_object_code_list_on_the_command_line_takes_toml_lists_and_commas(
+        layout, value: str, codes: list[str]) -> None:
+    """Found by a new user: '["a","b"]' silently made objects named '["a' and '"b"]'."""
+    from supervisor.cli import run_parser
+    from supervisor.commands import overrides_from
+
+    args = run_parser().parse_args([str(layout.write_config()), "--object_code_list", value])
+    assert overrides_from(args)["object_code_list"] == codes
+
+
+@pytest.mark.parametrize("value", ['["a","b"', '"a","b"', "[1, 2]", "a]"])
+def test_object_code_list_with_stray_brackets_or_quotes_is_refused_in_one_line(
+        layout, value: str) -> None:
+    from conftest import run_cli
+
+    proc = run_cli(str(layout.write_config()), "--object_code_list", value, "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "a,b,c or a TOML list such as '[\"a\", \"b\"]'" in proc.stderr
+
+
+def test_help_says_the_list_forms() -> None:
+    from supervisor.cli import run_parser
+
+    text = run_parser().format_help()
+    assert "a,b,c or a TOML list" in " ".join(text.split())
+
+
+def test_a_duplicated_code_names_where_both_are(layout, tmp_path: Path) -> None:
+    """It said `object_code_file = 'a1'`, a file name that does not exist."""
+    with pytest.raises(ConfigError) as inline:
+        layout.config(object_code_list=["a1", "b", "a1"])
+    assert 'object_code_list[2] = "a1"' in str(inline.value)
+    assert "already object_code_list[0]" in str(inline.value)
+    (layout.root / "objects.txt").write_text("a1\n# comment\nb\na1\n")
+    data = layout.config_data(object_code_file="objects.txt")
+    del data["object_code_list"]
+    with pytest.raises(ConfigError) as listed:
+        parse_config(data, layout.root / "c.toml")
+    text = str(listed.value)
+    assert f'object_code_file = "{layout.root / "objects.txt"}"' in text
+    assert '"a1" is on line 1 and line 4' in text
+
+
+def test_refusals_spell_values_as_toml_does(layout) -> None:
+    with pytest.raises(ConfigError) as exc:
+        layout.config(gpus=[True, 1])
+    assert "gpus = [true, 1]" in str(exc.value) and "True" not in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        layout.config(exp_name=False)
+    assert "exp_name = false" in str(exc.value)
