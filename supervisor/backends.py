@@ -54,7 +54,8 @@ class LocalBackend:
                       stop: anyio.Event, kill: anyio.Event) -> runner.ChildExit:
         t = config.timeouts
         return await runner.run_child(
-            argv, cwd=config.main.cwd, env=child_env(config, job.device), on_line=on_line,
+            argv, cwd=config.main.cwd, env=child_env(config, job.device, job.name),
+            on_line=on_line,
             on_start=on_start, stop=stop, kill=kill, timeout_s=t.round_timeout_s,
             stall_timeout_s=t.stall_timeout_s, grace_s=t.grace_s)
 

@@ -14,6 +14,9 @@ from supervisor.config import Config
 from supervisor.slots import GpuKey
 
 
+ROUND_ENV = "SUPERVISOR_ROUND"
+
+
 @dataclass(frozen=True)
 class RoundJob:
     object_code: str
@@ -51,8 +54,9 @@ def round_env(config: Config) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def child_env(config: Config, gpu: int) -> dict[str, str]:
+def child_env(config: Config, gpu: int, name: str = "") -> dict[str, str]:
     """The GPU trap: main.py sets CUDA_VISIBLE_DEVICES from --gpu, so both carry the same
-    physical id, numbered in PCI bus order like NVML's indices."""
-    return {**os.environ, **round_env(config),
+    physical id, numbered in PCI bus order like NVML's indices. ROUND_ENV names the round
+    in every process of its group (resume tells its orphans by it)."""
+    return {**os.environ, **round_env(config), ROUND_ENV: name,
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(gpu)}

@@ -62,9 +62,13 @@ def _watchdog(launcher: int) -> int:
         signal.pause()
 
 
-def _exit_like(status: int) -> None:
+def _exit_like(status: int, child: int) -> None:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
+        # Which pid died, for the supervisor to look up in the kernel log (an OOM kill
+        # names the pid there, and main.py's is not the launcher's).
+        sys.stderr.write(f"supervisor.launch: pid {child} ended by signal {sig}\n")
+        sys.stderr.flush()
         if sig not in (signal.SIGKILL, signal.SIGSTOP):
             signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
@@ -94,7 +98,7 @@ def main(args: list[str]) -> None:
     if watchdog is not None:  # a normal end: the group's other members are not killed
         os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
-    _exit_like(status)
+    _exit_like(status, child)
 
 
 if __name__ == "__main__":

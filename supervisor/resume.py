@@ -27,6 +27,8 @@ from supervisor.records import HAS_GRASPS, ObjectStatus, RoundStatus, now
 from supervisor.results import ResultError, read_accepted
 from supervisor.state import Effect, KillOrphans, State
 from supervisor.store import Store
+from supervisor.validate import toml_value
+from supervisor.job import ROUND_ENV
 
 
 class RefusedError(RuntimeError):
@@ -60,7 +62,8 @@ def open_experiment(config: Config) -> State:
         if key in state.identity and state.identity[key] != value:
             name, now, before = _changed(key, value, state.identity[key])
             raise RefusedError(
-                f"{config.path}: {name} = {now!r} differs from {before!r} used so far in "
+                f"{config.path}: {name} = {toml_value(now)} differs from "
+                f"{toml_value(before)} used so far in "
                 f"{path}; it would change which grasps are in the datasets. Restore it, or "
                 f"pick a new exp_name")
     for code in config.object_codes:
@@ -138,10 +141,21 @@ def _members(groups: dict[int, list[tuple[int, int, bytes]]], name: str, pgid: i
     leader = next(((ticks, cmd) for pid, ticks, cmd in members if pid == pgid), None)
     if leader is None:
         alive = any(pid == pgid for group in groups.values() for pid, _, _ in group)
-        return [] if alive else [pid for pid, _, _ in members]
+        # The round's pid was free for reuse once its leader died: a later process may
+        # have led a group of that number and left (a shell's job). Only processes that
+        # inherited the round's environment are the round's.
+        return [] if alive else [pid for pid, _, _ in members if _of_round(pid, name)]
     ticks, cmd = leader
     ours = ticks == started if started is not None else name.encode() in cmd.split(b"\0")
     return [pid for pid, _, _ in members] if ours else []
+
+
+def _of_round(pid: int, name: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"{ROUND_ENV}={name}".encode() in environ
 
 
 def kill_orphans(rounds: tuple[tuple[str, int, int | None], ...],

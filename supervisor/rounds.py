@@ -6,6 +6,8 @@ Outcome that the merger records.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import time
@@ -99,7 +101,48 @@ class LineSink:
         self.gpu_log.close()
 
 
-def _describe(exit_: runner.ChildExit, config: Config) -> str:
+_ENDED = re.compile(r"^supervisor\.launch: pid (\d+) ended by signal 9$")
+_OOM = re.compile(rb"(?:Killed process |oom-kill:.*,pid=)(\d+)\b")
+
+
+KMSG = "/dev/kmsg"
+
+
+def kernel_oom_kill(pid: int, kmsg: str | None = None) -> str | None:
+    """The kernel log's line saying its OOM killer killed ``pid``, if it is there and
+    readable (root, or dmesg_restrict = 0). /dev/kmsg gives one record per read."""
+    try:
+        fd = os.open(kmsg or KMSG, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 8192)
+            except BlockingIOError:
+                return None
+            except OSError:  # EPIPE: records overwritten while reading; go on
+                continue
+            if not chunk:
+                return None
+            for record in chunk.splitlines():
+                m = _OOM.search(record)
+                if m and int(m.group(1)) == pid:
+                    return record.split(b";", 1)[-1].decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _sigkill_hint(tail: list[str], local: bool) -> str:
+    pids = [int(m.group(1)) for line in tail if (m := _ENDED.match(line))]
+    found = kernel_oom_kill(pids[-1]) if pids and local else None
+    if found:
+        return f" by the kernel's OOM killer (kernel log: {found[:160]})"
+    return " (for example by the OOM killer: `dmesg` on its machine tells)"
+
+
+def _describe(exit_: runner.ChildExit, config: Config, tail: list[str] = (),  # type: ignore[assignment]
+              local: bool = True) -> str:
     t = config.timeouts
     if exit_.stopped == "timeout":
         return f"timeout: ran past timeouts.round_timeout_s = {t.round_timeout_s:g}"
@@ -107,7 +150,7 @@ def _describe(exit_: runner.ChildExit, config: Config) -> str:
         return f"stalled: no output for timeouts.stall_timeout_s = {t.stall_timeout_s:g}"
     if exit_.returncode < 0:
         name = signal.Signals(-exit_.returncode).name
-        hint = " (the OOM killer sends it)" if name == "SIGKILL" else ""
+        hint = _sigkill_hint(list(tail), local) if name == "SIGKILL" else ""
         return f"killed by signal {-exit_.returncode}, {name}{hint}"
     return f"exit code {exit_.returncode}"
 
@@ -157,7 +200,7 @@ async def _run_round(config: Config, job: RoundJob, control: Control,
         outcome.kind, outcome.reason = INTERRUPTED, "stopped by the supervisor"
         return outcome
     if exit_.stopped or exit_.returncode != 0:
-        outcome.reason = _describe(exit_, config)
+        outcome.reason = _describe(exit_, config, outcome.tail, slots.node(job.gpu) is None)
         return outcome
     try:
         produced, columns = await anyio.to_thread.run_sync(

@@ -101,6 +101,34 @@ def test_unrelated_process_with_a_recorded_pid_is_left_alone() -> None:
     assert kill_orphans((("t__o__r0", os.getpgrp(), None),), wait_s=0.1) == []
 
 
+@pytest.mark.parametrize("of_round", [False, True])
+def test_a_leaderless_group_is_killed_only_if_it_carries_the_round(of_round: bool) -> None:
+    """Found while testing: a recorded round pid later led an unrelated group that lost
+    its leader (a shell's background job), and resume killed that group, pytest and all."""
+    from supervisor.job import ROUND_ENV
+    from supervisor.resume import kill_orphans
+
+    name = "t__obj_a__r0"
+    env = {**os.environ, **({ROUND_ENV: name} if of_round else {})}
+    code = ("import subprocess, sys; w = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)'], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL); print(w.pid, flush=True)")
+    leader = subprocess.run([sys.executable, "-c", code], start_new_session=True, env=env,
+                            capture_output=True, text=True, timeout=30)
+    member = int(leader.stdout)  # its leader has exited: a group without a leader
+    try:
+        pgid = int(Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()[2])
+        killed = kill_orphans(((name, pgid, None),), wait_s=5)
+        assert killed == ([(name, pgid)] if of_round else [])
+        if not of_round:
+            assert Path(f"/proc/{member}").exists()
+    finally:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_stale_lock_from_a_dead_process_does_not_block(layout: Layout) -> None:
     (layout.experiments / "t").mkdir(parents=True)
     (layout.experiments / "t" / "supervisor.lock").write_text("999999\n")

@@ -306,3 +306,30 @@ def test_inherited_cuda_visible_devices_with_all_gpus_is_warned(layout: Layout,
     with capture_logs() as logs:
         assert run_in_process(config, FakeProbe({0: BIG, 1: BIG})) == 0
     assert events(logs, "gpu_env")[0]["cuda_visible_devices"] == "2,3"
+
+
+def test_a_sigkill_is_called_an_oom_kill_only_when_the_kernel_log_says_so(
+        layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The round log said "(the OOM killer sends it)" for every SIGKILL: a guess."""
+    from supervisor import rounds
+
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=4,
+                           env={"EMULATOR_FAULTS": "t__obj_a__r0=sigkill"})
+    monkeypatch.setattr(rounds, "KMSG", str(tmp_path / "no-kmsg"))
+    assert run_in_process(config) == 0
+    reason = layout.manifest()["objects"]["obj_a"]["rounds"]["0"]["failures"][0]["reason"]
+    assert reason.startswith("killed by signal 9, SIGKILL (for example by the OOM killer")
+    # The launcher names the pid that died; the kernel log may name it too.
+    log = (layout.experiments / "t/logs/rounds/t__obj_a__r0.log").read_text()
+    pid = int(re.search(r"supervisor\.launch: pid (\d+) ended by signal 9", log).group(1))
+    kmsg = tmp_path / "kmsg"
+    kmsg.write_text(f"6,1,2,-;unrelated\n3,7,8,-;Out of memory: Killed process {pid} "
+                    f"(python) total-vm:1000kB\n")
+    monkeypatch.setattr(rounds, "KMSG", str(kmsg))
+    exit_ = rounds.runner.ChildExit(1, -9, None)
+    tail = [f"supervisor.launch: pid {pid} ended by signal 9"]
+    assert "by the kernel's OOM killer (kernel log: Out of memory: Killed process" in \
+        rounds._describe(exit_, config, tail)
+    assert "for example" in rounds._describe(exit_, config, tail, local=False)
+    other = [f"supervisor.launch: pid {pid + 1} ended by signal 9"]
+    assert "for example" in rounds._describe(exit_, config, other)
