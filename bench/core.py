@@ -24,13 +24,15 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import EMULATOR_COMMAND, Layout, run_in_process  # noqa: E402
-from supervisor import dataset, events as ev, journal, manifest as mf, store as st  # noqa: E402
-from supervisor.dataset import Accumulator  # noqa: E402
-from supervisor.emulator import make_grasps  # noqa: E402
-from supervisor.live import LiveView  # noqa: E402
-from supervisor.results import read_accepted  # noqa: E402
-from supervisor.state import Policy, State  # noqa: E402
-from supervisor.transitions import apply  # noqa: E402
+from supervisor.dataset import final as dataset
+from supervisor.core import events as ev
+from supervisor.storage import journal, manifest as mf, store as st  # noqa: E402
+from supervisor.dataset.final import Accumulator  # noqa: E402
+from supervisor.emulator.main import make_grasps  # noqa: E402
+from supervisor.run.live import LiveView  # noqa: E402
+from supervisor.dataset.results import read_accepted  # noqa: E402
+from supervisor.core.state import Policy, State  # noqa: E402
+from supervisor.core.transitions import apply  # noqa: E402
 
 OBJECTS, ROUNDS, BATCH = 2000, 30, 2048
 
@@ -172,7 +174,7 @@ def live_tick() -> None:
     sup = SimpleNamespace(state=state, config=SimpleNamespace(exp_name="bench"),
                           draining=SimpleNamespace(is_set=lambda: False),
                           pool=SimpleNamespace(gpus=list(range(8))), watch={})
-    from supervisor.supervisor import Supervisor
+    from supervisor.run.supervisor import Supervisor
 
     view = LiveView(lambda: Supervisor.snapshot(sup), open(os.devnull, "w"))  # type: ignore
     times = []

@@ -2,8 +2,8 @@
 
     python bench/dedup.py [--kept 30000] [--batch 2048] [--runs 7]
 
-Emulator grasps (supervisor.emulator.make_grasps, 5% near-duplicates of the object's
-attractors) through supervisor.results.to_columns, default [dedup] tolerances. Prints:
+Emulator grasps (supervisor.emulator.grasps.make_grasps, 5% near-duplicates of the object's
+attractors) through supervisor.dataset.results.to_columns, default [dedup] tolerances. Prints:
 the build of an index of the kept grasps (what a resume does), the median ``admit`` of one
 new round into a fresh copy of that index (the query plus the insertion), and a run of
 consecutive rounds on one index (every merge of trees that insertions trigger included).
@@ -21,9 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor.dedup import DedupIndex, DedupSettings  # noqa: E402
-from supervisor.emulator import make_grasps  # noqa: E402
-from supervisor.results import to_columns  # noqa: E402
+from supervisor.dataset.dedup import DedupIndex
+from supervisor.config.schema import DedupSettings  # noqa: E402
+from supervisor.emulator.main import make_grasps  # noqa: E402
+from supervisor.dataset.results import to_columns  # noqa: E402
 
 CODE = "Curver_Storage_Bin_Black_Small"
 NEAR_DUP = (0.05, 0.001)

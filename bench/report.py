@@ -23,8 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from supervisor import report, samples  # noqa: E402
-from supervisor.results import QPOS_NAMES  # noqa: E402
+from supervisor.commands.report import page as report
+from supervisor.gpus import samples  # noqa: E402
+from supervisor.dataset.results import QPOS_NAMES  # noqa: E402
 
 LIMIT_S, LIMIT_MB = 10.0, 15.0
 INTERVAL_S = 10.0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Callable, TextIO
 
@@ -52,7 +53,8 @@ class _Silent:
 
 
 def configure(fmt: str = "auto", stream: TextIO | None = None) -> None:
-    stream = stream or sys.stdout
+    # A closed stdout (``>&-``) is None: log nowhere rather than fail to start.
+    stream = stream or sys.stdout or open(os.devnull, "w")
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (

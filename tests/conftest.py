@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -107,14 +108,14 @@ class Layout:
         return write_toml(self.root / name, self.config_data(**overrides))
 
     def config(self, **overrides: Any):
-        from supervisor.config import load_config
+        from supervisor.config.load import load_config
         return load_config(self.write_config(**overrides))
 
     def manifest(self, exp_name: str = "t") -> dict[str, Any]:
         return json.loads((self.experiments / exp_name / "manifest.json").read_text())
 
     def final(self, code: str, exp_name: str = "t") -> dict:
-        from supervisor import dataset
+        from supervisor.dataset import final as dataset
         return dataset.load(self.experiments / exp_name / "final" / code / "final.npz")
 
 
@@ -127,10 +128,10 @@ def run_in_process(config, probe=None, timeout_s: float = 120.0) -> int:
     """Run the supervisor in this process (no signal handling) under a time limit."""
     import anyio
 
-    from supervisor.cli import open_supervisor
+    from supervisor.run.start import open_supervisor
 
     if probe is None:
-        from supervisor.gpus import FakeProbe
+        from supervisor.gpus.fake import FakeProbe
         probe = FakeProbe({g: 80_000 for g in config.gpus})
 
     async def main() -> int:
@@ -139,7 +140,7 @@ def run_in_process(config, probe=None, timeout_s: float = 120.0) -> int:
                 code = await sup.run()
             # The snapshot on disk is the whole state: the cached encoding missed nothing,
             # and replaying snapshot + journal gives the same state again.
-            from supervisor import manifest as mf, store
+            from supervisor.storage import manifest as mf, store
             if sup.merger.write_error is None:
                 written = json.loads((config.exp_dir / "manifest.json").read_text())
                 fresh = mf.to_json(sup.state)
@@ -200,3 +201,26 @@ def live_emulators(exp_name: str) -> list[int]:
         ):
             pids.append(pid)
     return pids
+
+
+@contextlib.contextmanager
+def full_disk(fails: Callable[[int, int], bool]) -> Iterator[list[int]]:
+    """final.npz writes fail with ENOSPC where ``fails(call number, rows)`` says so; yields
+    the rows of every write tried."""
+    import errno
+
+    from supervisor.dataset import final
+
+    original, calls = final.write, []
+
+    def write(path: Path, columns: Any) -> str:
+        calls.append(len(columns["energy"]))
+        if fails(len(calls), calls[-1]):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(path, columns)
+
+    final.write = write
+    try:
+        yield calls
+    finally:
+        final.write = original

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from conftest import live_emulators
-from supervisor import dataset, manifest as mf, paths
-from supervisor.faults import CRASH_POINTS
+from supervisor.dataset import final as dataset
+from supervisor.storage import manifest as mf, paths
+from supervisor.storage.faults import CRASH_POINTS
 
 CODES = ("obj_a", "obj_b", "obj_c")
 SETTINGS = dict(object_code_list=list(CODES), target_count_per_object=14, round_batch_size=4,
@@ -46,8 +47,8 @@ class Report:
 def _check_state(layout, exp: str) -> None:
     path = layout.experiments / exp / "manifest.json"
     if path.exists():
-        from supervisor import journal
-        from supervisor.state import Policy
+        from supervisor.storage import journal
+        from supervisor.core.state import Policy
         mf.load(path, Policy(exp))
         list(journal.read(paths.journal(layout.experiments / exp), 0))
     for code in CODES:

@@ -15,7 +15,7 @@ from typing import IO, Any
 import numpy as np
 import pytest
 
-from supervisor import paths
+from supervisor.storage import paths
 
 from conftest import ROOT, Layout, cli_env, json_lines, live_emulators, run_cli, run_in_process
 

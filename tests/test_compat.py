@@ -18,9 +18,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import Layout, run_in_process
-from supervisor import cli, events as ev
-from supervisor.config import SECTIONS, TOP_KEYS
-from supervisor.samples import MAGIC, RECORD
+from supervisor.commands import cli
+from supervisor.core import events as ev
+from supervisor.config.schema import SECTIONS
+from supervisor.config.load import TOP_KEYS
+from supervisor.gpus.samples import MAGIC, RECORD
 
 PINNED = Path(__file__).resolve().parent / "fixtures"
 
@@ -170,3 +172,21 @@ def test_an_experiment_written_by_an_older_version_resumes(layout: Layout) -> No
         old, fresh = layout.final(code), layout.final(code, "fresh")
         for key in fresh:
             np.testing.assert_array_equal(old[key], fresh[key], err_msg=f"{code} {key}")
+
+
+def test_the_dataset_api_and_the_child_entry_points_stay() -> None:
+    import supervisor.dataset
+    from supervisor.backends.job import command
+    from supervisor.dataset import final
+
+    assert supervisor.dataset.load is final.load  # training code calls this
+    assert (Path(supervisor.__file__).parent / "emulator" / "__main__.py").is_file()
+    config_command = ("{python}", "{upstream_launcher}", "--name", "{name}", "--seed",
+                      "{seed}")
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(main=SimpleNamespace(command=config_command),
+                             round_batch_size=4, num_iterations=5)
+    job = SimpleNamespace(name="t__a__r0", object_code="a", seed=7, device=0)
+    argv = command(config, job)  # type: ignore[arg-type]
+    assert Path(argv[1]).is_file() and argv[1].endswith("upstream_launcher.py")

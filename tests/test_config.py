@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import EMULATOR_COMMAND, Layout, write_toml
-from supervisor import cli
-from supervisor.config import ConfigError, load_config, parse_config
+from supervisor.commands import cli
+from supervisor.config.toml import ConfigError
+from supervisor.config.load import load_config, parse_config
 
 
 def test_valid_config_resolves_paths_against_its_folder(layout: Layout) -> None:
@@ -131,12 +132,13 @@ def test_missing_and_invalid_toml(tmp_path: Path, capsys) -> None:
 
 
 def test_gpus_all_without_nvml_fails_clearly(layout: Layout, capsys, monkeypatch) -> None:
-    from supervisor import gpus
+    from supervisor.gpus.nvml import NvmlProbe
+    from supervisor.gpus.probe import ProbeError
 
     def no_nvml() -> None:
-        raise gpus.ProbeError("NVML did not start (no driver)")
+        raise ProbeError("NVML did not start (no driver)")
 
-    monkeypatch.setattr(gpus.NvmlProbe, "__init__", lambda self: no_nvml())
+    monkeypatch.setattr(NvmlProbe, "__init__", lambda self: no_nvml())
     path = layout.write_config(gpus="all", gpu={"probe": "auto"})
     assert cli.main([str(path)]) == 2
     err = capsys.readouterr().err
@@ -206,7 +208,7 @@ def test_the_local_backend_never_imports_ray(layout: Layout) -> None:
 
     from conftest import cli_env
     path = layout.write_config()
-    code = ("import sys; from supervisor import cli; code = cli.main([sys.argv[1]]); "
+    code = ("import sys; from supervisor.commands import cli; code = cli.main([sys.argv[1]]); "
             "assert 'ray' not in sys.modules, 'ray imported'; sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", code, str(path)], env=cli_env(),
                           capture_output=True, text=True, timeout=120)
@@ -217,8 +219,9 @@ def test_example_config_documents_every_key() -> None:
     import dataclasses
 
     from conftest import ROOT
-    import supervisor.config as cfg
-    from supervisor.config import FILTER_KEYS, TOP_KEYS
+    import supervisor.config.schema as cfg
+    from supervisor.config.schema import FILTER_KEYS
+    from supervisor.config.load import TOP_KEYS
 
     text = (ROOT / "config.example.toml").read_text()
     for key in TOP_KEYS:
@@ -246,14 +249,14 @@ def test_example_config_documents_every_key() -> None:
 def test_object_code_list_on_the_command_line_takes_toml_lists_and_commas(
         layout, value: str, codes: list[str]) -> None:
     """Found by a new user: '["a","b"]' silently made objects named '["a' and '"b"]'."""
-    from supervisor.cli import run_parser
-    from supervisor.commands import overrides_from
+    from supervisor.commands.cli import run_parser
+    from supervisor.commands.args import overrides_from
 
     args = run_parser().parse_args([str(layout.write_config()), "--object_code_list", value])
     assert overrides_from(args)["object_code_list"] == codes
 
 
-@pytest.mark.parametrize("value", ['["a","b"', '"a","b"', "[1, 2]", "a]"])
+@pytest.mark.parametrize("value", ['["a","b"', '"a","b"', "[1, 2]", "a]", "a,,b", ",a", "{a}"])
 def test_object_code_list_with_stray_brackets_or_quotes_is_refused_in_one_line(
         layout, value: str) -> None:
     from conftest import run_cli
@@ -264,7 +267,7 @@ def test_object_code_list_with_stray_brackets_or_quotes_is_refused_in_one_line(
 
 
 def test_help_says_the_list_forms() -> None:
-    from supervisor.cli import run_parser
+    from supervisor.commands.cli import run_parser
 
     text = run_parser().format_help()
     assert "a,b,c or a TOML list" in " ".join(text.split())

@@ -118,3 +118,14 @@ def test_a_supervisor_stopped_past_the_stall_timeout_merges_rounds_that_finished
     assert not [e for e in lines if e["event"] == "round_failed"]
     assert len([e for e in lines if e["event"] == "round_started"]) == 2
     assert len(layout.final("obj_a")["energy"]) == 8
+
+
+def test_a_closed_stdout_or_stderr_is_no_reason_to_fail(layout: Layout) -> None:
+    """Found by a tester: `>&-` crashed at start-up (sys.stdout is None then)."""
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4)
+    for close in (">&-", "2>&-"):
+        proc = subprocess.run(["bash", "-c", f"{sys.executable} -m supervisor {path} {close}"],
+                              env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (close, proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stdout + proc.stderr
+    assert len(layout.final("obj_a")["energy"]) == 4

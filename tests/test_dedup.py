@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from supervisor import emulator
-from supervisor.config import ConfigError
-from supervisor.dedup import (
-    DedupIndex, DedupSettings, dedup_mask, nearest_distances,
-)
-from supervisor.results import QPOS_NAMES, to_columns
+from supervisor.emulator.grasps import attractors as emu_attractors, make_grasps
+from supervisor.config.toml import ConfigError
+from supervisor.dataset import dedup
+from supervisor.dataset.dedup import DedupIndex, dedup_mask, nearest_distances
+from supervisor.config.schema import DedupSettings
+from supervisor.dataset.results import QPOS_NAMES, to_columns
 
 S = DedupSettings(enabled=True)
 TOL = {"joint": S.joint_tol_rad, "rotation": S.rotation_tol_rad,
@@ -38,7 +38,7 @@ def base_pose(seed: int = 0) -> np.ndarray:
 
 def brute_force(columns: dict[str, np.ndarray], s: DedupSettings) -> np.ndarray:
     """The definition, row by row: kept unless within tolerance of an earlier kept row."""
-    tol = s.column_tolerances()
+    tol = dedup.column_tolerances(s)
     x = np.concatenate([columns["qpos_left"], columns["qpos_right"]], axis=1)
     tol2 = np.concatenate([tol, tol])
     angle = np.zeros(56, dtype=bool)
@@ -107,7 +107,7 @@ def test_each_column_within_or_outside_its_tolerance(hand: str, column: int, fac
 
 def test_every_column_at_once_just_within_is_a_duplicate() -> None:
     a = base_pose()
-    tol = S.column_tolerances()
+    tol = dedup.column_tolerances(S)
     b = a + 0.99 * tol * np.where(np.arange(28) % 2, 1, -1)
     assert dedup_mask(grasps(np.stack([a, b])), S).tolist() == [True, False]
 
@@ -161,7 +161,7 @@ def test_earliest_kept_across_rounds() -> None:
     a, b = base_pose(), base_pose(1)
     index = DedupIndex(S)
     assert index.admit(grasps(np.stack([a, b]))).tolist() == [True, True]
-    near = a + 0.5 * S.column_tolerances()
+    near = a + 0.5 * dedup.column_tolerances(S)
     assert index.admit(grasps(np.stack([base_pose(2), near, a]))).tolist() == [True, False, False]
     assert len(index) == 3
 
@@ -186,7 +186,7 @@ def test_empty_round_and_empty_index() -> None:
 
 def emulator_round(seed: int, n: int, fraction: float = 0.25) -> dict[str, np.ndarray]:
     items = np.empty(n, dtype=object)
-    items[:] = emulator.make_grasps("obj", seed, n, 10000, (fraction, 0.001))
+    items[:] = make_grasps("obj", seed, n, 10000, (fraction, 0.001))
     return to_columns(items, n)
 
 
@@ -203,7 +203,7 @@ def test_emulator_near_duplicates_are_removed_exactly(rounds) -> None:
     every = concat(rounds)
     mask = DedupIndex(S).novel(every)
     assert mask.tolist() == brute_force(every, S).tolist()
-    poses, _ = emulator.attractors("obj")
+    poses, _ = emu_attractors("obj")
     x = np.concatenate([every["qpos_left"], every["qpos_right"]], axis=1)
     attractors = np.concatenate([poses["left"], poses["right"]], axis=1)
     copy_of = np.full(len(x), -1)
@@ -268,7 +268,7 @@ def test_index_matches_the_definition(seed: int, n: int, clusters: int, spread: 
     centres = rng.uniform(-math.pi, math.pi, (clusters, 2, 28))
     centres[:, :, 22:25] = rng.choice([-math.pi, math.pi, 0.0], (clusters, 2, 3))
     pick = rng.integers(0, clusters, n)
-    noise = rng.uniform(-spread, spread, (n, 2, 28)) * s.column_tolerances()
+    noise = rng.uniform(-spread, spread, (n, 2, 28)) * dedup.column_tolerances(s)
     poses = centres[pick] + noise
     cols = grasps(poses[:, 0], poses[:, 1], scale=rng.choice([0.1, 0.1, 0.12], n))
     expected = brute_force(cols, s)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import Layout, run_in_process
-from supervisor import dedup, paths, results
-from supervisor.dedup import DedupSettings
+from supervisor.dataset import dedup, results
+from supervisor.storage import paths
+from supervisor.config.schema import DedupSettings
 
 NEAR = {"EMULATOR_NEAR_DUPLICATES": "0.5"}  # half of each round copies 8 fixed grasps
 DEDUP = {"enabled": True}
@@ -122,3 +123,17 @@ def test_quota_met_on_the_last_allowed_round_exits_0_with_exactly_the_target(
     assert data["item_index"].tolist() == [0, 1, 2, 3] * 2 + [0, 1]
     obj = layout.manifest()["objects"]["obj_a"]
     assert obj["status"] == "done" and obj["collected"] == 10
+
+
+def test_a_round_that_keeps_no_grasp_does_not_cut_the_rounds_after_it(layout: Layout) -> None:
+    """Found by a tester: a stride or drain write stopped at the first round whose grasps
+    the filter all rejected, so an exhausted object's final.npz held 12 of 55 grasps."""
+    config = layout.config(object_code_list=["obj_a"], target_count_per_object=200,
+                           round_batch_size=4, max_rounds=12, gpus=[0],
+                           filter={"max_E_pen": 0.0003})
+    assert run_in_process(config) == 1  # exhausted
+    rounds = layout.manifest()["objects"]["obj_a"]["rounds"].values()
+    accepted = [r["accepted"] for r in rounds]
+    assert 0 in accepted[:-1] and sum(accepted) > 0  # a round kept none, later ones some
+    assert len(layout.final("obj_a")["energy"]) == sum(accepted)
+    assert {r["status"] for r in rounds} == {"merged"}

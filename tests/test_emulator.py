@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, cli_env
-from supervisor import emulator, results
+from supervisor.emulator.faults import fault_modes
+from supervisor.emulator.grasps import make_grasps
+from supervisor.dataset import results
 
 CODE = "Curver_Storage_Bin_Black_Small"
 
@@ -73,7 +75,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(cwd: Path) -> None:
 
 
 def test_energies_look_real() -> None:
-    grasps = emulator.make_grasps("x", 1, 2000, 10000)
+    grasps = make_grasps("x", 1, 2000, 10000)
     e_pen = np.array([g["E_pen"] for g in grasps])
     passing = (e_pen < 0.0015).mean()
     assert 0.5 < passing < 0.95
@@ -148,7 +150,7 @@ def test_sigint_leaves_config_but_no_result(cwd: Path) -> None:
     ("other=exit", 1, {"ok"}),
 ])
 def test_fault_spec(spec: str, attempt: int, modes: set[str]) -> None:
-    assert emulator.fault_modes("exp__o__r1", attempt, spec) == modes
+    assert fault_modes("exp__o__r1", attempt, spec) == modes
 
 
 @pytest.mark.parametrize("mode,reason", [

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import cli_env, live_processes
-from supervisor import emulator, results
-from supervisor.dedup import DedupIndex, DedupSettings
+from supervisor.emulator.faults import WORKER_TAG
+from supervisor.emulator.grasps import attractors as emu_attractors, make_grasps, near_duplicates
+from supervisor.dataset import results
+from supervisor.dataset.dedup import DedupIndex
+from supervisor.config.schema import DedupSettings
 
 CODE = "Curver_Storage_Bin_Black_Small"
 FAST = {"EMULATOR_STARTUP_S": "0", "EMULATOR_ITER_S": "0.001"}
@@ -53,13 +56,13 @@ def result_file(cwd: Path, name: str) -> Path:
     ("0", (0.0, 0.001)),
 ])
 def test_near_duplicate_spec(spec: str, parsed: tuple[float, float] | None) -> None:
-    assert emulator.near_duplicates(spec) == parsed
+    assert near_duplicates(spec) == parsed
 
 
 @pytest.mark.parametrize("spec", ["x", "1.5", "-0.1", "0.5:-1", "0.5:inf", "nan", "0.5:abc"])
 def test_bad_near_duplicate_spec(spec: str) -> None:
     with pytest.raises(ValueError, match="EMULATOR_NEAR_DUPLICATES"):
-        emulator.near_duplicates(spec)
+        near_duplicates(spec)
 
 
 def poses(grasps: list[dict], key: str) -> np.ndarray:
@@ -68,7 +71,7 @@ def poses(grasps: list[dict], key: str) -> np.ndarray:
 
 def copies_of_attractors(grasps: list[dict], noise: float) -> np.ndarray:
     """Per grasp, the attractor it copies (within noise, same scale), else -1."""
-    att, scales = emulator.attractors(CODE)
+    att, scales = emu_attractors(CODE)
     x = np.concatenate([poses(grasps, "qpos_left"), poses(grasps, "qpos_right")], axis=1)
     a = np.concatenate([att["left"], att["right"]], axis=1)
     scale = np.array([g["scale"] for g in grasps])
@@ -80,23 +83,23 @@ def copies_of_attractors(grasps: list[dict], noise: float) -> np.ndarray:
 
 
 def test_a_fraction_of_grasps_copy_the_objects_attractors() -> None:
-    g = emulator.make_grasps(CODE, 3, 200, 10000, (0.25, 0.002))
+    g = make_grasps(CODE, 3, 200, 10000, (0.25, 0.002))
     copy_of = copies_of_attractors(g, 0.002)
     assert (copy_of >= 0).sum() == 50
     assert len(set(copy_of[copy_of >= 0].tolist())) > 1
-    other = emulator.make_grasps(CODE, 4, 200, 10000, (0.25, 0.002))
+    other = make_grasps(CODE, 4, 200, 10000, (0.25, 0.002))
     assert (copies_of_attractors(other, 0.002) >= 0).sum() == 50  # same attractors, any seed
-    again = emulator.make_grasps(CODE, 3, 200, 10000, (0.25, 0.002))
+    again = make_grasps(CODE, 3, 200, 10000, (0.25, 0.002))
     assert np.array_equal(poses(g, "qpos_left"), poses(again, "qpos_left"))
     assert not np.array_equal(copy_of, copies_of_attractors(other, 0.002))
 
 
 def test_without_near_duplicates_grasps_are_unchanged() -> None:
-    plain = emulator.make_grasps(CODE, 3, 50, 100)
+    plain = make_grasps(CODE, 3, 50, 100)
     assert poses(plain, "qpos_right").tolist() == poses(
-        emulator.make_grasps(CODE, 3, 50, 100, (0.0, 0.001)), "qpos_right").tolist()
+        make_grasps(CODE, 3, 50, 100, (0.0, 0.001)), "qpos_right").tolist()
     assert (copies_of_attractors(plain, 0.01) < 0).all()
-    assert "__meta__" not in emulator.make_grasps(CODE, 3, 2, 100, meta=False)[0]
+    assert "__meta__" not in make_grasps(CODE, 3, 2, 100, meta=False)[0]
 
 
 def test_rounds_of_the_emulator_hold_near_duplicates_that_dedup_removes(cwd: Path) -> None:
@@ -137,7 +140,7 @@ def test_bad_spec_or_mode_fails_before_any_folder(cwd: Path) -> None:
 def workers(name: str) -> list[int]:
     """Live (not zombie) worker processes of round ``name``, found by /proc cmdline."""
     return [pid for pid, argv in live_processes()
-            if emulator.WORKER_TAG.encode() in argv and name.encode() in argv]
+            if WORKER_TAG.encode() in argv and name.encode() in argv]
 
 
 def read_until(proc: subprocess.Popen, marker: bytes) -> None:

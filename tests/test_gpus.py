@@ -4,9 +4,14 @@ import os
 
 import pytest
 
-from supervisor import gpus
-from supervisor.config import GpuSettings
-from supervisor.gpus import FakeProbe, GpuError, GpuPool, StaticProbe
+from supervisor.gpus.nvml import NvmlProbe
+from supervisor.gpus.probe import ProbeError
+from supervisor.gpus.reads import read_gpus
+from supervisor.config.schema import GpuSettings
+from supervisor.gpus.fake import FakeProbe
+from supervisor.gpus.probe import GpuError
+from supervisor.gpus.pool import GpuPool
+from supervisor.gpus.static import StaticProbe
 
 
 def pool(free: dict[int, int], selection="all", **settings) -> GpuPool:
@@ -98,13 +103,13 @@ async def test_failing_and_hanging_reads_become_errors_without_blocking() -> Non
     p.probe.failing.add(1)
     p.probe.hanging.add(2)
     with anyio.fail_after(5):
-        readings = await gpus.read_gpus(p.probe, [0, 1, 2], 0.2, p.reading_now)
+        readings = await read_gpus(p.probe, [0, 1, 2], 0.2, p.reading_now)
     assert readings[0].free_mib == 20000
     assert "fell off the bus" in str(readings[1])
     assert "did not answer" in str(readings[2]) and 2 in p.reading_now
     # The hung GPU is not read again while its thread is stuck.
     with anyio.fail_after(5):
-        again = await gpus.read_gpus(p.probe, [0, 2], 0.2, p.reading_now)
+        again = await read_gpus(p.probe, [0, 2], 0.2, p.reading_now)
     assert 2 not in again
     p.probe.release_hang()
 
@@ -116,8 +121,8 @@ def test_static_probe_admits_without_memory_checks() -> None:
 
 def test_real_nvml_probe() -> None:
     try:
-        probe = gpus.NvmlProbe()
-    except gpus.ProbeError as exc:
+        probe = NvmlProbe()
+    except ProbeError as exc:
         pytest.skip(f"no NVML here: {exc}")
     indices = probe.gpu_indices()
     assert indices == list(range(len(indices)))

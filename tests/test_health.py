@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import EMULATOR_COMMAND, Layout, run_in_process
-from supervisor.gpus import FakeProbe
+from supervisor.gpus.fake import FakeProbe
 
 # Exits 1 on GPU 1 (a card with Xid errors), runs the emulator elsewhere.
 BAD_GPU_1 = [
@@ -55,7 +55,7 @@ def test_every_gpu_failing_every_object_stops_the_run_early(layout: Layout) -> N
 
 @pytest.mark.anyio
 async def test_signal_during_a_hung_nvml_read_drains_at_once(layout: Layout) -> None:
-    from supervisor.cli import open_supervisor
+    from supervisor.run.start import open_supervisor
 
     probe = FakeProbe({0: 80_000})
     probe.hanging.add(0)
@@ -86,10 +86,10 @@ def test_memory_is_counted_once_so_an_80gb_card_takes_3_rounds_of_20gb(layout: L
     """NVML shows each round's process: its memory is not subtracted again."""
     import os
 
-    from supervisor import gpus
+    from supervisor.gpus.pool import GpuPool
 
     probe = FakeProbe({0: 80_000})
-    original, release = gpus.GpuPool.started, gpus.GpuPool.release
+    original, release = GpuPool.started, GpuPool.release
 
     def started(self, gpu: int, name: str, pgid: int) -> None:  # NVML sees the round
         original(self, gpu, name, pgid)
@@ -102,8 +102,8 @@ def test_memory_is_counted_once_so_an_80gb_card_takes_3_rounds_of_20gb(layout: L
             probe.free[gpu] += 20_000
         release(self, gpu, name)
 
-    gpus.GpuPool.started = started  # type: ignore[method-assign]
-    gpus.GpuPool.release = released  # type: ignore[method-assign]
+    GpuPool.started = started  # type: ignore[method-assign]
+    GpuPool.release = released  # type: ignore[method-assign]
     try:
         config = layout.config(
             object_code_list=["obj_a"], target_count_per_object=40, gpus=[0],
@@ -113,8 +113,8 @@ def test_memory_is_counted_once_so_an_80gb_card_takes_3_rounds_of_20gb(layout: L
         with capture_logs() as logs:
             assert run_in_process(config, probe) == 0
     finally:
-        gpus.GpuPool.started = original  # type: ignore[method-assign]
-        gpus.GpuPool.release = release  # type: ignore[method-assign]
+        GpuPool.started = original  # type: ignore[method-assign]
+        GpuPool.release = release  # type: ignore[method-assign]
     # Rounds in flight at once: 3 (80 - 3 x 20 = 20 GB < 25 GB stops the fourth).
     in_flight = peak = 0
     for e in logs:
@@ -130,7 +130,7 @@ def test_memory_is_counted_once_so_an_80gb_card_takes_3_rounds_of_20gb(layout: L
 
 def test_drain_deadline_stops_rounds_still_running(layout: Layout) -> None:
     """After the first signal, rounds running past drain_deadline_s are stopped."""
-    from supervisor.cli import open_supervisor
+    from supervisor.run.start import open_supervisor
 
     config = layout.config(object_code_list=["obj_a"], gpus=[0], target_count_per_object=4,
                            env={"EMULATOR_ITER_S": "1"}, num_iterations=60,
@@ -177,10 +177,10 @@ def test_a_gpu_that_fails_fast_before_any_success_waits_then_is_quarantined(
 
 
 def test_suspect_gpu_waits_until_another_gpu_tells() -> None:
-    from supervisor import events as ev, plan
-    from supervisor.records import GpuStatus
-    from supervisor.state import Policy, State
-    from supervisor.transitions import apply
+    from supervisor.core import events as ev, plan
+    from supervisor.core.records import GpuStatus
+    from supervisor.core.state import Policy, State
+    from supervisor.core.transitions import apply
 
     state = State(Policy("e", batch_size=4), {}, {}, 0.0)
     apply(state, ev.ObjectsRegistered(("a", "b", "c"), 100))
@@ -198,8 +198,8 @@ def test_suspect_gpu_waits_until_another_gpu_tells() -> None:
 def test_a_cluster_that_lost_every_gpu_waits_for_a_node_to_join(layout: Layout) -> None:
     """On a cluster (a dynamic backend) losing every node is not the end of the run: a
     restarted server comes back. Here the only GPU leaves, then joins again."""
-    from supervisor.backends import LocalBackend
-    from supervisor.cli import open_supervisor
+    from supervisor.backends.local import LocalBackend
+    from supervisor.run.start import open_supervisor
 
     class Churning(LocalBackend):
         dynamic = True

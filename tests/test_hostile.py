@@ -12,8 +12,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import Layout, write_toml
-from supervisor import cli, paths, plan
-from supervisor.config import TOP_KEYS, ConfigError, check_name, parse_config
+from supervisor.commands import cli
+from supervisor.storage import paths
+from supervisor.core import plan
+from supervisor.config.load import TOP_KEYS, parse_config
+from supervisor.config.toml import ConfigError, check_name
 
 
 SETTINGS = settings(max_examples=60, deadline=None,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, Layout, cli_env, run_cli, run_in_process
-from supervisor.config import ConfigError, load_config
+from supervisor.config.toml import ConfigError
+from supervisor.config.load import load_config
 
 
 def test_object_file_with_a_bom_reads_the_first_code_as_written(layout: Layout) -> None:
@@ -51,9 +52,9 @@ def test_an_empty_experiments_dir_is_refused(layout: Layout) -> None:
 def test_an_extra_key_in_only_some_rounds_is_kept_with_nan(layout: Layout) -> None:
     # extra_key adds E_surprise to the last grasp only: such a round is invalid. A newer
     # main.py's key in every grasp of some rounds is kept, NaN in the others.
-    from supervisor.dataset import Accumulator
-    from supervisor.emulator import make_grasps
-    from supervisor.results import to_columns, with_provenance
+    from supervisor.dataset.final import Accumulator
+    from supervisor.emulator.main import make_grasps
+    from supervisor.dataset.results import to_columns, with_provenance
 
     acc = Accumulator()
     for rid, extra in ((0, False), (1, True)):
@@ -92,7 +93,7 @@ def test_ctrl_c_during_imports_prints_no_traceback(layout: Layout) -> None:
 def test_files_of_a_run_honour_the_umask(layout: Layout) -> None:
     config = layout.config(object_code_list=["obj_a"], target_count_per_object=4)
     assert run_in_process(config) == 0
-    from supervisor.fsutil import current_umask
+    from supervisor.storage.fsutil import current_umask
 
     expected = 0o666 & ~current_umask()
     for path in (config.exp_dir / "manifest.json", config.exp_dir / "final/obj_a/final.npz"):
@@ -134,8 +135,9 @@ def test_a_refused_change_names_the_key_as_the_toml_file_does(layout: Layout) ->
 
 
 def test_auto_packing_without_memory_figures_runs_one_round_per_gpu() -> None:
-    from supervisor.config import GpuSettings
-    from supervisor.gpus import GpuPool, StaticProbe
+    from supervisor.config.schema import GpuSettings
+    from supervisor.gpus.pool import GpuPool
+    from supervisor.gpus.static import StaticProbe
 
     pool = GpuPool(StaticProbe([0]), [0], GpuSettings(max_rounds_per_gpu="auto"))
     assert pool.shortage(0, pool.probe.read(0)) is None

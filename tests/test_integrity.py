@@ -4,7 +4,6 @@ exported, status says what is wrong, and the repair it advises works."""
 
 from __future__ import annotations
 
-import errno
 import json
 from pathlib import Path
 
@@ -12,9 +11,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import Layout, run_in_process
-from supervisor import cli, dataset, integrity, paths
-from supervisor.store import load_state
+from conftest import Layout, full_disk, run_in_process
+from supervisor.commands import cli
+from supervisor.dataset import integrity
+from supervisor.storage import paths
+from supervisor.storage.store import load_state
 
 CODES = ["obj_a", "obj_b", "obj_c"]
 
@@ -75,8 +76,9 @@ def test_swapped_final_npz_is_named_never_exported_and_recover_puts_it_back(
     code, text, err = command(capsys, "export", str(path), "--out", str(out))
     assert code == 1 and "obj_b's grasps" in err
     assert sorted(p.name for p in out.iterdir()) == ["obj_c.npy"]  # never under a wrong name
-    # A rerun refuses rather than pass them off (it exited 0 with no word).
-    assert command(capsys, str(path))[0] == 2
+    # A rerun refuses rather than pass them off (it exited 0 with no word), naming both.
+    code, _, err = command(capsys, str(path))
+    assert code == 2 and "2 final.npz" in err and "obj_a:" in err and "obj_b:" in err
     code, text, _ = command(capsys, "recover", str(path))
     assert code == 0
     assert "obj_a: put back its final.npz, found in obj_b's folder" in text
@@ -138,21 +140,8 @@ def test_after_a_full_disk_status_advises_the_rerun_that_repairs_it(layout: Layo
     path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=12,
                                gpus=[0])
     config = layout.config(object_code_list=["obj_a"], target_count_per_object=12, gpus=[0])
-    original = dataset.write
-    calls: list[int] = []
-
-    def failing(target: Path, columns) -> str:
-        calls.append(len(columns["energy"]))
-        if len(columns["energy"]) == 12:  # the final write: the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device", str(target))
-        return original(target, columns)
-
-    dataset.write = failing
-    try:
-        with capture_logs() as logs:
-            assert run_in_process(config) == 1
-    finally:
-        dataset.write = original
+    with full_disk(lambda n, rows: rows == 12), capture_logs() as logs:  # the final write
+        assert run_in_process(config) == 1
     summary = [e for e in logs if e["event"] == "run_finished"][0]
     assert summary["objects_done"] == 0 and summary["objects_unfinished"] == 1
     per = status(capsys, path)["obj_a"]
@@ -190,7 +179,45 @@ def test_judge_by_plain_calls(done) -> None:
     assert foreign.kind == integrity.FOREIGN and foreign.owner == 0
     mixed = dict(cols, seed=cols["seed"] + np.arange(len(cols["seed"])) * 7)
     assert integrity.judge(state, "obj_a", 1000, mixed).kind == integrity.FOREIGN
-    short = {k: v[:3] for k, v in cols.items()}  # a consistent earlier write
+    short = {k: v[:4] for k, v in cols.items()}  # round 0 whole: an earlier write
     assert integrity.judge(state, "obj_a", 1000, short).kind == integrity.STALE
+    cut = {k: v[:3] for k, v in cols.items()}  # round 0 cut: no write leaves that
+    assert integrity.judge(state, "obj_a", 1000, cut).kind == integrity.ALTERED
     other = dict(cols, round_id=cols["round_id"] + 5, seed=cols["seed"] + 5)
     assert integrity.judge(state, "obj_a", 1000, other).kind == integrity.ALTERED
+
+
+def test_a_final_npz_cut_inside_a_round_is_altered_not_a_stale_write(done, capsys) -> None:
+    """Found by a tester: a file cut in the middle of a round passed for an earlier write,
+    and the rerun "rebuilt" a different dataset (a grasp of a later round in its place)."""
+    layout, path, before = done
+    target = final(layout, "obj_a")
+    data = dict(np.load(target))
+    np.savez(target, **{k: v if k == "qpos_names" else v[:5] for k, v in data.items()})
+    per = status(capsys, path)["obj_a"]
+    assert "the file was cut" in per["problem"] and "recover" in per["repair"]
+    assert command(capsys, str(path))[0] == 2
+    assert command(capsys, "recover", str(path))[0] == 0
+    assert rerun(layout, **SETTINGS)[0] == 0
+    same(before["obj_a"], layout.final("obj_a"))
+
+
+def test_an_unlisted_object_is_told_to_come_back_to_the_list(done, capsys) -> None:
+    layout, _, _ = done
+    fewer = layout.write_config(name="fewer.toml", object_code_list=["obj_a"], **SETTINGS)
+    final(layout, "obj_c").unlink()
+    code, out, _ = command(capsys, "status", str(fewer), "--json")
+    (obj_c,) = [o for o in json.loads(out)["not_in_list"] if o["object_code"] == "obj_c"]
+    assert obj_c["repair"].startswith("obj_c is not in the current object list: add it back")
+
+
+def test_listed_objects_not_started_yet_are_shown(done, capsys) -> None:
+    layout, _, _ = done
+    more = layout.write_config(name="more.toml", object_code_list=[*CODES, "obj_d"],
+                               **SETTINGS)
+    code, out, _ = command(capsys, "status", str(more), "--json")
+    summary = json.loads(out)
+    assert summary["objects"] == 4 and summary["objects_not_started"] == 1
+    assert summary["per_object"][-1]["status"] == "not started"
+    text = command(capsys, "status", str(more))[1]
+    assert "objects 3/4 done" in text and "1 not started" in text and "all done" not in text

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import FIXTURES, ROOT, Layout, cli_env, json_lines, run_cli
 from supervisor import dataset
-from supervisor.export import LEGACY_ORDER, from_legacy
-from supervisor.results import QPOS_NAMES
+from supervisor.dataset.export import LEGACY_ORDER, from_legacy
+from supervisor.dataset.results import QPOS_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def demo(tmp_path_factory) -> Path:
 
 
 def readme_jq_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "operating.md").read_text()
     block = text.split("### jq one-liners", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 

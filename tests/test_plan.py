@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from supervisor import plan
-from supervisor.records import ObjectRecord, RoundRecord, RoundStatus
+from supervisor.core import plan
+from supervisor.core.records import ObjectRecord, RoundRecord, RoundStatus
 
 FAILED, FINISHED, MERGED, PENDING, RUNNING = (
     RoundStatus.FAILED, RoundStatus.FINISHED, RoundStatus.MERGED, RoundStatus.PENDING,

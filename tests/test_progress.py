@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import FIXTURES
-from supervisor import progress
-from supervisor.runner import _split_lines
+from supervisor.run import progress
+from supervisor.backends.runner import _split_lines
 
 
 def test_real_tqdm_output_splits_and_parses() -> None:

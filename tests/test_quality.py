@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 
 from conftest import cli_env
-from supervisor import dataset, emulator, quality, results
-from supervisor.dedup import DedupSettings, dedup_mask
+from supervisor.commands import dataset_info
+from supervisor.dataset import final as dataset, quality, results
+from supervisor.emulator.grasps import make_grasps
+from supervisor.config.schema import DedupSettings
+from supervisor.dataset.dedup import dedup_mask
 
 ENERGIES = ["energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints"]
 
 
 def columns(code: str, seed: int, n: int, fraction: float = 0.2) -> dict[str, np.ndarray]:
     items = np.empty(n, dtype=object)
-    items[:] = emulator.make_grasps(code, seed, n, 10000, (fraction, 0.001))
+    items[:] = make_grasps(code, seed, n, 10000, (fraction, 0.001))
     return results.with_provenance(results.to_columns(items, n), seed, 0)
 
 
@@ -34,7 +37,7 @@ def final_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
-    assert quality.main([*argv, "--json"]) == 0
+    assert dataset_info.main([*argv, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -90,7 +93,7 @@ def test_tolerances_and_thresholds_from_the_command_line(
 
 
 def test_text_output(final_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert quality.main([str(final_dir)]) == 0
+    assert dataset_info.main([str(final_dir)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dedup tolerances: joints 0.05 rad")
     for needle in ("obj_a  (", "grasps: 300", "grasps: 120", "all 2 objects", "grasps: 420",
@@ -104,7 +107,7 @@ def test_an_empty_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     dataset.write(path, dataset.empty_columns())
     obj = run_json(capsys, str(path))["objects"][0]
     assert obj["count"] == 0 and obj["energies"]["energy"]["min"] is None
-    assert quality.main([str(path)]) == 0
+    assert dataset_info.main([str(path)]) == 0
     assert "grasps: 0" in capsys.readouterr().out
 
 
@@ -114,7 +117,7 @@ def test_corrupt_file_is_one_line_and_exit_2(tmp_path: Path, content: bytes,
     path = tmp_path / "obj" / "final.npz"
     path.parent.mkdir()
     path.write_bytes(content)
-    assert quality.main([str(path)]) == 2
+    assert dataset_info.main([str(path)]) == 2
     err = capsys.readouterr()
     assert err.out == "" and err.err.count("\n") == 1 and str(path) in err.err
 
@@ -129,16 +132,16 @@ def test_wrong_schema_missing_file_empty_folder_bad_threshold(
              ([str(final_dir), "--threshold", "E_nope=1"], "E_nope"),
              ([str(final_dir), "--rotation_tol_rad", "9"], "rotation_tol_rad")]
     for argv, needle in cases:
-        assert quality.main(argv) == 2, argv
+        assert dataset_info.main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("dataset-info: ") and needle in err and err.count("\n") == 1
 
 
 def test_module_entry_point(final_dir: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "supervisor.quality", str(final_dir), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "supervisor.commands.dataset_info", str(final_dir), "--json"],
                           env=cli_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and json.loads(proc.stdout)["all"]["count"] == 420
-    proc = subprocess.run([sys.executable, "-m", "supervisor.quality", "/nonexistent/x.npz"],
+    proc = subprocess.run([sys.executable, "-m", "supervisor.commands.dataset_info", "/nonexistent/x.npz"],
                           env=cli_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().endswith("no such file")
 

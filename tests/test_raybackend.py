@@ -120,10 +120,10 @@ def node_of(node: Any) -> str:
 
 
 def test_a_run_on_the_cluster_equals_the_local_run(cluster: Any, tmp_path: Path) -> None:
-    from supervisor.cli import run_supervisor
-    from supervisor.gpus import FakeProbe
-    from supervisor.raybackend import RayBackend
-    from supervisor.raycluster import connect
+    from supervisor.run.start import run_supervisor
+    from supervisor.gpus.fake import FakeProbe
+    from supervisor.backends.ray.backend import RayBackend
+    from supervisor.backends.ray.connect import connect
 
     layout = Layout(tmp_path / "ray")
     config = layout.config(**ray_data(cluster))

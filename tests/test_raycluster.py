@@ -21,10 +21,14 @@ from typing import Any, Iterator
 import anyio
 import pytest
 
-from supervisor import runner
-from supervisor.gpus import FakeProbe, Reading, read_gpus
-from supervisor.raycluster import RayCluster, RayMissing, RemoteExit, Slot, connect
-from supervisor.raynode import GpuActor
+from supervisor.backends import runner
+from supervisor.gpus.fake import FakeProbe
+from supervisor.gpus.probe import Reading
+from supervisor.gpus.reads import read_gpus
+from supervisor.backends.ray.cluster import RayCluster
+from supervisor.backends.ray.connect import RayMissing, connect
+from supervisor.backends.ray.remote import RemoteExit, Slot
+from supervisor.backends.ray.node import GpuActor
 
 from raytest import loopback_cluster, needs_ray
 
@@ -384,7 +388,7 @@ async def test_a_node_lost_mid_round(env: dict[str, Any]) -> None:
 
 DRIVER = """
 import sys, anyio
-from supervisor.raycluster import connect
+from supervisor.backends.ray.connect import connect
 address, node, name, base = sys.argv[1:]
 rc = connect(address)
 async def main():

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from conftest import Layout, cli_env, json_lines, run_cli, run_in_process
+from conftest import Layout, cli_env, full_disk, json_lines, run_cli, run_in_process
 from faultinjection import kill_anywhere
-from supervisor import dataset, paths
-from supervisor.gpus import FakeProbe
+from supervisor.storage import paths
+from supervisor.gpus.fake import FakeProbe
 
 
 def events(logs: list[dict], name: str) -> list[dict]:
@@ -46,8 +46,8 @@ def test_kill_anywhere_fifty_kills(layout: Layout) -> None:
 
 
 def _state_with_running_round(name: str, pid: int, proc_start: int | None):
-    from supervisor.records import ObjectRecord, RoundRecord, RoundStatus
-    from supervisor.state import Policy, State
+    from supervisor.core.records import ObjectRecord, RoundRecord, RoundStatus
+    from supervisor.core.state import Policy, State
 
     state = State(Policy("t"), {}, {}, 0.0)
     state.add_object(ObjectRecord("obj_a", 0, 4))
@@ -58,11 +58,11 @@ def _state_with_running_round(name: str, pid: int, proc_start: int | None):
 
 
 def test_orphan_group_of_a_dead_supervisor_is_killed_grandchildren_included() -> None:
-    from supervisor import events as ev
-    from supervisor.resume import kill_orphans
-    from supervisor.state import KillOrphans
-    from supervisor.dispatcher import proc_start
-    from supervisor.transitions import apply
+    from supervisor.core import events as ev
+    from supervisor.run.resume import kill_orphans
+    from supervisor.core.state import KillOrphans
+    from supervisor.run.dispatcher import proc_start
+    from supervisor.core.transitions import apply
 
     name = "t__obj_a__r0"
     # A round's group: a leader that spawned a worker (like a data loader) in its group.
@@ -91,8 +91,8 @@ def test_orphan_group_of_a_dead_supervisor_is_killed_grandchildren_included() ->
 
 
 def test_unrelated_process_with_a_recorded_pid_is_left_alone() -> None:
-    from supervisor.resume import kill_orphans
-    from supervisor.dispatcher import proc_start
+    from supervisor.run.resume import kill_orphans
+    from supervisor.run.dispatcher import proc_start
 
     mine = proc_start(os.getpid())
     assert mine is not None
@@ -105,8 +105,8 @@ def test_unrelated_process_with_a_recorded_pid_is_left_alone() -> None:
 def test_a_leaderless_group_is_killed_only_if_it_carries_the_round(of_round: bool) -> None:
     """Found while testing: a recorded round pid later led an unrelated group that lost
     its leader (a shell's background job), and resume killed that group, pytest and all."""
-    from supervisor.job import ROUND_ENV
-    from supervisor.resume import kill_orphans
+    from supervisor.backends.job import ROUND_ENV
+    from supervisor.run.resume import kill_orphans
 
     name = "t__obj_a__r0"
     env = {**os.environ, **({ROUND_ENV: name} if of_round else {})}
@@ -241,20 +241,8 @@ def test_rebuild_without_any_manifest_from_folders_and_datasets(layout: Layout) 
 
 def test_full_disk_while_writing_keeps_files_and_the_run_resumable(layout: Layout) -> None:
     config = layout.config(object_code_list=["obj_a"], target_count_per_object=12, gpus=[0])
-    original, calls = dataset.write, []
-
-    def failing(path: Path, columns) -> None:
-        calls.append(len(columns["energy"]))
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        original(path, columns)
-
-    dataset.write = failing
-    try:
-        with capture_logs() as logs:
-            assert run_in_process(config) == 1
-    finally:
-        dataset.write = original
+    with full_disk(lambda n, rows: n == 2) as calls, capture_logs() as logs:
+        assert run_in_process(config) == 1
     failed = events(logs, "write_failed")
     assert failed and failed[0]["errno"] == errno.ENOSPC
     assert len(layout.final("obj_a")["energy"]) >= calls[0]  # the earlier file is intact
@@ -285,21 +273,21 @@ def test_gpu_falling_off_the_bus_mid_run(layout: Layout) -> None:
     config = layout.config(object_code_list=["obj_a"], target_count_per_object=8, gpus=[0, 1],
                            gpu={"probe": "auto", "max_rounds_per_gpu": 1},
                            env={"EMULATOR_FAULTS": "t__obj_a__r1=exit"})
-    import supervisor.supervisor as sup_mod
+    import supervisor.run.dispatcher as sup_mod
 
-    original = sup_mod.Supervisor._start
+    original = sup_mod.Dispatcher._start
 
     def start(self, pick, gpu, *rest):
         original(self, pick, gpu, *rest)
         if gpu == 1:
             fake.failing.add(1)  # the card is gone while its round runs
 
-    sup_mod.Supervisor._start = start
+    sup_mod.Dispatcher._start = start
     try:
         with capture_logs() as logs:
             assert run_in_process(config, fake) == 0
     finally:
-        sup_mod.Supervisor._start = original
+        sup_mod.Dispatcher._start = original
     assert events(logs, "gpu_lost")[0]["gpu"] == 1
     r1 = layout.manifest()["objects"]["obj_a"]["rounds"]["1"]
     assert r1["failures"][0]["gpu"] == 1 and r1["gpu"] == 0 and r1["status"] == "merged"

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli
-from supervisor import report, report_data as rd, sampler
-from supervisor.gpus import Reading
-from supervisor.lock import ExperimentLock
-from supervisor.results import QPOS_NAMES
+from supervisor.commands.report import data as rd, page as report, series
+from supervisor.gpus import sampler
+from supervisor.gpus.probe import Reading
+from supervisor.storage.lock import ExperimentLock
+from supervisor.dataset.results import QPOS_NAMES
 
 
 def bench(name: str) -> Any:
@@ -150,24 +151,24 @@ def test_eta_and_headline(m: dict[str, Any]) -> None:
 
 def test_histogram_shows_the_bulk_and_the_threshold() -> None:
     values = np.r_[np.linspace(0, 1, 1000), 1e6]  # one outlier
-    edges, counts = rd.histogram(values, threshold=1.5)
+    edges, counts = series.histogram(values, threshold=1.5)
     assert counts.sum() == 1001 and edges[0] < 0.002 and edges[-1] == 1.5
     assert counts[-1] == 1  # the outlier, in the last bin
-    edges, counts = rd.histogram(np.full(5, 2.0), None)
+    edges, counts = series.histogram(np.full(5, 2.0), None)
     assert counts.sum() == 5 and edges[0] < 2.0 < edges[-1]
-    assert rd.histogram(np.array([np.nan]), None)[1].sum() == 0
+    assert series.histogram(np.array([np.nan]), None)[1].sum() == 0
 
 
 def test_downsample_keeps_the_tail_means_and_peaks() -> None:
     t = np.arange(10.0)
     util = np.array([0, 10, np.nan, np.nan, 40, 50, 60, 70, 80, 90.0])
     mem = np.arange(10.0)
-    got_t, got_util, got_mem = rd.downsample(t, util, mem, points=4, peak=(False, True))
+    got_t, got_util, got_mem = series.downsample(t, util, mem, points=4, peak=(False, True))
     assert got_t.tolist() == [0.0, 3.0, 6.0, 9.0]
     assert got_util.tolist() == [5.0, 45.0, 70.0, 90.0]
     assert got_mem.tolist() == [2.0, 5.0, 8.0, 9.0]
-    assert [a.tolist() for a in rd.downsample(t[:3], mem[:3])] == [[0, 1, 2], [0, 1, 2]]
-    t2, v2 = rd.with_gaps(np.array([0.0, 10, 20, 1000, 1010]), np.arange(5.0))
+    assert [a.tolist() for a in series.downsample(t[:3], mem[:3])] == [[0, 1, 2], [0, 1, 2]]
+    t2, v2 = series.with_gaps(np.array([0.0, 10, 20, 1000, 1010]), np.arange(5.0))
     assert t2.tolist() == [0.0, 10.0, 20.0, 510.0, 1000.0, 1010.0] and np.isnan(v2[3])
 
 
@@ -185,7 +186,7 @@ def test_energies_read_only_the_energy_columns(tmp_path: Path) -> None:
     write_final(tmp_path, "b", 3, seed=1)
     (tmp_path / "final" / "c").mkdir()
     (tmp_path / "final" / "c" / "final.npz").write_bytes(b"PK\x03\x04 cut short")
-    values, unreadable = rd.energies(tmp_path, ["a", "b", "c", "missing"])
+    values, unreadable = series.energies(tmp_path, ["a", "b", "c", "missing"])
     assert unreadable == 1 and sorted(values) == sorted(rd.ENERGY_TERMS)
     a = np.load(tmp_path / "final" / "a" / "final.npz")
     assert values["E_pen"].dtype == np.float32 and len(values["E_pen"]) == 8
@@ -193,7 +194,7 @@ def test_energies_read_only_the_energy_columns(tmp_path: Path) -> None:
     big_endian = tmp_path / "final" / "d"  # not the fast path: numpy reads it
     big_endian.mkdir()
     np.savez(big_endian / "final.npz", energy=np.arange(3, dtype=">f8"))
-    assert rd.energies(tmp_path, ["d"])[0]["energy"].tolist() == [0, 1, 2]
+    assert series.energies(tmp_path, ["d"])[0]["energy"].tolist() == [0, 1, 2]
 
 
 def make_experiment(exp_dir: Path, m: dict[str, Any]) -> None:
@@ -231,7 +232,7 @@ def test_a_live_run_is_read_without_being_touched(tmp_path: Path, m: dict[str, A
                                                   monkeypatch) -> None:
     make_experiment(tmp_path, m)
     # live_holder also checks the holder's command line, which here is pytest's
-    monkeypatch.setattr("supervisor.lock.live_holder", lambda exp_dir: os.getpid())
+    monkeypatch.setattr("supervisor.storage.lock.live_holder", lambda exp_dir: os.getpid())
     with ExperimentLock(tmp_path):  # the run holds its lock: the report never waits on it
         before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*")
                   if p.is_file()}
@@ -327,9 +328,11 @@ def test_the_browser_check_sees_javascript_errors(tmp_path: Path, chromium: str)
 
 def test_report_data_includes_events_journaled_after_the_snapshot(tmp_path: Path) -> None:
     """A live run rewrites manifest.json only now and then: the journal fills the gap."""
-    from supervisor import events as ev, journal, manifest as mf, report_data
-    from supervisor.state import Policy, State
-    from supervisor.transitions import apply
+    from supervisor.core import events as ev
+    from supervisor.storage import journal, manifest as mf
+    from supervisor.commands.report import data as report_data
+    from supervisor.core.state import Policy, State
+    from supervisor.core.transitions import apply
 
     exp = tmp_path / "e"
     state = State(Policy("e"), {}, {"exp_name": "e", "object_code_list": ["a"]}, 1.0)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from supervisor import emulator, results
-from supervisor.results import QPOS_NAMES, ResultError
+from supervisor.emulator.grasps import make_grasps
+from supervisor.dataset import results
+from supervisor.dataset.results import QPOS_NAMES, ResultError
 
 REAL = FIXTURES / "results"
 CODE = "Curver_Storage_Bin_Black_Small"
@@ -41,7 +42,7 @@ def save(path: Path, payload: object) -> Path:
 
 
 def grasps(n: int = 4) -> list[dict]:
-    return emulator.make_grasps("obj", 1, n, 10)
+    return make_grasps("obj", 1, n, 10)
 
 
 def test_unknown_numeric_keys_are_kept(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from supervisor import runner
+from supervisor.backends import runner
 
 pytestmark = pytest.mark.anyio
 

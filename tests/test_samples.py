@@ -15,11 +15,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import ROOT
-from supervisor import samples
-from supervisor.gpus import FakeProbe, Reading, StaticProbe
-from supervisor import sampler as sampler_mod
-from supervisor.sampler import SampleFile, Sampler
-from supervisor.samples import MAGIC, RECORD
+from supervisor.gpus import samples
+from supervisor.gpus.fake import FakeProbe
+from supervisor.gpus.probe import Reading
+from supervisor.gpus.static import StaticProbe
+from supervisor.gpus import sampler as sampler_mod
+from supervisor.gpus.sampler import SampleFile, Sampler
+from supervisor.gpus.samples import MAGIC, RECORD
 
 
 def reading(used: int, util: int | None = 50, processes: dict[int, int] | None = None,
@@ -148,8 +150,8 @@ def test_a_header_cut_short_is_rewritten_and_a_foreign_file_refused(tmp_path: Pa
 WRITER = """
 import os, sys
 from pathlib import Path
-from supervisor.gpus import Reading
-from supervisor.sampler import SampleFile
+from supervisor.gpus.probe import Reading
+from supervisor.gpus.sampler import SampleFile
 store, pid, t = SampleFile(Path(sys.argv[1])), os.getpid(), 0
 while True:
     name = f"e__obj__r{t // 7}"
@@ -305,8 +307,8 @@ async def test_the_sampler_teaches_the_pool_peaks_of_rounds_never_read_at_admiss
         tmp_path: Path) -> None:
     """Seen on an H200: every round started at once, no admission read followed, and the
     footprint stayed unknown although the sampler saw each round's 1.6 GiB."""
-    from supervisor.config import GpuSettings
-    from supervisor.gpus import GpuPool
+    from supervisor.config.schema import GpuSettings
+    from supervisor.gpus.pool import GpuPool
 
     probe = FakeProbe({0: 80_000})
     pool = GpuPool(probe, [0], GpuSettings(max_rounds_per_gpu="auto"))

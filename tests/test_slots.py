@@ -7,10 +7,10 @@ import json
 
 from hypothesis import given, strategies as st
 
-from supervisor import slots
-from supervisor.live import LiveView, Snapshot
-from supervisor.records import GpuRecord
-from supervisor.report_data import row_label, row_order
+from supervisor.core import slots
+from supervisor.run.live import LiveView, Snapshot
+from supervisor.core.records import GpuRecord
+from supervisor.commands.report.data import row_label, row_order
 
 nodes = st.from_regex(r"\A(\d{1,3}\.){3}\d{1,3}/[0-9a-f]{8}\Z")
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from supervisor import dataset, fsutil, manifest as mf
-from supervisor.dataset import Accumulator
-from supervisor.emulator import make_grasps
-from supervisor.results import to_columns, with_provenance
+from supervisor.dataset import final as dataset
+from supervisor.storage import fsutil, manifest as mf
+from supervisor.dataset.final import Accumulator
+from supervisor.emulator.main import make_grasps
+from supervisor.dataset.results import to_columns, with_provenance
 
 
 def columns(seed: int, rid: int, n: int = 4) -> dict:
@@ -81,8 +82,8 @@ def test_dataset_load_rejects_nonsense(tmp_path: Path) -> None:
 
 
 def _state():
-    from supervisor.records import ObjectRecord, RoundRecord, RoundStatus
-    from supervisor.state import Policy, State
+    from supervisor.core.records import ObjectRecord, RoundRecord, RoundStatus
+    from supervisor.core.state import Policy, State
 
     state = State(Policy("e"), {"seed_base": 0}, {"x": 1}, 1.0)
     for code in ("a", "b"):
@@ -94,7 +95,7 @@ def _state():
 
 
 def test_manifest_round_trip_and_nonsense(tmp_path: Path) -> None:
-    from supervisor.state import Policy
+    from supervisor.core.state import Policy
 
     state = _state()
     path = tmp_path / "manifest.json"
@@ -111,9 +112,9 @@ def test_manifest_round_trip_and_nonsense(tmp_path: Path) -> None:
 
 
 def test_cached_manifest_encoding_matches_a_full_encoding() -> None:
-    from supervisor import events as ev
-    from supervisor.records import ObjectRecord
-    from supervisor.transitions import apply
+    from supervisor.core import events as ev
+    from supervisor.core.records import ObjectRecord
+    from supervisor.core.transitions import apply
 
     state, encoder = _state(), mf.Encoder()
 
@@ -130,7 +131,8 @@ def test_cached_manifest_encoding_matches_a_full_encoding() -> None:
 
 def test_journal_torn_last_line_is_ignored_and_bad_middle_line_is_an_error(
         tmp_path: Path) -> None:
-    from supervisor import events as ev, journal
+    from supervisor.core import events as ev
+    from supervisor.storage import journal
 
     path = tmp_path / "journal.jsonl"
     j = journal.Journal(path)

@@ -10,9 +10,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from conftest import Layout, run_in_process
-from supervisor import dataset, plan
-from supervisor.gpus import FakeProbe
-from supervisor.results import QPOS_NAMES
+from supervisor.dataset import final as dataset
+from supervisor.core import plan
+from supervisor.gpus.fake import FakeProbe
+from supervisor.dataset.results import QPOS_NAMES
 
 BIG = 80_000  # MiB free on a fake GPU
 
@@ -190,7 +191,7 @@ def test_gpu_short_of_memory_is_not_used_until_it_frees(layout: Layout) -> None:
                            round_batch_size=4, gpus=[0, 1], gpu={"probe": "auto"})
     with capture_logs() as logs:
         # Free GPU 1 once GPU 0 has finished a round: by then GPU 1 was refused.
-        from supervisor.merger import Merger
+        from supervisor.run.merger import Merger
 
         original = Merger.handle
 
@@ -311,7 +312,7 @@ def test_inherited_cuda_visible_devices_with_all_gpus_is_warned(layout: Layout,
 def test_a_sigkill_is_called_an_oom_kill_only_when_the_kernel_log_says_so(
         layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The round log said "(the OOM killer sends it)" for every SIGKILL: a guess."""
-    from supervisor import rounds
+    from supervisor.run import rounds
 
     config = layout.config(object_code_list=["obj_a"], target_count_per_object=4,
                            env={"EMULATOR_FAULTS": "t__obj_a__r0=sigkill"})

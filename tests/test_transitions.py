@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from supervisor import events as ev, plan
-from supervisor.records import GpuStatus, ObjectStatus as O, RoundStatus as R
-from supervisor.state import (
+from supervisor.core import events as ev, plan
+from supervisor.core.records import GpuStatus, ObjectStatus as O, RoundStatus as R
+from supervisor.core.state import (
     CleanRounds, KillOrphans, Log, Policy, State, StopRounds, StopRun, WriteDataset,
 )
-from supervisor.transitions import apply
+from supervisor.core.transitions import apply
 
 T = 1000.0
 
@@ -243,6 +243,8 @@ def test_too_few_grasps_after_judging_is_exhausted() -> None:
     ({2: 4, 0: 4}, 4, {0: 4}),
     ({0: 3}, 10, {0: 3}),
     ({}, 5, {}),
+    ({0: 3, 1: 0, 2: 5}, 100, {0: 3, 1: 0, 2: 5}),  # a round that kept no grasp: go on past it
+    ({0: 3, 1: 0, 2: 5}, 3, {0: 3}),
 ])
 def test_first_rows_never_exceed_the_target(held, target, expected) -> None:
     assert plan.first_rows(held, target) == expected

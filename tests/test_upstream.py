@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, cli_env
-from supervisor import emulator, results
-from supervisor.upstream_launcher import LAUNCHER_PATH, UsageError, split_argv
+from supervisor.emulator import main as emulator
+from supervisor.emulator.grasps import make_grasps
+from supervisor.dataset import results
+from supervisor.backends.upstream_launcher import LAUNCHER_PATH, UsageError, split_argv
 
 CODE = "Curver_Storage_Bin_Black_Small"
-SHIM = 'from supervisor.emulator import main\n\nif __name__ == "__main__":\n    main()\n'
+SHIM = 'from supervisor.emulator.main import main\n\nif __name__ == "__main__":\n    main()\n'
 
 
 @pytest.fixture
@@ -101,7 +103,7 @@ def test_launcher_runs_exactly_one_object(cwd: Path) -> None:
     items = np.load(results_dir(cwd) / f"{CODE}.npy", allow_pickle=True)
     assert len(items) == 3 and all("__meta__" not in item for item in items)
     columns = results.read_round(results_dir(cwd) / f"{CODE}.npy", 3)  # the merger accepts it
-    expected = emulator.make_grasps(CODE, 5, 3, 4, meta=False)
+    expected = make_grasps(CODE, 5, 3, 4, meta=False)
     assert columns["energy"].tolist() == [g["energy"] for g in expected]
 
 

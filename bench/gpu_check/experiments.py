@@ -26,7 +26,7 @@ BATCH = 16
 def free_mib() -> int:
     if DRY:
         return 80_000
-    from supervisor.gpus import NvmlProbe
+    from supervisor.gpus.nvml import NvmlProbe
     return NvmlProbe().read(0).free_mib
 
 
@@ -143,7 +143,7 @@ def run_experiment(name: str, cfg: Path, timeout: float) -> dict:
         configs[p.parent.parent.name] = p.read_text()
     peaks = None
     try:
-        from supervisor import samples
+        from supervisor.gpus import samples
         s = samples.load(samples.samples_path(exp_dir))
         peaks = {"round_peak_mib": s.round_peak_mib,
                  "util": {g: [None if x != x else int(x) for x in a["util_percent"]]

@@ -1,5 +1,5 @@
 """Parts 1-3 of the GPU check: NvmlProbe, per-process memory and its delay, utilisation
-sampling with supervisor.sampler.Sampler. Writes JSON to OUT_DIR (argv[1])."""
+sampling with supervisor.gpus.sampler.Sampler. Writes JSON to OUT_DIR (argv[1])."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from supervisor import gpus, sampler as sampler_mod, samples  # noqa: E402
+from supervisor.gpus import pool as gpus, sampler as sampler_mod, samples  # noqa: E402
 
 OUT = Path(sys.argv[1])
 CHILD = str(Path(__file__).with_name("gpu_child.py"))

@@ -1,0 +1,187 @@
+"""Reading the config: one TOML file, validated completely before anything is written.
+
+Every error names the file, the key, the bad value and the expected form, e.g.
+``config.toml: round_batch_size = 0: expected an integer >= 1``.
+"""
+
+from __future__ import annotations
+
+import string
+import sys
+from dataclasses import MISSING, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from supervisor.config.objects import check_lengths, object_codes, resolve
+from supervisor.config.schema import (
+    PLACEHOLDERS, REQUIRED_PLACEHOLDERS, SECTIONS, FILTER_KEYS, Config, DedupSettings,
+    MainSettings,
+)
+from supervisor.config.toml import ConfigError, Reader, check_name, read_settings
+from supervisor.core.plan import MAX_SEED, SEED_STRIDE
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _gpus(r: Reader) -> str | tuple[int, ...]:
+    value = r.raw("gpus", "all")
+    if value == "all":
+        return "all"
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        and len(set(value)) == len(value)
+    ):
+        return tuple(value)
+    raise r.error("gpus", value, '"all" or a list of distinct GPU indices >= 0')
+
+
+def _command(r: Reader) -> tuple[str, ...]:
+    command = r.raw("command")
+    if not isinstance(command, list) or not command or not all(
+        isinstance(part, str) for part in command
+    ):
+        raise r.error("command", command, "a non-empty list of strings")
+    used: set[str] = set()
+    for part in command:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(part) if f is not None]
+        except ValueError as exc:
+            raise r.error("command", part, f"a valid template ({exc})") from None
+        for name in fields:
+            if name not in PLACEHOLDERS:
+                raise r.error("command", part,
+                              f"placeholders among {{{'}, {'.join(sorted(PLACEHOLDERS))}}}")
+            used.add(name)
+    for name in REQUIRED_PLACEHOLDERS:
+        if name not in used:
+            raise r.error("command", command, f"a template containing {{{name}}}")
+    return tuple(command)
+
+
+def _main(r: Reader, base: Path) -> MainSettings:
+    m = r.table_of("main")
+    command = _command(m)
+    cwd = resolve(base, m.text("cwd", "."))
+    if not cwd.is_dir():
+        raise m.error("cwd", str(cwd), "an existing folder (main.py's BimanGrasp-Optimization/)")
+    env = m.raw("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise m.error("env", env, "a table of string values")
+    output_dir = resolve(cwd, m.text("output_dir", "../data/experiments"))
+    threads = m.integer("threads", 2)
+    m.finish(("command", "cwd", "env", "output_dir", "threads"))
+    return MainSettings(command, cwd, env, output_dir, threads)
+
+
+def _sections(r: Reader) -> dict[str, Any]:
+    sections = {name: read_settings(r.table_of(name), cls) for name, cls in SECTIONS.items()}
+    t = r.table_of("filter")
+    known = tuple(f"max_{k}" for k in FILTER_KEYS)
+    sections["filter"] = {k[4:]: t.number(k, None, minimum=float("-inf"))
+                          for k in known if t.has(k)}
+    t.finish(known)
+    table = r.raw("dedup", {})
+    if not isinstance(table, dict):
+        raise r.error("dedup", table, "a table")
+    sections["dedup"] = DedupSettings.from_table(table, r.source)
+    return sections
+
+
+DEFAULTS = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+TOP_KEYS = (
+    "exp_name", "experiments_dir", "object_code_list", "object_code_file",
+    "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
+    "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
+    "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
+    "backend",
+)
+
+
+def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against ``path``'s folder."""
+    source = source or str(path)
+    base = path.parent
+    r = Reader(source, data)
+    exp_name = check_name(source, "exp_name", r.text("exp_name", None))
+    if "__" in exp_name or exp_name.endswith("_"):
+        # Round folders are {exp_name}__{object_code}__r{id}, side by side with other
+        # experiments' in main.py's output folder: the first "__" must end exp_name.
+        raise ConfigError(source, "exp_name", exp_name,
+                          "a name without '__' and not ending in '_' (round names use '__')")
+    codes, code_source = object_codes(r, base)
+    check_lengths(source, exp_name, codes, code_source)
+    config = Config(
+        path=path,
+        exp_name=exp_name,
+        experiments_dir=resolve(base, r.text("experiments_dir", "experiments")),
+        object_codes=codes,
+        object_code_source=code_source,
+        target_count_per_object=r.integer("target_count_per_object", None),
+        round_batch_size=r.integer("round_batch_size", DEFAULTS["round_batch_size"]),
+        num_iterations=r.integer("num_iterations", DEFAULTS["num_iterations"], minimum=0),
+        seed_base=r.integer("seed_base", DEFAULTS["seed_base"], minimum=0),
+        max_rounds=r.integer("max_rounds", DEFAULTS["max_rounds"], maximum=SEED_STRIDE),
+        merge_stride=r.integer("merge_stride", DEFAULTS["merge_stride"], auto=True),
+        resume=r.flag("resume", DEFAULTS["resume"]),
+        keep_intermediate=r.flag("keep_intermediate", DEFAULTS["keep_intermediate"]),
+        gpus=_gpus(r),
+        main=_main(r, base),
+        **_sections(r),
+    )
+    r.finish(TOP_KEYS)
+    if config.backend.kind == "ray" and config.gpus != "all":
+        raise ConfigError(source, "gpus", list(config.gpus),
+                          '"all" with [backend] kind = "ray" (a node offers the GPUs its '
+                          "`ray start --num-gpus N` gave Ray; CUDA_VISIBLE_DEVICES there "
+                          "chooses which)")
+    top_seed = config.seed_base + len(codes) * SEED_STRIDE
+    if top_seed > MAX_SEED:
+        raise ConfigError(source, "seed_base", config.seed_base,
+                          f"an integer with seed_base + objects x {SEED_STRIDE} <= {MAX_SEED} "
+                          f"(main.py seeds numpy, which takes seeds below 2**32)")
+    return config
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(str(path), "(file)", str(path), "an existing TOML config file")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(str(path), "(file)", str(path),
+                          f"valid TOML ({str(exc).splitlines()[0]})") from None
+
+
+def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read, merge command-line overrides (already typed), validate."""
+    data = load_toml(path)
+    source = str(path)
+    if overrides:
+        data = {**data, **overrides}
+        if "object_code_list" in overrides:
+            data.pop("object_code_file", None)
+        if "object_code_file" in overrides:
+            data.pop("object_code_list", None)
+        source = f"{path} (with command-line overrides)"
+    config = parse_config(data, path.resolve(), source)
+    return replace(config, overrides=_as_args(overrides or {}))
+
+
+def _as_args(overrides: Mapping[str, Any]) -> tuple[str, ...]:
+    args: list[str] = []
+    for key, value in overrides.items():
+        if isinstance(value, bool):
+            args.append(f"--{key}" if value else f"--no-{key}")
+        elif isinstance(value, (list, tuple)):
+            args += [f"--{key}", ",".join(str(v) for v in value)]
+        else:
+            args += [f"--{key}", str(value)]
+    return tuple(args)

@@ -1,0 +1,208 @@
+"""The config's schema: one frozen dataclass per TOML table, each key with its default
+and its rules (min, max, choices, "auto"); ``Config`` is the whole resolved config.
+Reading a TOML file into these is ``supervisor.config.load``.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from supervisor.config.toml import ConfigError
+
+PLACEHOLDERS = frozenset({
+    "name", "object_code", "batch_size", "num_iterations", "seed", "gpu", "python",
+    "upstream_launcher",
+})
+REQUIRED_PLACEHOLDERS = ("name", "seed")
+FILTER_KEYS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
+CLEANUP_MODES = ("remove", "light")
+PROBES = ("auto", "nvml", "static")
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class MainSettings:
+    command: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str]
+    output_dir: Path  # where main.py puts {name}/: cwd / "../data/experiments"
+    threads: int = 2
+
+
+def _key(default: Any, **rules: Any) -> Any:
+    """A config key: its default and how it is checked (min, max, choices, auto)."""
+    return field(default=default, metadata=rules)
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    probe: str = _key("auto", choices=PROBES)
+    min_free_mib: int = _key(8000, min=0)
+    # "auto": as many rounds as free memory admits (the footprint learned from NVML)
+    max_rounds_per_gpu: int | str = _key(1, min=1, auto=True)
+    round_memory_mib: int = _key(6000, min=0)
+    poll_interval_s: float = _key(10.0, min=0.001)
+    quarantine_after: int = _key(3, min=1)  # rounds failed in a row on one GPU
+    nvml_timeout_s: float = _key(10.0, min=0.001)
+    sample_interval_s: float = _key(10.0, min=0.001)  # utilisation samples for the report
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_attempts: int = _key(3, min=1)
+    max_consecutive_failed_rounds: int = _key(5, min=1)
+
+
+@dataclass(frozen=True)
+class TimeoutSettings:
+    round_timeout_s: float = _key(0.0, min=0.0)  # 0: no limit on a round's total time
+    stall_timeout_s: float = _key(1800.0, min=0.0)  # 0: no limit on time without output
+    grace_s: float = _key(30.0, min=0.0)
+    drain_deadline_s: float = _key(0.0, min=0.0)  # 0: a drain waits for every round
+
+
+@dataclass(frozen=True)
+class CleanupSettings:
+    mode: str = _key("remove", choices=CLEANUP_MODES)
+
+
+@dataclass(frozen=True)
+class DiskSettings:
+    min_free_gib: float = _key(5.0, min=0.0)  # 0: no check
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    progress_interval_s: float = _key(30.0, min=0.0)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Where rounds run: this machine's GPUs, or a Ray cluster's (``address``: "auto" for
+    the cluster this machine belongs to, or "HOST:PORT")."""
+    kind: str = _key("local", choices=BACKENDS)
+    address: str = "auto"
+
+
+SECTIONS: dict[str, type] = {
+    "backend": BackendSettings,
+    "gpu": GpuSettings, "retry": RetrySettings, "timeouts": TimeoutSettings,
+    "cleanup": CleanupSettings, "disk": DiskSettings, "logs": LogSettings,
+}
+
+
+@dataclass(frozen=True)
+class DedupSettings:
+    enabled: bool = False
+    joint_tol_rad: float = 0.05
+    rotation_tol_rad: float = 0.05
+    translation_tol_m: float = 0.005
+
+    @classmethod
+    def from_table(cls, table: Any, source: str) -> DedupSettings:
+        """Validate the ``[dedup]`` TOML table; errors name ``dedup.<key>``."""
+        if not isinstance(table, dict):
+            raise ConfigError(source, "dedup", table, "a table")
+        known = tuple(vars(cls()))
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(source, f"dedup.{key}", value,
+                                  f"a known key (one of {', '.join(known)})")
+        enabled = table.get("enabled", cls.enabled)
+        if not isinstance(enabled, bool):
+            raise ConfigError(source, "dedup.enabled", enabled, "true or false")
+        limits = {"joint_tol_rad": math.inf, "rotation_tol_rad": math.pi,
+                  "translation_tol_m": math.inf}
+        tolerances = {}
+        for key, upper in limits.items():
+            value = table.get(key, getattr(cls, key))
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not 0 < value <= upper or not math.isfinite(value):
+                bound = f" and <= pi ({math.pi:.6g})" if upper == math.pi else ""
+                raise ConfigError(source, f"dedup.{key}", value,
+                                  f"a finite number > 0{bound}")
+            tolerances[key] = float(value)
+        return cls(enabled=enabled, **tolerances)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    exp_name: str
+    experiments_dir: Path
+    object_codes: tuple[str, ...]
+    target_count_per_object: int
+    main: MainSettings
+    round_batch_size: int = 512
+    num_iterations: int = 10000
+    seed_base: int = 0
+    max_rounds: int = 1000
+    merge_stride: int | str = "auto"
+    resume: bool = True
+    keep_intermediate: bool = False
+    gpus: str | tuple[int, ...] = "all"
+    gpu: GpuSettings = field(default_factory=GpuSettings)
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
+    filter: Mapping[str, float] = field(default_factory=dict)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
+    cleanup: CleanupSettings = field(default_factory=CleanupSettings)
+    disk: DiskSettings = field(default_factory=DiskSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
+    backend: BackendSettings = field(default_factory=BackendSettings)
+    object_code_source: str = "object_code_list"
+    overrides: tuple[str, ...] = ()  # the command line's overrides, for hints to repeat
+
+    def command(self, sub: str = "") -> str:
+        """The command that reaches this experiment again: ``python -m supervisor [sub]
+        CONFIG`` plus the same overrides, for hints such as the recover command."""
+        parts = ["python", "-m", "supervisor", *([sub] if sub else []), str(self.path),
+                 *self.overrides]
+        return " ".join(shlex.quote(p) for p in parts)
+
+    @property
+    def exp_dir(self) -> Path:
+        return self.experiments_dir / self.exp_name
+
+    def identity(self) -> dict[str, Any]:
+        """What decides which grasps are in the dataset; a resumed run must match it."""
+        return {
+            "seed_base": self.seed_base,
+            "round_batch_size": self.round_batch_size,
+            "num_iterations": self.num_iterations,
+            "command": list(self.main.command),
+            "filter": dict(self.filter),
+            # Tolerances of a disabled dedup cannot change a grasp: only "off" counts then.
+            "dedup": self.dedup.to_json() if self.dedup.enabled else {"enabled": False},
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole resolved config as JSON data, stored in the manifest to rerun it."""
+        data: dict[str, Any] = {"config_file": str(self.path)}
+        for f in fields(self):
+            if f.name in ("path", "object_codes", "object_code_source", "overrides"):
+                continue
+            data[f.name] = _jsonable(getattr(self, f.name))
+        data["object_code_list"] = list(self.object_codes)
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+

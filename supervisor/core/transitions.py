@@ -1,0 +1,197 @@
+"""The state machine: ``apply(state, event) -> effects``, every transition of rounds,
+objects and GPUs in one place.
+
+Pure: it changes ``state`` (through ``State.set_round``/``set_object``) and returns what
+the async shell must do. The same function replays the journal at start-up (effects
+dropped), runs live in the merger, and drives resume, recover, status and --dry-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from supervisor.core import events as ev, slots
+from supervisor.core.records import (
+    HAS_GRASPS, GpuRecord, GpuStatus, ObjectStatus, RoundRecord, RoundStatus,
+)
+from supervisor.core.state import CleanRounds, Effect, Log, State
+
+from supervisor.core import health, reconcile
+from supervisor.core.lifecycle import fields, new_round, settle
+
+R, O = RoundStatus, ObjectStatus
+
+
+def apply(state: State, event: ev.Event) -> list[Effect]:
+    """Record ``event`` in ``state``; return what the shell must do about it."""
+    code = getattr(event, "code", None)
+    if code is not None:  # the snapshot encodes this object again: no handler can forget
+        state.dirty.add(code)
+    return HANDLERS[type(event)](state, event)
+
+
+# -- rounds ------------------------------------------------------------------------------
+def round_started(state: State, e: ev.RoundStarted) -> list[Effect]:
+    obj = state.objects[e.code]
+    rnd = obj.rounds.get(e.round_id) or new_round(state, e.code, e.round_id)
+    state.set_round(e.code, rnd, R.RUNNING, gpu=e.gpu, node=e.node, started_at=e.at,
+                    attempts=rnd.attempts + 1, pid=None, proc_start=None, exit_code=None,
+                    finished_at=None)
+    state.stats["rounds_started"] += 1
+    state.gpus.setdefault(e.gpu, GpuRecord(e.gpu, e.node))
+    return []
+
+
+def round_spawned(state: State, e: ev.RoundSpawned) -> list[Effect]:
+    rnd = state.round_of(e.code, e.round_id)
+    rnd.pid, rnd.proc_start = e.pid, e.proc_start
+    return []
+
+
+def _ended(state: State, code: str, rnd: RoundRecord, at: float, duration_s: float) -> None:
+    state.stats["gpu_seconds"] += duration_s
+    rnd.finished_at, rnd.pid, rnd.proc_start = at, None, None
+
+
+def round_produced(state: State, e: ev.RoundProduced) -> list[Effect]:
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    _ended(state, e.code, rnd, e.at, e.duration_s)
+    state.run_ok += 1
+    state.fail_streak = []
+    effects = health.gpu_succeeded(state, e.code, rnd)
+    rec = state.gpus.get(rnd.gpu)
+    if e.gpu_mib and rec is not None:  # the manifest and status show what a round takes
+        rec.footprint_mib = max(rec.footprint_mib or 0, e.gpu_mib)
+    values = dict(produced=e.produced, accepted=e.accepted, unique=None, exit_code=0,
+                  reason=None)
+    state.stopping.discard(rnd.name)
+    if obj.status == O.DONE:
+        state.set_round(e.code, rnd, R.DISCARDED, used=0, **values)
+        return effects + [Log("round_discarded", {"reason": "object done",
+                                                  **fields(state, e.code, rnd)}),
+                          CleanRounds(e.code, (rnd.name,))]
+    state.set_round(e.code, rnd, R.FINISHED, **values)
+    if obj.status != O.ACTIVE:  # kept: merged when the object is revived
+        return effects + [Log("round_kept", {"reason": f"object {obj.status}",
+                                             **fields(state, e.code, rnd)})]
+    obj.consecutive_failures = 0
+    state.unwritten[e.code] += 1
+    return effects + settle(state, obj)
+
+
+def round_deduped(state: State, e: ev.RoundDeduped) -> list[Effect]:
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    state.set_round(e.code, rnd, rnd.status, unique=e.unique)
+    return settle(state, obj) if rnd.status == R.FINISHED else []
+
+
+def round_failed(state: State, e: ev.RoundFailed) -> list[Effect]:
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    _ended(state, e.code, rnd, e.at, e.duration_s)
+    rnd.failures.append({"attempt": rnd.attempts, "kind": "failed", "reason": e.reason,
+                         "gpu": e.gpu, "exit_code": e.exit_code, "at": e.at,
+                         "duration_s": round(e.duration_s, 3)})
+    state.stats["rounds_failed"] += 1
+    state.failure_kinds[e.reason.split(":")[0]] += 1
+    state.stopping.discard(rnd.name)
+    effects = health.gpu_failed(state, e.code, rnd, e.gpu, e.reason)
+    retry = state.healthy_failures(rnd) < state.policy.max_attempts
+    effects.append(Log("round_failed", {
+        "attempt": rnd.attempts, "reason": e.reason, "exit_code": e.exit_code,
+        "will_retry": retry and obj.status == O.ACTIVE, **fields(state, e.code, rnd)},
+        "warning"))
+    if obj.status == O.DONE:
+        state.set_round(e.code, rnd, R.DISCARDED, reason=e.reason, exit_code=e.exit_code)
+        return effects + [CleanRounds(e.code, (rnd.name,))]
+    if retry:
+        state.set_round(e.code, rnd, R.PENDING, reason=e.reason, exit_code=e.exit_code)
+        if obj.status == O.ACTIVE:
+            state.stats["rounds_retried"] += 1
+            effects.append(Log("round_retry", {
+                "attempt": rnd.attempts + 1, "max_attempts": state.policy.max_attempts,
+                **fields(state, e.code, rnd)}))
+    else:
+        state.set_round(e.code, rnd, R.FAILED, reason=e.reason, exit_code=e.exit_code)
+        if obj.status == O.ACTIVE:
+            obj.consecutive_failures += 1
+    return effects + health.all_failing(state) + settle(state, obj)
+
+
+def round_interrupted(state: State, e: ev.RoundInterrupted) -> list[Effect]:
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    _ended(state, e.code, rnd, e.at, e.duration_s)
+    rnd.failures.append({"attempt": rnd.attempts, "kind": "interrupted", "reason": e.reason,
+                         "gpu": rnd.gpu, "exit_code": None, "at": e.at,
+                         "duration_s": round(e.duration_s, 3)})
+    useless = rnd.name in state.stopping
+    state.stopping.discard(rnd.name)
+    if obj.status == O.DONE:
+        state.set_round(e.code, rnd, R.DISCARDED, reason="stopped: object done")
+        return [Log("round_stopped", {"reason": "object done", **fields(state, e.code, rnd)}),
+                CleanRounds(e.code, (rnd.name,))]
+    state.set_round(e.code, rnd, R.INTERRUPTED, attempts=max(0, rnd.attempts - 1),
+                    reason=e.reason)
+    event = "round_stopped" if useless else "round_interrupted"
+    return [Log(event, {"reason": e.reason, **fields(state, e.code, rnd)})]
+
+
+def gpu_lost(state: State, e: ev.GpuLost) -> list[Effect]:
+    rec = health.record_of(state, e.gpu)
+    assert rec is not None
+    if rec.status == GpuStatus.LOST:
+        return []
+    rec.status, rec.reason = GpuStatus.LOST, e.reason
+    return [Log("gpu_lost", {**slots.fields(e.gpu), "reason": e.reason}, "warning")]
+
+
+def gpu_added(state: State, e: ev.GpuAdded) -> list[Effect]:
+    """A cluster GPU joined: new, or back after its worker was lost (a quarantined one
+    stays quarantined for the run)."""
+    rec = state.gpus.get(e.gpu)
+    if rec is not None and rec.status != GpuStatus.LOST:
+        return []
+    state.gpus[e.gpu] = GpuRecord(e.gpu, slots.node(e.gpu))
+    return [Log("gpu_added", slots.fields(e.gpu))]
+
+
+def dataset_written(state: State, e: ev.DatasetWritten) -> list[Effect]:
+    obj = state.objects[e.code]
+    obj.collected, obj.final_bytes, obj.final_mtime_ns = e.rows, e.final_bytes, e.final_mtime_ns
+    obj.final_digest = e.digest
+    effects: list[Effect] = []
+    for rid, n in sorted(e.used.items()):
+        rnd = obj.rounds[rid]
+        if rnd.status == R.FINISHED:
+            effects.append(Log("round_merged", {"accepted": rnd.accepted,
+                                                "produced": rnd.produced, "collected": e.rows,
+                                                **fields(state, e.code, rnd)}))
+        if rnd.status in HAS_GRASPS:
+            state.set_round(e.code, rnd, R.MERGED, used=n)
+    state.unwritten[e.code] = 0
+    state.written_rounds[e.code] = len(e.used)
+    if obj.status == O.DONE and e.rows >= obj.target:
+        effects.append(Log("object_done", {"object_code": e.code, "collected": e.rows,
+                                           "rounds_used": sum(1 for n in e.used.values() if n),
+                                           "last_round": max(e.used, default=None)}))
+        names = tuple(r.name for r in obj.rounds.values() if r.status != R.RUNNING)
+        effects.append(CleanRounds(e.code, names))
+    return effects
+
+
+HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
+    ev.ObjectsRegistered: reconcile.objects_registered,
+    ev.SupervisorStarted: reconcile.supervisor_started,
+    ev.SupervisorStopped: reconcile.supervisor_stopped,
+    ev.RoundStarted: round_started,
+    ev.RoundSpawned: round_spawned,
+    ev.RoundProduced: round_produced,
+    ev.RoundDeduped: round_deduped,
+    ev.RoundFailed: round_failed,
+    ev.RoundInterrupted: round_interrupted,
+    ev.GpuLost: gpu_lost,
+    ev.GpuAdded: gpu_added,
+    ev.DatasetWritten: dataset_written,
+    ev.ObjectReloaded: reconcile.object_reloaded,
+    ev.ObjectRecovered: reconcile.object_recovered,
+    ev.DatasetLost: reconcile.dataset_lost,
+}

@@ -1,0 +1,3 @@
+from supervisor.emulator.main import main
+
+main()

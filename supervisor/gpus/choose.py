@@ -1,0 +1,26 @@
+"""Which probe a config gets: NVML when it starts (or is required), else the config's
+list of GPUs without memory checks, with the warning to log."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from supervisor.gpus.nvml import NvmlProbe
+from supervisor.gpus.probe import GpuError, Probe, ProbeError
+from supervisor.gpus.static import StaticProbe
+
+
+def make_probe(kind: str, gpus: str | Sequence[int]) -> tuple[Probe, str | None]:
+    """The probe for the config, and a warning to log when memory checks are off."""
+    if kind == "static":
+        if gpus == "all":
+            raise GpuError('gpu.probe = "static" needs gpus to be a list of GPU indices')
+        return StaticProbe(list(gpus)), "GPU memory checks are off (gpu.probe = \"static\")"
+    try:
+        return NvmlProbe(), None
+    except ProbeError as exc:
+        if kind == "nvml" or gpus == "all":
+            hint = ('gpus = "all" needs NVML to find the GPUs: install the NVIDIA driver or '
+                    'list the GPU indices, e.g. gpus = [0, 1]')
+            raise GpuError(f"{exc}; {hint}") from None
+        return StaticProbe(list(gpus)), f"{exc}: using gpus {list(gpus)} without memory checks"

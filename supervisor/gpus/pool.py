@@ -1,0 +1,135 @@
+"""The GPU pool: rounds in flight per GPU, and free-memory admission that counts each
+round's memory once; which process group a GPU process belongs to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from supervisor.config.schema import GpuSettings
+from supervisor.core.slots import GpuKey
+from supervisor.gpus.probe import GpuError, Probe, Reading
+
+
+def process_group(pid: int) -> int | None:
+    """The process group of ``pid`` (/proc/PID/stat field 5), None if it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def round_memory(processes: Mapping[int, int], rounds: Mapping[int, Any]) -> dict[int, int]:
+    """MiB per round leader pid (``rounds``' keys): main.py may be a child in the round's
+    process group."""
+    out: dict[int, int] = {}
+    for pid, mib in processes.items():
+        leader = pid if pid in rounds else process_group(pid)
+        if leader in rounds:
+            out[leader] = out.get(leader, 0) + mib
+    return out
+
+
+class GpuPool:
+    """Rounds in flight per GPU and free-memory admission that counts memory once.
+
+    Each round in flight counts as the estimate (the footprint: the largest peak of a
+    round that has ended; before one has, round_memory_mib or the largest peak seen so
+    far), less what NVML already shows of it: that part is in NVML's free figure. NVML
+    lists a round's process before its memory is there (seen on an H200: 14 MiB for the
+    first ~0.1 s of a 2.6 GiB round), so a first sighting never ends the reservation.
+    Which GPUs are healthy is the state machine's business, not the pool's.
+    """
+
+    def __init__(self, probe: Probe, gpus: str | Sequence[int], settings: GpuSettings) -> None:
+        found = probe.gpu_indices()
+        if gpus == "all":
+            chosen = found
+        else:
+            unknown = [g for g in gpus if g not in found]
+            if unknown:
+                raise GpuError(f"gpus lists {unknown}, but the GPUs found are {found}")
+            chosen = list(gpus)
+        if not chosen:
+            raise GpuError("no GPU found: set gpus to a list of GPU indices")
+        self.probe, self.settings = probe, settings
+        self.gpus = list(chosen)
+        self.rounds: dict[GpuKey, dict[str, int | None]] = {g: {} for g in chosen}  # name -> pgid
+        self.footprint_mib: int | None = None  # largest peak of a round that has ended
+        self.peak_mib: dict[str, int] = {}  # running round -> the most NVML showed of it
+        self.reading_now: set[int] = set()  # GPUs whose read thread has not returned
+
+    def add(self, gpu: GpuKey) -> None:
+        """A cluster GPU that joined."""
+        if gpu not in self.gpus:  # new, or back (a replaced worker, a node that rejoined)
+            self.gpus.append(gpu)
+        self.rounds.setdefault(gpu, {})
+
+    def remove(self, gpu: GpuKey) -> None:
+        """A cluster GPU that left: no new round; its rounds end as lost on their own."""
+        if gpu in self.gpus:
+            self.gpus.remove(gpu)
+
+    def in_flight(self, gpu: GpuKey) -> int:
+        return len(self.rounds.get(gpu, ()))
+
+    def has_slot(self, gpu: GpuKey) -> bool:
+        limit = self.settings.max_rounds_per_gpu
+        return limit == "auto" or self.in_flight(gpu) < int(limit)
+
+    def take(self, gpu: GpuKey, name: str) -> None:
+        self.rounds.setdefault(gpu, {})[name] = None
+
+    def started(self, gpu: GpuKey, name: str, pgid: int) -> None:
+        if name in self.rounds.get(gpu, {}):
+            self.rounds[gpu][name] = pgid
+
+    def release(self, gpu: GpuKey, name: str) -> int | None:
+        """The round ended: its peak (MiB, None if NVML never showed it) is learned."""
+        self.rounds.get(gpu, {}).pop(name, None)
+        peak = self.peak_mib.pop(name, None)
+        if peak:
+            self.footprint_mib = max(self.footprint_mib or 0, peak)
+        return peak
+
+    def estimate_mib(self) -> int:
+        """What one round is expected to take at its peak."""
+        if self.footprint_mib is not None:
+            return self.footprint_mib
+        return max([self.settings.round_memory_mib, *self.peak_mib.values()])
+
+    def observe(self, gpu: GpuKey, reading: Reading) -> None:
+        """Any reading of ``gpu`` (the sampler's too): peaks are learned from every one,
+        not only from those taken while a round waits to start."""
+        self._seen(gpu, reading)
+
+    def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
+        """MiB NVML shows per round of ``gpu`` (by process group), learning peaks."""
+        groups = {pgid: name for name, pgid in self.rounds.get(gpu, {}).items() if pgid}
+        seen = {groups[pgid]: mib for pgid, mib in round_memory(reading.processes,
+                                                                groups).items()}
+        for name, mib in seen.items():
+            self.peak_mib[name] = max(self.peak_mib.get(name, 0), mib)
+        return seen
+
+    def shortage(self, gpu: GpuKey, reading: Reading) -> str | None:
+        """Why ``gpu`` cannot take one more round now, or None if it can."""
+        if not self.has_slot(gpu):
+            return f"{self.in_flight(gpu)} round(s), max_rounds_per_gpu reached"
+        if reading.free_mib is None:  # no memory checks: "auto" cannot pack, one each
+            if self.settings.max_rounds_per_gpu == "auto" and self.in_flight(gpu):
+                return "max_rounds_per_gpu = \"auto\" needs NVML's memory figures: one round"
+            return None
+        s = self.settings
+        seen = self._seen(gpu, reading)
+        estimate = self.estimate_mib()
+        rounds = self.rounds.get(gpu, {})
+        reserved = sum(max(0, estimate - seen.get(name, 0)) for name in rounds)
+        need = max(s.min_free_mib, estimate) if s.max_rounds_per_gpu == "auto" \
+            else s.min_free_mib
+        available = reading.free_mib - reserved
+        if available < need:
+            return (f"{available} MiB available ({reading.free_mib} free - {reserved} reserved:"
+                    f" {len(rounds)} x {estimate} less what NVML shows of them) < {need}")
+        return None

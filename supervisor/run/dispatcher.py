@@ -1,0 +1,223 @@
+"""The dispatcher: asks the plan which round each free, healthy GPU should run, checks
+its memory (NVML in daemon threads), records the start through the state machine and
+spawns a round task, whose outcome goes to the merger. After the first signal nothing
+starts: the dispatcher's cancel scope is cancelled, whatever it was awaiting, and the
+draining flag is checked again after every await.
+
+``Supervisor`` composes one; it owns the rounds in flight (``controls``, ``watch``) and
+the event that ends dispatching (``stop``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from supervisor.backends.base import Backend
+from supervisor.backends.job import RoundJob
+from supervisor.config.schema import Config
+from supervisor.core import events as ev, plan, slots
+from supervisor.core.records import GpuStatus, now
+from supervisor.core.slots import GpuKey
+from supervisor.core.state import State
+from supervisor.gpus.pool import GpuPool
+from supervisor.gpus.probe import ProbeError
+from supervisor.gpus.reads import read_gpus
+from supervisor.logs import get_logger
+from supervisor.run import cleanup, rounds
+from supervisor.run.merger import Merger
+from supervisor.run.rounds import Control, LineSink, Outcome, Started
+
+# While waiting for a GPU or disk space, say so again this often, so a long wait on a
+# shared server never looks like a hang in the logs.
+WAIT_LOG_INTERVAL_S = 600.0
+
+class Changes:
+    """Wakes the dispatcher when something it decides on has changed."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        event = self._event
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+
+def proc_start(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Dispatcher:
+    def __init__(self, config: Config, state: State, pool: GpuPool, backend: Backend,
+                 merger: Merger, changes: Changes) -> None:
+        self.config, self.state, self.pool, self.backend = config, state, pool, backend
+        self.merger = merger  # records what the dispatcher decides, through the store
+        self.changes = changes  # notified by the merger after each batch
+        self.gpus_changed = Changes()  # a round lost its node: look at the cluster now
+        self.log = get_logger()
+        self.draining = anyio.Event()
+        self.scope = anyio.CancelScope()
+        self.controls: dict[str, Control] = {}  # rounds in flight, to stop them
+        self.watch: dict[str, tuple[RoundJob, LineSink]] = {}  # for the live view
+        self.no_gpus = False  # every GPU was lost or quarantined
+
+    def stop(self) -> None:
+        """Start no more rounds, from now on, whatever the dispatcher was awaiting."""
+        self.draining.set()
+        self.scope.cancel()
+        self.changes.notify()
+
+    def stop_rounds(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            if name in self.controls:
+                self.controls[name].stop.set()
+
+    async def run(self, send: MemoryObjectSendStream[Any]) -> None:
+        """Start rounds until the state is settled or ``stop`` is called; returns once
+        every round started here has ended (and sent its outcome on ``send``)."""
+        async with send, anyio.create_task_group() as rounds_tg:
+            with self.scope:
+                await self._dispatch_loop(send, rounds_tg)
+
+    def _candidates(self) -> list[GpuKey]:
+        """Healthy GPUs with a free slot, when the plan has a round for one of them (all
+        are read: a card that fell off the bus is noticed even while nothing suits it)."""
+        gpus = self.state.gpus
+        free = [g for g in self.pool.gpus if gpus[g].status == GpuStatus.HEALTHY
+                and self.pool.has_slot(g)]
+        return free if any(plan.pick(self.state, g) is not None for g in free) else []
+
+    async def _dispatch_loop(self, send: MemoryObjectSendStream[Any],
+                             rounds_tg: TaskGroup) -> None:
+        logged = {"gpu": -math.inf, "disk": -math.inf}
+        poll_s = self.config.gpu.poll_interval_s
+        while not self.draining.is_set() and not self.state.settled():
+            if not self.state.healthy_gpus():
+                if self.backend.dynamic and any(
+                        r.status == GpuStatus.LOST for r in self.state.gpus.values()):
+                    # A cluster whose nodes all left: they may come back (a restarted
+                    # server, a new allocation); SIGINT ends the wait.
+                    if self._due(logged, "gpu"):
+                        self.log.warning("gpu_wait", short={}, poll_interval_s=poll_s,
+                                         reason="no GPU left in the cluster: waiting for a "
+                                         "node to join")
+                    await self.changes.wait(poll_s)
+                    continue
+                self.no_gpus = True
+                self.log.error("no_gpus_left", reasons={
+                    str(g): r.reason for g, r in self.state.gpus.items()})
+                return
+            candidates = self._candidates()
+            if not candidates:
+                await self.changes.wait()
+                continue
+            short = await anyio.to_thread.run_sync(cleanup.short_of_space, self.config,
+                                                   abandon_on_cancel=True)
+            if short is not None:
+                if self._due(logged, "disk"):
+                    self.log.warning("disk_wait", reason=short, poll_interval_s=poll_s)
+                await self.changes.wait(poll_s)
+                continue
+            readings = await read_gpus(self.pool.probe, candidates,
+                                       self.config.gpu.nvml_timeout_s, self.pool.reading_now)
+            if self.draining.is_set():  # a signal came while NVML answered
+                return
+            if not self._start_where_admitted(readings, send, rounds_tg, logged):
+                await self.changes.wait(poll_s)
+
+    def _due(self, logged: dict[str, float], key: str) -> bool:
+        if time.monotonic() - logged[key] < WAIT_LOG_INTERVAL_S:
+            return False
+        logged[key] = time.monotonic()
+        return True
+
+    def _start_where_admitted(self, readings: dict, send: MemoryObjectSendStream[Any],
+                              rounds_tg: TaskGroup, logged: dict[str, float]) -> bool:
+        short: dict[str, str] = {}
+        started = False
+        for gpu in sorted(readings, key=lambda g: (self.pool.in_flight(g), g)):
+            reading = readings[gpu]
+            if isinstance(reading, ProbeError):
+                self.merger.record(ev.GpuLost(gpu, str(reading)))
+                continue
+            reason = self.pool.shortage(gpu, reading)
+            pick = plan.pick(self.state, gpu)
+            if reason is not None or pick is None:
+                if reason:
+                    short[str(gpu)] = reason
+                continue
+            self._start(pick, gpu, send, rounds_tg)
+            started = True
+        if not started and short and self._due(logged, "gpu"):
+            self.log.info("gpu_wait", short=short, poll_interval_s=self.config.gpu.poll_interval_s)
+        return started
+
+    def _start(self, pick: plan.Pick, gpu: GpuKey, send: MemoryObjectSendStream[Any],
+               rounds_tg: TaskGroup) -> None:
+        assert not self.draining.is_set()
+        self.merger.record(ev.RoundStarted(pick.object_code, pick.round_id, gpu, now(),
+                                           slots.node(gpu)))
+        rnd = self.state.round_of(pick.object_code, pick.round_id)
+        job = RoundJob(pick.object_code, rnd.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
+        self.pool.take(gpu, job.name)
+        self.controls[job.name] = Control()
+        rounds_tg.start_soon(self._round, job, self.controls[job.name], send.clone())
+
+    async def _round(self, job: RoundJob, control: Control,
+                     send: MemoryObjectSendStream[Any]) -> None:
+        local = slots.node(job.gpu) is None  # a node's pid means nothing on this machine
+
+        def on_start(pid: int) -> None:
+            self.pool.started(job.gpu, job.name, pid)
+            send.send_nowait(Started(job, pid, proc_start(pid) if local else None))
+
+        async with send:
+            try:
+                outcome = await rounds.run_round(self.config, job, control, on_start, self.watch,
+                                                 self.backend)
+                if outcome.kind == rounds.INTERRUPTED and not control.stop.is_set():
+                    self.gpus_changed.notify()  # its node or worker is gone: look now
+            except Exception as exc:  # a bug must cost one round, not the run
+                self.log.exception("round_error", **job.fields())
+                outcome = Outcome(job, rounds.FAILED, time.time(), time.time(),
+                                  reason=f"supervisor error: {type(exc).__name__}: {exc}")
+            # The merger records the outcome before the slot is free again (on_ended), so
+            # that the next pick already knows where this round failed.
+            outcome.on_ended = self._ended
+            outcome.gpu_mib = self.pool.peak_mib.get(job.name)
+            await send.send(outcome)
+
+    async def follow_gpus(self) -> None:
+        """A cluster's GPUs come and go: follow them (every poll, or at once when a round
+        was lost) until cancelled. Left ones first: a replaced worker leaves and comes back."""
+        while True:
+            added, removed = await self.backend.refresh()
+            for gpu, reason in removed:
+                self.merger.record(ev.GpuLost(gpu, reason))
+                self.pool.remove(gpu)
+            for gpu in added:
+                self.merger.record(ev.GpuAdded(gpu))
+                self.pool.add(gpu)
+            if added or removed:
+                self.changes.notify()
+            await self.gpus_changed.wait(self.config.gpu.poll_interval_s)
+
+    def _ended(self, job: RoundJob) -> None:
+        self.pool.release(job.gpu, job.name)
+        self.controls.pop(job.name, None)
+        self.changes.notify()
