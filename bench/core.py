@@ -171,9 +171,10 @@ def live_tick() -> None:
     state, events = synthetic()
     for event in events[: len(events) // 2]:
         apply(state, event)
+    dispatcher = SimpleNamespace(draining=SimpleNamespace(is_set=lambda: False))
     sup = SimpleNamespace(state=state, config=SimpleNamespace(exp_name="bench"),
-                          draining=SimpleNamespace(is_set=lambda: False),
-                          pool=SimpleNamespace(gpus=list(range(8))), watch={})
+                          dispatcher=dispatcher, pool=SimpleNamespace(gpus=list(range(8))),
+                          watch={})
     from supervisor.run.supervisor import Supervisor
 
     view = LiveView(lambda: Supervisor.snapshot(sup), open(os.devnull, "w"))  # type: ignore
