@@ -1,4 +1,4 @@
-"""Figures for the core (printed, not asserted): python bench/core.py [--quick]
+"""Figures for the core (printed, not asserted): python bench/core.py
 
 On a synthetic 2,000-object x 30-round experiment: persistence per event (time on the
 event loop, bytes written), start-up (snapshot + replay of 60,000 journal events), merge
@@ -10,6 +10,7 @@ the next child's fork on that GPU, from /proc start times).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import statistics
@@ -28,7 +29,7 @@ from supervisor.dataset import final as dataset
 from supervisor.core import events as ev
 from supervisor.storage import journal, manifest as mf, store as st  # noqa: E402
 from supervisor.dataset.final import Accumulator  # noqa: E402
-from supervisor.emulator.main import make_grasps  # noqa: E402
+from supervisor.emulator.grasps import make_grasps  # noqa: E402
 from supervisor.run.live import LiveView  # noqa: E402
 from supervisor.dataset.results import read_accepted  # noqa: E402
 from supervisor.core.state import Policy, State  # noqa: E402
@@ -245,6 +246,7 @@ def launch_latency(tmp: Path) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     structlog.configure(processors=[structlog.processors.JSONRenderer()],
                         logger_factory=structlog.ReturnLoggerFactory(),
                         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))

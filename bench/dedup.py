@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from supervisor.dataset.dedup import DedupIndex
 from supervisor.config.schema import DedupSettings  # noqa: E402
-from supervisor.emulator.main import make_grasps  # noqa: E402
+from supervisor.emulator.grasps import make_grasps  # noqa: E402
 from supervisor.dataset.results import to_columns  # noqa: E402
 
 CODE = "Curver_Storage_Bin_Black_Small"

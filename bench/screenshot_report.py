@@ -1,4 +1,4 @@
-"""The demo's report in headless Chromium: checked, and photographed for the README.
+"""The demo's report in headless Chromium: checked, and photographed for docs/report.md.
 
     python bench/screenshot_report.py [--out docs/report.png]
 

@@ -39,7 +39,7 @@ def main() -> None:
     seed = int(arg(argv, "--seed", "1"))
     base = float(os.environ.get("BENCH_BASE_ITER_S", "0.01"))
     os.environ["EMULATOR_ITER_S"] = repr(base * factor(seed))
-    from supervisor.emulator import main as emulator
+    from supervisor.emulator import program as emulator
     ok = False
     try:
         emulator.main(argv)

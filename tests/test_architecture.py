@@ -150,3 +150,20 @@ def test_no_class_is_split_over_files_by_inheritance() -> None:
                     if name in ours and ours[name] != module:
                         split.append(f"{module}.{node.name}({name} of {ours[name]})")
     assert split == []
+
+
+def test_an_installed_package_has_every_part() -> None:
+    """pyproject's package list must take the folders along (it named only the top one
+    once, and a wheel then held three files)."""
+    import sys as _sys
+
+    if _sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    find_packages = pytest.importorskip("setuptools").find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(str(ROOT), **config["packages"]["find"]))
+    folders = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert found == folders

@@ -144,3 +144,23 @@ def test_the_configuration_page_lists_every_key() -> None:
     keys += [f"max_{k}" for k in FILTER_KEYS if k in ("energy", "E_joints")]
     missing = [k for k in keys if k not in text]
     assert missing == []
+
+
+def test_every_log_event_is_on_the_operating_page() -> None:
+    import ast
+
+    text = (DOCS / "operating.md").read_text()
+    named = set()
+    for path in (ROOT / "supervisor").rglob("*.py"):
+        if path.parent.name == "config":
+            continue  # Reader.error(key, ...) is not a log event
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and node.args and \
+                    isinstance(node.args[0], ast.Constant) and \
+                    isinstance(node.args[0].value, str):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in ("Log", "info", "warning", "error", "exception"):
+                    named.add(node.args[0].value)
+    events = {n for n in named if re.fullmatch(r"[a-z]+(_[a-z]+)+", n)}
+    assert len(events) > 30 and [e for e in sorted(events) if f"`{e}`" not in text] == []

@@ -53,7 +53,7 @@ def test_an_extra_key_in_only_some_rounds_is_kept_with_nan(layout: Layout) -> No
     # extra_key adds E_surprise to the last grasp only: such a round is invalid. A newer
     # main.py's key in every grasp of some rounds is kept, NaN in the others.
     from supervisor.dataset.final import Accumulator
-    from supervisor.emulator.main import make_grasps
+    from supervisor.emulator.grasps import make_grasps
     from supervisor.dataset.results import to_columns, with_provenance
 
     acc = Accumulator()

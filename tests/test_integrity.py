@@ -1,4 +1,4 @@
-"""One check of a final.npz (supervisor.integrity) for status, export, resume and recover:
+"""One check of a final.npz (supervisor.dataset.integrity) for status, export, resume and recover:
 a file that is another object's, altered, unreadable, missing or short is never
 exported, status says what is wrong, and the repair it advises works."""
 

@@ -1,4 +1,4 @@
-"""GPU keys: an int on one server, "HOST/NODE/gpuN" on a cluster (supervisor.slots)."""
+"""GPU keys: an int on one server, "HOST/NODE/gpuN" on a cluster (supervisor.core.slots)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 from supervisor.dataset import final as dataset
 from supervisor.storage import fsutil, manifest as mf
 from supervisor.dataset.final import Accumulator
-from supervisor.emulator.main import make_grasps
+from supervisor.emulator.grasps import make_grasps
 from supervisor.dataset.results import to_columns, with_provenance
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, cli_env
-from supervisor.emulator import main as emulator
+from supervisor.emulator import program as emulator
 from supervisor.emulator.grasps import make_grasps
 from supervisor.dataset import results
 from supervisor.backends.upstream_launcher import LAUNCHER_PATH, UsageError, split_argv
 
 CODE = "Curver_Storage_Bin_Black_Small"
-SHIM = 'from supervisor.emulator.main import main\n\nif __name__ == "__main__":\n    main()\n'
+SHIM = 'from supervisor.emulator import main\n\nif __name__ == "__main__":\n    main()\n'
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from supervisor.emulator import main as emulator  # noqa: E402
+from supervisor.emulator import program as emulator  # noqa: E402
 
 
 def main() -> None:

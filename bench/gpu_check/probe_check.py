@@ -13,7 +13,10 @@ import anyio
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from supervisor.gpus import pool as gpus, sampler as sampler_mod, samples  # noqa: E402
+from supervisor.gpus import sampler as sampler_mod, samples  # noqa: E402
+from supervisor.gpus.fake import FakeProbe  # noqa: E402
+from supervisor.gpus.nvml import NvmlProbe  # noqa: E402
+from supervisor.gpus.probe import Reading  # noqa: E402
 
 OUT = Path(sys.argv[1])
 CHILD = str(Path(__file__).with_name("gpu_child.py"))
@@ -24,12 +27,12 @@ def dump() -> None:
     (OUT / "probe_check.json").write_text(json.dumps(report, indent=1, default=str))
 
 
-def reading_dict(r: gpus.Reading) -> dict:
+def reading_dict(r: Reading) -> dict:
     return {"free_mib": r.free_mib, "total_mib": r.total_mib, "used_mib": r.used_mib,
             "util_percent": r.util_percent, "processes": dict(r.processes)}
 
 
-def part1(probe: gpus.NvmlProbe) -> None:
+def part1(probe: NvmlProbe) -> None:
     import pynvml as n
     idx = probe.gpu_indices()
     info = {"gpu_indices": idx, "driver": n.nvmlSystemGetDriverVersion(),
@@ -52,7 +55,7 @@ def part1(probe: gpus.NvmlProbe) -> None:
     print("PART1", json.dumps(info, default=str), flush=True)
 
 
-def part2(probe: gpus.NvmlProbe, mib: int = 2048) -> None:
+def part2(probe: NvmlProbe, mib: int = 2048) -> None:
     """A child takes `mib` with torch; when does NVML show its pid, with how much?"""
     events: dict[str, float] = {}
     t0 = time.time()
@@ -117,7 +120,7 @@ def part2(probe: gpus.NvmlProbe, mib: int = 2048) -> None:
                               if k != "trace_first_and_around"}, default=str), flush=True)
 
 
-async def part3(probe: gpus.NvmlProbe) -> None:
+async def part3(probe: NvmlProbe) -> None:
     """Sampler at 0.5 s for ~12 s; a matmul load from ~3 s for 5 s; direct reads at 0.25 s."""
     exp = OUT / "samples_exp"
     exp.mkdir(exist_ok=True)
@@ -170,10 +173,10 @@ async def part3(probe: gpus.NvmlProbe) -> None:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     if os.environ.get("GPU_CHECK_FAKE") == "1":  # plumbing test on a machine without a GPU
-        probe = gpus.FakeProbe({0: 80_000})
+        probe = FakeProbe({0: 80_000})
         probe.gpu_indices = lambda: [0]
     else:
-        probe = gpus.NvmlProbe()
+        probe = NvmlProbe()
     for name, fn in (("part1", lambda: part1(probe)), ("part2", lambda: part2(probe)),
                      ("part3", lambda: anyio.run(part3, probe))):
         try:

@@ -23,7 +23,7 @@ class RoundJob:
     round_id: int
     name: str
     seed: int
-    gpu: GpuKey  # an int on one server, "HOST/NODE/gpuN" on a cluster (supervisor.slots)
+    gpu: GpuKey  # an int on one server, "HOST/NODE/gpuN" on a cluster (supervisor.core.slots)
     attempt: int
 
     @property

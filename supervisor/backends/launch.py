@@ -1,6 +1,6 @@
 """Run a round's command so that its whole process group dies with the supervisor.
 
-``python -m supervisor.launch PARENT_PID -- argv...`` is started as the leader of a new
+``python -S supervisor/backends/launch.py PARENT_PID -- argv...`` is started as the leader of a new
 session and process group. It asks Linux for a signal when the supervisor dies
 (PR_SET_PDEATHSIG), forks the command, and stays as its parent: when the supervisor
 dies it SIGKILLs the whole group, so a worker that main.py spawned (a data loader, a
@@ -78,7 +78,8 @@ def _exit_like(status: int, child: int) -> None:
 
 def main(args: list[str]) -> None:
     if len(args) < 3 or args[1] != "--":
-        sys.exit("usage: python -m supervisor.launch PARENT_PID -- COMMAND [ARGS...]")
+        sys.exit("usage: python -S launch.py PARENT_PID -- COMMAND [ARGS...] "
+                 "(supervisor/backends/launch.py)")
     _die_with_parent(int(args[0]))
     argv = args[2:]
     watchdog = _watchdog(os.getpid()) if sys.platform.startswith("linux") else None

@@ -110,7 +110,7 @@ def launch_argv(argv: Sequence[str]) -> list[str]:
     """Wrap ``argv`` so that its process group dies with the supervisor (see launch.py).
 
     launch.py needs only the standard library: run as a file with -S (no site
-    packages to scan), it starts about 20 ms sooner than ``-m supervisor.launch``.
+    packages to scan), it starts about 20 ms sooner than ``-m supervisor.backends.launch``.
     """
     return [sys.executable, "-S", LAUNCHER, str(os.getpid()), "--", *argv]
 

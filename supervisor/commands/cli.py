@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] in COMMANDS:
             return command_main(argv[0], argv[1:])
+        if len(argv) > 1 and not argv[0].startswith("-") and not argv[1].startswith("-") \
+                and not Path(argv[0]).exists():  # `supervisor stats config.toml`
+            raise UsageError(f"{argv[0]!r} is not a command ({', '.join(COMMANDS)}) nor a "
+                             f"config file; the run is `python -m supervisor CONFIG`")
         return _run(argv)
     except (UsageError, ConfigError, GpuError, RefusedError, LockedError) as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)

@@ -3,7 +3,7 @@
 digest, and ``load``, the API for training code, also as ``supervisor.dataset.load``),
 near-duplicate removal (``dedup``), quality figures (``quality``), export to main.py's
 own format (``export``), and the one check that a final.npz is what the run delivered
-(``integrity``). Plain Python and numpy; it may import ``core``, ``config`` and
+(``integrity``). Plain Python, numpy and scipy (dedup's k-d tree); it may import ``core``, ``config`` and
 ``storage``, nothing of the run, the backends or the commands.
 """
 

@@ -1,3 +1,3 @@
-from supervisor.emulator.main import main
+from supervisor.emulator.program import main
 
 main()

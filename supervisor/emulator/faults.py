@@ -1,5 +1,5 @@
 """The emulator's fault modes (``EMULATOR_FAULTS``) and its worker grandchild: how an
-attempt of a round fails, crashes, hangs or writes garbage. See supervisor.emulator."""
+attempt of a round fails, crashes, hangs or writes garbage. See supervisor.emulator.program."""
 
 from __future__ import annotations
 

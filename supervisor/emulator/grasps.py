@@ -1,6 +1,6 @@
 """The emulator's grasps: deterministic per (object, seed, batch, iterations), with
 energies of a realistic spread, and optional near-duplicates (EMULATOR_NEAR_DUPLICATES)
-copied from a few grasps fixed per object. See supervisor.emulator."""
+copied from a few grasps fixed per object. See supervisor.emulator.program."""
 
 from __future__ import annotations
 

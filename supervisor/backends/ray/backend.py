@@ -33,7 +33,7 @@ from supervisor.core.slots import GpuKey
 CONNECT_TIMEOUT_S = 5.0
 START_HINT = ("start one with `ray start --head --num-gpus N` on this machine and "
               "`ray start --address HEAD_IP:6379 --num-gpus N` on the others "
-              "(README, \"Many servers\")")
+              "(docs/many-servers.md)")
 
 
 class RayBackend:
