@@ -68,7 +68,8 @@ def test_every_config_key_stays() -> None:
     assert sections == {
         "backend": ["kind", "address"],
         "gpu": ["probe", "min_free_mib", "max_rounds_per_gpu", "round_memory_mib",
-                "poll_interval_s", "quarantine_after", "nvml_timeout_s", "sample_interval_s"],
+                "poll_interval_s", "quarantine_after", "nvml_timeout_s", "sample_interval_s",
+                "pack_gain", "pack_window_s", "pack_retest_s"],
         "retry": ["max_attempts", "max_consecutive_failed_rounds"],
         "timeouts": ["round_timeout_s", "stall_timeout_s", "grace_s", "drain_deadline_s"],
         "cleanup": ["mode"], "disk": ["min_free_gib"], "logs": ["progress_interval_s"]}
@@ -84,6 +85,9 @@ JOURNAL_EVENTS = {
     "RoundDeduped": ["code", "round_id", "unique"],
     "RoundFailed": ["code", "round_id", "gpu", "reason", "at", "duration_s", "exit_code"],
     "RoundInterrupted": ["code", "round_id", "reason", "at", "duration_s"],
+    "RoundOutOfMemory": ["code", "round_id", "gpu", "reason", "at", "duration_s", "alone",
+                         "free_mib", "estimate_mib"],
+    "PackingMeasured": ["gpu", "level", "gain", "grasps_per_s", "room", "round_s", "at"],
     "GpuLost": ["gpu", "reason"],
     "GpuAdded": ["gpu"],
     "DatasetWritten": ["code", "used", "rows", "final_bytes", "final_mtime_ns", "digest"],
@@ -141,9 +145,11 @@ def test_manifest_and_final_npz_keep_their_fields(layout: Layout) -> None:
         "accepted", "attempts", "exit_code", "failures", "finished_at", "gpu", "name", "node",
         "pid", "proc_start", "produced", "reason", "round_id", "seed", "started_at",
         "status", "unique", "used"]
-    assert sorted(m["gpus"]["0"]) == ["footprint_mib", "gpu", "node", "reason", "reasons",
-                                      "rounds_failed", "rounds_ok", "status", "streak",
-                                      "streak_rounds"]
+    assert sorted(m["gpus"]["0"]) == ["drifts", "footprint_mib", "gains", "gpu", "held_until",
+                                      "level",
+                                      "node", "ooms_alone", "rates", "reason", "reasons",
+                                      "retest_at", "rounds_failed", "rounds_ok", "status",
+                                      "streak", "streak_rounds"]
     with np.load(layout.experiments / "t/final/obj_a/final.npz") as npz:
         arrays = {k: (npz[k].dtype.str, npz[k].shape) for k in npz.files}
     assert arrays == {

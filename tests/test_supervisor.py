@@ -312,11 +312,12 @@ def test_inherited_cuda_visible_devices_with_all_gpus_is_warned(layout: Layout,
 def test_a_sigkill_is_called_an_oom_kill_only_when_the_kernel_log_says_so(
         layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The round log said "(the OOM killer sends it)" for every SIGKILL: a guess."""
-    from supervisor.run import rounds
+    from supervisor.backends.runner import ChildExit
+    from supervisor.run import endings
 
     config = layout.config(object_code_list=["obj_a"], target_count_per_object=4,
                            env={"EMULATOR_FAULTS": "t__obj_a__r0=sigkill"})
-    monkeypatch.setattr(rounds, "KMSG", str(tmp_path / "no-kmsg"))
+    monkeypatch.setattr(endings, "KMSG", str(tmp_path / "no-kmsg"))
     assert run_in_process(config) == 0
     reason = layout.manifest()["objects"]["obj_a"]["rounds"]["0"]["failures"][0]["reason"]
     assert reason.startswith("killed by signal 9, SIGKILL (for example by the OOM killer")
@@ -326,11 +327,11 @@ def test_a_sigkill_is_called_an_oom_kill_only_when_the_kernel_log_says_so(
     kmsg = tmp_path / "kmsg"
     kmsg.write_text(f"6,1,2,-;unrelated\n3,7,8,-;Out of memory: Killed process {pid} "
                     f"(python) total-vm:1000kB\n")
-    monkeypatch.setattr(rounds, "KMSG", str(kmsg))
-    exit_ = rounds.runner.ChildExit(1, -9, None)
+    monkeypatch.setattr(endings, "KMSG", str(kmsg))
+    exit_ = ChildExit(1, -9, None)
     tail = [f"supervisor.launch: pid {pid} ended by signal 9"]
     assert "by the kernel's OOM killer (kernel log: Out of memory: Killed process" in \
-        rounds._describe(exit_, config, tail)
-    assert "for example" in rounds._describe(exit_, config, tail, local=False)
+        endings.describe(exit_, config, tail)
+    assert "for example" in endings.describe(exit_, config, tail, local=False)
     other = [f"supervisor.launch: pid {pid + 1} ended by signal 9"]
-    assert "for example" in rounds._describe(exit_, config, other)
+    assert "for example" in endings.describe(exit_, config, other)

@@ -59,7 +59,8 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
             backend.close()
     warning = None
     if probe is None:
-        probe, warning = make_probe(config.gpu.probe, config.gpus)
+        probe, warning = make_probe(config.gpu.probe, config.gpus, config.main.env,
+                                    config.main.cwd)
     return _dry_run(config, probe, warning, out, None)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from supervisor.dataset import integrity
 from supervisor.storage import paths
-from supervisor.core import plan, slots
+from supervisor.core import packing, plan, slots
 from supervisor.gpus import samples
 from supervisor.config.schema import Config
 from supervisor.storage.lock import live_holder
@@ -120,7 +120,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "failures_by_reason": dict(failures.most_common()),
         "gpus": {str(g): {"status": r.status.value, "reason": r.reason,
                           "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed,
-                          "footprint_mib": r.footprint_mib}
+                          "footprint_mib": r.footprint_mib, "packing": packing.summary(r)}
                  for g, r in sorted(state.gpus.items(), key=lambda i: slots.order(i[0]))},
         "mean_round_s": None if mean_round_s is None else round(mean_round_s, 3),
         "eta_s": _eta_s(objects, mean_round_s, parallel, live),
@@ -192,6 +192,10 @@ def render(summary: dict[str, Any]) -> str:
             for g in sampled["gpus"]) + ("" if mean is None else f"; mean utilisation {mean:.0f}%"))
     else:
         lines.append("GPUs: not sampled (no NVML)")
+    packed = [packing.describe(slots.label(slots.parse(g)), v["packing"])
+              for g, v in s["gpus"].items() if v["packing"]["level"] is not None]
+    if packed:
+        lines.append("packing: " + "; ".join(packed))
     bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
     for gpu, v in bad.items():
         lines.append(f"{slots.label(slots.parse(gpu))} {v['status']}: {v['reason']}")

@@ -20,7 +20,7 @@ PLACEHOLDERS = frozenset({
 REQUIRED_PLACEHOLDERS = ("name", "seed")
 FILTER_KEYS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
 CLEANUP_MODES = ("remove", "light")
-PROBES = ("auto", "nvml", "static")
+PROBES = ("auto", "nvml", "static", "emulator")
 BACKENDS = ("local", "ray")
 
 
@@ -42,13 +42,20 @@ def _key(default: Any, **rules: Any) -> Any:
 class GpuSettings:
     probe: str = _key("auto", choices=PROBES)
     min_free_mib: int = _key(8000, min=0)
-    # "auto": as many rounds as free memory admits (the footprint learned from NVML)
+    # "auto": the level that makes the most grasps per second, found by measuring
+    # (supervisor.core.packing), within what free memory admits
     max_rounds_per_gpu: int | str = _key(1, min=1, auto=True)
     round_memory_mib: int = _key(6000, min=0)
     poll_interval_s: float = _key(10.0, min=0.001)
     quarantine_after: int = _key(3, min=1)  # rounds failed in a row on one GPU
     nvml_timeout_s: float = _key(10.0, min=0.001)
     sample_interval_s: float = _key(10.0, min=0.001)  # utilisation samples for the report
+    # "auto" packing: one more round must raise the card's grasps/s by this fraction...
+    pack_gain: float = _key(0.1, min=0.0)
+    # ...measured over this many seconds of rounds iterating at a level...
+    pack_window_s: float = _key(60.0, min=0.001)
+    # ...and a level that did not pay is tried again after this long (at least two rounds)
+    pack_retest_s: float = _key(1800.0, min=0.0)
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,37 @@ class RoundInterrupted:
 
 
 @dataclass(frozen=True)
+class RoundOutOfMemory:
+    """The round's output showed a CUDA out-of-memory error. ``alone``: no other round
+    shared its card while it ran; ``free_mib``: the card's free memory once it had ended;
+    ``estimate_mib``: what one round is expected to take."""
+    code: str
+    round_id: int
+    gpu: GpuKey
+    reason: str
+    at: float
+    duration_s: float
+    alone: bool = False
+    free_mib: int | None = None
+    estimate_mib: int | None = None
+
+
+@dataclass(frozen=True)
+class PackingMeasured:
+    """A card's throughput at ``level`` rounds at once, from its rounds' progress:
+    ``gain`` relative to one round alone (objects compared like with like), and grasps per
+    second; ``room``: memory admits one more round now; ``round_s``: how long a round
+    takes there."""
+    gpu: GpuKey
+    level: int
+    gain: float
+    grasps_per_s: float
+    room: bool
+    round_s: float
+    at: float
+
+
+@dataclass(frozen=True)
 class GpuLost:
     gpu: GpuKey
     reason: str
@@ -116,7 +147,7 @@ class DatasetWritten:
     rows: int
     final_bytes: int
     final_mtime_ns: int
-    digest: str | None = None  # supervisor.dataset.digest of its arrays
+    digest: str | None = None  # supervisor.dataset.final.digest of its arrays
 
 
 @dataclass(frozen=True)
@@ -153,12 +184,14 @@ class DatasetLost:
 
 
 Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarted
-         | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted | GpuLost
-         | GpuAdded | DatasetWritten | ObjectReloaded | ObjectRecovered | DatasetLost)
+         | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted
+         | RoundOutOfMemory | PackingMeasured | GpuLost | GpuAdded | DatasetWritten
+         | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
-    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, GpuLost, GpuAdded,
-    DatasetWritten, ObjectReloaded, ObjectRecovered, DatasetLost,
+    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, RoundOutOfMemory,
+    PackingMeasured, GpuLost, GpuAdded, DatasetWritten, ObjectReloaded, ObjectRecovered,
+    DatasetLost,
 )}
 # JSON turns int keys and tuples into strings and lists: these fields are restored.
 _INT_KEYED = ("in_final", "from_folders", "missing", "used")

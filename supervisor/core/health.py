@@ -111,3 +111,15 @@ def all_failing(state: State) -> list[Effect]:
     return [StopRun(f"the last {len(streak)} rounds failed on every GPU ({healthy}) for "
                     f"{len(objects)} objects and none succeeded in this run: the command, "
                     f"its working folder or its environment is broken")]
+
+
+def nothing_fits(state: State, reason: str) -> list[Effect]:
+    """A round alone on a card with the memory a round takes ran out of memory
+    ``max_attempts`` times on every healthy card: the batch fits none, stop the run."""
+    gpus = [state.gpus[g] for g in state.healthy_gpus()]
+    if not gpus or state.stats["run_stopped"] or \
+            any(r.ooms_alone < state.policy.max_attempts for r in gpus):
+        return []
+    state.stats["run_stopped"] = 1
+    return [StopRun(f"every GPU ran out of memory {state.policy.max_attempts} times with a "
+                    f"round alone on it: {reason}")]

@@ -5,7 +5,7 @@ of the state machine (see transitions)."""
 from __future__ import annotations
 
 
-from supervisor.core import events as ev, slots
+from supervisor.core import events as ev, packing, slots
 from supervisor.core.records import (
     HAS_GRASPS, GpuRecord, ObjectRecord, ObjectStatus, RoundStatus,
 )
@@ -42,7 +42,15 @@ def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
     state.stats.clear()
     state.failure_kinds.clear()
     state.run_ok, state.fail_streak = 0, []
+    # Health is per run; what packing learned of a card stays (a resumed run starts there).
+    learned = state.gpus
     state.gpus = {g: GpuRecord(g, slots.node(g)) for g in e.gpus}
+    for g, rec in state.gpus.items():
+        if g in learned and state.policy.packing:
+            old = learned[g]
+            rec.level, rec.gains, rec.rates = old.level, dict(old.gains), dict(old.rates)
+            rec.retest_at = old.retest_at
+        packing.start(state, rec)
     orphans = []
     for code, obj in state.objects.items():
         for rnd in obj.rounds.values():

@@ -110,7 +110,7 @@ class ObjectRecord:
     # What the last write of final.npz left on disk, to tell when it changed since.
     final_bytes: int | None = None
     final_mtime_ns: int | None = None
-    final_digest: str | None = None  # supervisor.dataset.digest of what was written
+    final_digest: str | None = None  # supervisor.dataset.final.digest of what was written
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
 
     @property
@@ -171,13 +171,28 @@ class GpuRecord:
     reasons: list[str] = field(default_factory=list)
     reason: str | None = None  # why it was taken out
     footprint_mib: int | None = None  # largest memory NVML showed for one round here
+    # Packing (max_rounds_per_gpu = "auto", supervisor.core.packing): rounds at once now,
+    # the card's throughput measured at each level (relative to one round, and grasps/s),
+    # until when it is not raised (after an out-of-memory), when the next level is tried
+    # again, and how many out-of-memory errors a round alone on the card had.
+    level: int | None = None
+    gains: dict[int, float] = field(default_factory=dict)
+    rates: dict[int, float] = field(default_factory=dict)
+    held_until: float = 0.0
+    retest_at: float = 0.0
+    ooms_alone: int = 0
+    drifts: int = 0  # measurements in a row far from the level's own earlier one
 
     def to_json(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "node": self.node, "status": self.status.value,
                 "rounds_ok": self.rounds_ok, "rounds_failed": self.rounds_failed,
                 "streak": self.streak, "streak_rounds": [list(r) for r in self.streak_rounds],
                 "reason": self.reason, "reasons": list(self.reasons),
-                "footprint_mib": self.footprint_mib}
+                "footprint_mib": self.footprint_mib, "level": self.level,
+                "gains": {str(k): v for k, v in sorted(self.gains.items())},
+                "rates": {str(k): v for k, v in sorted(self.rates.items())},
+                "held_until": self.held_until, "retest_at": self.retest_at,
+                "ooms_alone": self.ooms_alone, "drifts": self.drifts}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GpuRecord:
@@ -188,4 +203,10 @@ class GpuRecord:
                    streak=int(data.get("streak", 0)),
                    streak_rounds=[(str(c), int(r)) for c, r in data.get("streak_rounds", [])],
                    reason=data.get("reason"), reasons=list(data.get("reasons", [])),
-                   footprint_mib=data.get("footprint_mib"))
+                   footprint_mib=data.get("footprint_mib"), level=data.get("level"),
+                   gains={int(k): float(v) for k, v in data.get("gains", {}).items()},
+                   rates={int(k): float(v) for k, v in data.get("rates", {}).items()},
+                   held_until=float(data.get("held_until", 0.0)),
+                   retest_at=float(data.get("retest_at", 0.0)),
+                   ooms_alone=int(data.get("ooms_alone", 0)),
+                   drifts=int(data.get("drifts", 0)))

@@ -1,6 +1,6 @@
 """The state of an experiment and the effects its transitions ask for.
 
-``State`` holds the records (``supervisor.records``) plus counters kept up to date as
+``State`` holds the records (``supervisor.core.records``) plus counters kept up to date as
 they change, so that every decision is O(1) or O(object). ``set_round`` and
 ``set_object`` are the only assignments of a status; ``supervisor.core.transitions.apply`` is
 the only caller. No I/O here.
@@ -32,6 +32,10 @@ class Policy:
     quarantine_after: int = 3
     merge_stride: int | None = None  # None: "auto", rewrite when held rounds >= written
     dedup: bool = False  # count rounds' unique grasps (once known) instead of accepted
+    # max_rounds_per_gpu = "auto": levels found by measured throughput (core.packing)
+    packing: bool = False
+    pack_gain: float = 0.1
+    pack_retest_s: float = 1800.0
 
 
 # -- effects ---------------------------------------------------------------------------

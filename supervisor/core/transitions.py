@@ -16,7 +16,7 @@ from supervisor.core.records import (
 )
 from supervisor.core.state import CleanRounds, Effect, Log, State
 
-from supervisor.core import health, reconcile
+from supervisor.core import health, packing, reconcile
 from supervisor.core.lifecycle import fields, new_round, settle
 
 R, O = RoundStatus, ObjectStatus
@@ -85,7 +85,9 @@ def round_deduped(state: State, e: ev.RoundDeduped) -> list[Effect]:
     return settle(state, obj) if rnd.status == R.FINISHED else []
 
 
-def round_failed(state: State, e: ev.RoundFailed) -> list[Effect]:
+def round_failed(state: State, e: ev.RoundFailed, charge_gpu: bool = True) -> list[Effect]:
+    """``charge_gpu``: the failure counts against its GPU's health (not when the round
+    does not fit any card: that is the config's doing)."""
     obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
     _ended(state, e.code, rnd, e.at, e.duration_s)
     rnd.failures.append({"attempt": rnd.attempts, "kind": "failed", "reason": e.reason,
@@ -94,7 +96,7 @@ def round_failed(state: State, e: ev.RoundFailed) -> list[Effect]:
     state.stats["rounds_failed"] += 1
     state.failure_kinds[e.reason.split(":")[0]] += 1
     state.stopping.discard(rnd.name)
-    effects = health.gpu_failed(state, e.code, rnd, e.gpu, e.reason)
+    effects = health.gpu_failed(state, e.code, rnd, e.gpu, e.reason) if charge_gpu else []
     retry = state.healthy_failures(rnd) < state.policy.max_attempts
     effects.append(Log("round_failed", {
         "attempt": rnd.attempts, "reason": e.reason, "exit_code": e.exit_code,
@@ -135,6 +137,40 @@ def round_interrupted(state: State, e: ev.RoundInterrupted) -> list[Effect]:
     return [Log(event, {"reason": e.reason, **fields(state, e.code, rnd)})]
 
 
+def round_out_of_memory(state: State, e: ev.RoundOutOfMemory) -> list[Effect]:
+    """Capacity, not failure: the round runs again (same name and seed, not counted), its
+    card holds one round fewer. Only a round alone on a card that had the memory a round
+    takes fails: the batch does not fit (and when it fits no card, the run stops)."""
+    rec = health.record_of(state, e.gpu)
+    assert rec is not None
+    if e.alone and e.free_mib is not None and e.estimate_mib is not None \
+            and e.free_mib >= e.estimate_mib:
+        rec.ooms_alone += 1
+        reason = (f"CUDA out of memory alone on {slots.label(e.gpu)}, which has {e.free_mib} "
+                  f"MiB free for a round expected to take {e.estimate_mib} MiB: "
+                  f"round_batch_size = {state.policy.batch_size} does not fit this card; "
+                  f"lower round_batch_size ({e.reason})")
+        effects = round_failed(state, ev.RoundFailed(e.code, e.round_id, e.gpu, reason, e.at,
+                                                     e.duration_s, 1), charge_gpu=False)
+        return effects + health.nothing_fits(state, reason)
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    _ended(state, e.code, rnd, e.at, e.duration_s)
+    rnd.failures.append({"attempt": rnd.attempts, "kind": "oom", "reason": e.reason,
+                         "gpu": e.gpu, "exit_code": 1, "at": e.at,
+                         "duration_s": round(e.duration_s, 3)})
+    state.stats["rounds_out_of_memory"] += 1
+    state.stopping.discard(rnd.name)
+    effects: list[Effect] = [Log("round_out_of_memory", {
+        "reason": e.reason, "alone": e.alone, "free_mib": e.free_mib,
+        **fields(state, e.code, rnd)}, "warning")]
+    if obj.status == O.DONE:
+        state.set_round(e.code, rnd, R.DISCARDED, reason=e.reason)
+        return effects + [CleanRounds(e.code, (rnd.name,))]
+    state.set_round(e.code, rnd, R.INTERRUPTED, attempts=max(0, rnd.attempts - 1),
+                    reason=e.reason)
+    return effects + packing.out_of_memory(state, rec, e.at, e.duration_s)
+
+
 def gpu_lost(state: State, e: ev.GpuLost) -> list[Effect]:
     rec = health.record_of(state, e.gpu)
     assert rec is not None
@@ -151,6 +187,7 @@ def gpu_added(state: State, e: ev.GpuAdded) -> list[Effect]:
     if rec is not None and rec.status != GpuStatus.LOST:
         return []
     state.gpus[e.gpu] = GpuRecord(e.gpu, slots.node(e.gpu))
+    packing.start(state, state.gpus[e.gpu])
     return [Log("gpu_added", slots.fields(e.gpu))]
 
 
@@ -188,6 +225,8 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.RoundDeduped: round_deduped,
     ev.RoundFailed: round_failed,
     ev.RoundInterrupted: round_interrupted,
+    ev.RoundOutOfMemory: round_out_of_memory,
+    ev.PackingMeasured: packing.measured,
     ev.GpuLost: gpu_lost,
     ev.GpuAdded: gpu_added,
     ev.DatasetWritten: dataset_written,

@@ -18,7 +18,11 @@ Environment variables (never command-line flags: main.py rejects unknown flags):
   objects, ``--batch_size`` 32 by default, one ``results/{code}.npy`` per object of the
   list, without ``__meta__``. ``supervisor/backends/upstream_launcher.py`` runs it for one object.
 - ``EMULATOR_STARTUP_S`` (default 0.2): seconds of "imports" before any work.
-- ``EMULATOR_ITER_S`` (default 0.005): seconds per optimizer iteration.
+- ``EMULATOR_ITER_S`` (default 0.005): seconds per optimizer iteration;
+  ``EMULATOR_OBJECT_COST=SPREAD`` makes it vary per object code, by up to that fraction.
+- ``EMULATOR_GPU_DIR``, ``EMULATOR_GPU_CURVE``, ``EMULATOR_GPU_MEMORY_MIB``,
+  ``EMULATOR_ROUND_MEMORY_MIB``: rounds share emulated cards (throughput curve, memory,
+  torch's out-of-memory error): see ``supervisor.emulator.cards``.
 - ``EMULATOR_EXPERIMENTS_BASE``: where ``{name}/`` goes instead of ``../data/experiments``.
 - ``EMULATOR_NEAR_DUPLICATES``: ``FRACTION[:NOISE]`` (noise default 0.001): that fraction
   of each result file's grasps are copies, each final pose value moved by at most NOISE
@@ -53,8 +57,10 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from pathlib import Path
 
+import supervisor.emulator.cards as cards
 from supervisor.emulator.faults import (
     _mid_run_faults, _save, _spawn_worker, corrupt, fault_modes, next_attempt,
 )
@@ -159,15 +165,23 @@ def _config_line(args: argparse.Namespace, codes: list[str], device: str) -> str
     )
 
 
-def _optimize(args: argparse.Namespace, modes: set[str], results: Path) -> None:
+def _iteration_s(codes: list[str]) -> float:
+    """``EMULATOR_ITER_S``, times this object's cost under ``EMULATOR_OBJECT_COST``."""
     iter_s = float(os.environ.get("EMULATOR_ITER_S", "0.005"))
+    spread = float(os.environ.get("EMULATOR_OBJECT_COST", "") or 0.0)
+    u = zlib.crc32(codes[0].encode()) / 2**32 * 2 - 1  # in [-1, 1), fixed per object
+    return iter_s * (1.0 + spread * u)
+
+
+def _optimize(args: argparse.Namespace, modes: set[str], results: Path, iter_s: float,
+              card: cards.Card | None) -> None:
     total, t0, last_draw = args.num_iterations, time.monotonic(), -1.0
     sys.stderr.write(_bar(0, total, 0.0))
     sys.stderr.flush()
     for i in range(1, total + 1):
         if i == max(1, total // 2):
             _mid_run_faults(modes)
-        time.sleep(iter_s)
+        time.sleep(iter_s / (card.speed() if card else 1.0))
         if getattr(args, "vis", False) and i % args.vis_frame_stride == 0:
             frames = results / "frames_0"
             frames.mkdir(exist_ok=True)
@@ -233,6 +247,7 @@ def run(args: argparse.Namespace, mode: str = "fork") -> None:
     sys.stderr.write(TORCH_WARNING)
     sys.stderr.flush()
     device = _setup_device(args.gpu)
+    card = cards.attach(args.gpu)  # CUDA is up: the process shows on its card
     if not upstream and args.jitter_strength is None:
         raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
     if args.batch_size <= 0:
@@ -246,13 +261,19 @@ def run(args: argparse.Namespace, mode: str = "fork") -> None:
     print(f"Using device: {device}")
     print("Setting up models...", flush=True)
     results = _prepare_output(args, codes, device)
+    if card:
+        card.allocate()
     print("Left hand contact candidates: 140")
     print("Right hand contact candidates: 140")
     print(f"Total batch size: {args.batch_size * len(codes)}")
     if "spawn_worker" in modes:
         _spawn_worker(args.name)
     print("Starting optimization...", flush=True)
-    _optimize(args, modes, results)
+    if card:
+        card.start_iterating()
+    _optimize(args, modes, results, _iteration_s(codes), card)
+    if card:
+        card.leave()
     if "crash" in modes:
         raise RuntimeError("emulated crash before saving results")
     print("Saving final results...", flush=True)

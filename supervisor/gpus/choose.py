@@ -3,18 +3,26 @@ list of GPUs without memory checks, with the warning to log."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
+from supervisor.gpus.emulated import EmulatorProbe
 from supervisor.gpus.nvml import NvmlProbe
 from supervisor.gpus.probe import GpuError, Probe, ProbeError
 from supervisor.gpus.static import StaticProbe
 
 
-def make_probe(kind: str, gpus: str | Sequence[int]) -> tuple[Probe, str | None]:
-    """The probe for the config, and a warning to log when memory checks are off."""
+def make_probe(kind: str, gpus: str | Sequence[int],
+               env: Mapping[str, str] | None = None,
+               cwd: Path | None = None) -> tuple[Probe, str | None]:
+    """The probe for the config, and a warning to log when memory checks are off.
+    ``env``, ``cwd``: the rounds' environment and folder (``[main]``), where the
+    emulator's cards are."""
+    if kind in ("static", "emulator") and gpus == "all":
+        raise GpuError(f'gpu.probe = "{kind}" needs gpus to be a list of GPU indices')
+    if kind == "emulator":
+        return EmulatorProbe(list(gpus), env or {}, cwd), None
     if kind == "static":
-        if gpus == "all":
-            raise GpuError('gpu.probe = "static" needs gpus to be a list of GPU indices')
         return StaticProbe(list(gpus)), "GPU memory checks are off (gpu.probe = \"static\")"
     try:
         return NvmlProbe(), None

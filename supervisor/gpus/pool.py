@@ -5,7 +5,7 @@ round's memory once; which process group a GPU process belongs to.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from supervisor.config.schema import GpuSettings
 from supervisor.core.slots import GpuKey
@@ -59,6 +59,10 @@ class GpuPool:
         self.footprint_mib: int | None = None  # largest peak of a round that has ended
         self.peak_mib: dict[str, int] = {}  # running round -> the most NVML showed of it
         self.reading_now: set[int] = set()  # GPUs whose read thread has not returned
+        # "auto": the rounds a card may hold now (supervisor.core.packing), or None
+        self.level_of: Callable[[GpuKey], int | None] = lambda gpu: None
+        self.last: dict[GpuKey, Reading] = {}  # each GPU's latest reading
+        self.shared: set[str] = set()  # rounds that had company on their card
 
     def add(self, gpu: GpuKey) -> None:
         """A cluster GPU that joined."""
@@ -76,18 +80,34 @@ class GpuPool:
 
     def has_slot(self, gpu: GpuKey) -> bool:
         limit = self.settings.max_rounds_per_gpu
-        return limit == "auto" or self.in_flight(gpu) < int(limit)
+        if limit == "auto":
+            level = self.level_of(gpu)
+            return level is None or self.in_flight(gpu) < level
+        return self.in_flight(gpu) < int(limit)
 
     def take(self, gpu: GpuKey, name: str) -> None:
-        self.rounds.setdefault(gpu, {})[name] = None
+        rounds = self.rounds.setdefault(gpu, {})
+        if rounds:
+            self.shared.update([*rounds, name])
+        rounds[name] = None
+
+    def alone(self, name: str) -> bool:
+        """No other round shared its card while it ran (so far)."""
+        return name not in self.shared
 
     def started(self, gpu: GpuKey, name: str, pgid: int) -> None:
         if name in self.rounds.get(gpu, {}):
             self.rounds[gpu][name] = pgid
 
+    def unfinished(self, name: str) -> None:
+        """The round did not run to its end (out of memory, failed): its peak is not a
+        round's footprint, and is not learned when it is released."""
+        self.peak_mib.pop(name, None)
+
     def release(self, gpu: GpuKey, name: str) -> int | None:
         """The round ended: its peak (MiB, None if NVML never showed it) is learned."""
         self.rounds.get(gpu, {}).pop(name, None)
+        self.shared.discard(name)
         peak = self.peak_mib.pop(name, None)
         if peak:
             self.footprint_mib = max(self.footprint_mib or 0, peak)
@@ -106,6 +126,7 @@ class GpuPool:
 
     def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
         """MiB NVML shows per round of ``gpu`` (by process group), learning peaks."""
+        self.last[gpu] = reading
         groups = {pgid: name for name, pgid in self.rounds.get(gpu, {}).items() if pgid}
         seen = {groups[pgid]: mib for pgid, mib in round_memory(reading.processes,
                                                                 groups).items()}
@@ -117,6 +138,15 @@ class GpuPool:
         """Why ``gpu`` cannot take one more round now, or None if it can."""
         if not self.has_slot(gpu):
             return f"{self.in_flight(gpu)} round(s), max_rounds_per_gpu reached"
+        return self._memory_shortage(gpu, reading)
+
+    def room(self, gpu: GpuKey) -> bool:
+        """Memory admits one more round on ``gpu`` now (its latest reading)."""
+        reading = self.last.get(gpu)
+        return reading is not None and reading.free_mib is not None and \
+            self._memory_shortage(gpu, reading) is None
+
+    def _memory_shortage(self, gpu: GpuKey, reading: Reading) -> str | None:
         if reading.free_mib is None:  # no memory checks: "auto" cannot pack, one each
             if self.settings.max_rounds_per_gpu == "auto" and self.in_flight(gpu):
                 return "max_rounds_per_gpu = \"auto\" needs NVML's memory figures: one round"

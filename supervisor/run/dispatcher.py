@@ -196,11 +196,25 @@ class Dispatcher:
                 self.log.exception("round_error", **job.fields())
                 outcome = Outcome(job, rounds.FAILED, time.time(), time.time(),
                                   reason=f"supervisor error: {type(exc).__name__}: {exc}")
+            if outcome.kind == rounds.OUT_OF_MEMORY:
+                await self._after_out_of_memory(outcome)
             # The merger records the outcome before the slot is free again (on_ended), so
             # that the next pick already knows where this round failed.
             outcome.on_ended = self._ended
             outcome.gpu_mib = self.pool.peak_mib.get(job.name)
             await send.send(outcome)
+
+    async def _after_out_of_memory(self, outcome: Outcome) -> None:
+        """What the state machine needs to tell capacity from a batch that fits no card:
+        was the round alone, and what does its card have free now that it has ended."""
+        gpu = outcome.job.gpu
+        readings = await read_gpus(self.pool.probe, [gpu], self.config.gpu.nvml_timeout_s,
+                                   self.pool.reading_now)
+        reading = readings.get(gpu)
+        outcome.alone = self.pool.alone(outcome.job.name)
+        outcome.free_mib = None if isinstance(reading, ProbeError) or reading is None \
+            else reading.free_mib
+        outcome.estimate_mib = self.pool.estimate_mib()
 
     async def follow_gpus(self) -> None:
         """A cluster's GPUs come and go: follow them (every poll, or at once when a round
@@ -217,7 +231,10 @@ class Dispatcher:
                 self.changes.notify()
             await self.gpus_changed.wait(self.config.gpu.poll_interval_s)
 
-    def _ended(self, job: RoundJob) -> None:
+    def _ended(self, outcome: Outcome) -> None:
+        job = outcome.job
+        if outcome.kind == rounds.OUT_OF_MEMORY:
+            self.pool.unfinished(job.name)
         self.pool.release(job.gpu, job.name)
         self.controls.pop(job.name, None)
         self.changes.notify()

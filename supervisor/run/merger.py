@@ -25,7 +25,7 @@ from supervisor.logs import get_logger
 from supervisor.dataset.dedup import DedupIndex
 from supervisor.config.schema import DedupSettings
 from supervisor.core.records import ObjectRecord, ObjectStatus, RoundStatus, now
-from supervisor.run.rounds import FAILED, INTERRUPTED, OK, Outcome, Started
+from supervisor.run.rounds import FAILED, INTERRUPTED, OK, OUT_OF_MEMORY, Outcome, Started
 from supervisor.core.state import (
     CleanRounds, Effect, KillOrphans, Log, StopRounds, StopRun, WriteDataset,
 )
@@ -90,6 +90,10 @@ class Merger:
         elif out.kind == INTERRUPTED:
             self.record(ev.RoundInterrupted(job.object_code, job.round_id,
                                             out.reason or "interrupted", now(), duration))
+        elif out.kind == OUT_OF_MEMORY:
+            self.record(ev.RoundOutOfMemory(
+                job.object_code, job.round_id, job.gpu, out.reason or "out of memory", now(),
+                duration, out.alone, out.free_mib, out.estimate_mib))
         else:
             assert out.kind == FAILED
             self.carry_out(self.store.record(ev.RoundFailed(
@@ -97,7 +101,7 @@ class Merger:
                 duration, out.exit_code)), tail=out.tail[-5:])
         self.judge(job.object_code)
         if out.on_ended is not None:
-            out.on_ended(job)
+            out.on_ended(out)
 
     # -- [dedup] -------------------------------------------------------------------------
     def judge(self, code: str) -> None:

@@ -6,10 +6,7 @@ Outcome that the merger records.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,9 +14,8 @@ from typing import Any, Callable
 
 import anyio
 from supervisor.storage import paths
-from supervisor.run import progress
+from supervisor.run import endings, progress
 from supervisor.dataset import results
-from supervisor.backends import runner
 from supervisor.core import slots
 from supervisor.backends.local import LocalBackend
 from supervisor.backends.base import RoundError, RoundLost
@@ -28,13 +24,13 @@ from supervisor.backends.job import RoundJob, command
 from supervisor.logs import get_logger
 
 TAIL_LINES = 20
-OK, FAILED, INTERRUPTED = "ok", "failed", "interrupted"
+OK, FAILED, INTERRUPTED, OUT_OF_MEMORY = "ok", "failed", "interrupted", "out_of_memory"
 
 
 @dataclass(frozen=True)
 class Started:
     job: RoundJob
-    pid: int  # the round's process group leader (supervisor.launch)
+    pid: int  # the round's process group leader (supervisor/backends/launch.py)
     proc_start: int | None = None
 
 
@@ -59,8 +55,13 @@ class Outcome:
     columns: results.Columns | None = None  # accepted grasps with provenance
     tail: list[str] = field(default_factory=list)
     gpu_mib: int | None = None  # the most GPU memory NVML showed for the round
+    # Out of memory: no other round shared its card; the card's free memory after it;
+    # what a round is expected to take (set by the dispatcher).
+    alone: bool = False
+    free_mib: int | None = None
+    estimate_mib: int | None = None
     # Called by the merger once the outcome is recorded (frees the GPU slot).
-    on_ended: Callable[[RoundJob], None] | None = None
+    on_ended: Callable[[Outcome], None] | None = None
 
 
 class LineSink:
@@ -79,6 +80,7 @@ class LineSink:
         self.name = job.name
         self.log = get_logger(**job.fields())
         self.latest: progress.Progress | None = None
+        self.latest_at = 0.0  # when the latest bar was read (monotonic): the meter's clock
         self.write("supervisor",
                    f"attempt {job.attempt} on {slots.label(job.gpu)}, seed {job.seed}")
 
@@ -94,7 +96,7 @@ class LineSink:
             self.tail.append(line)
             return
         last, self.latest = self.latest, bar
-        now = time.monotonic()
+        now = self.latest_at = time.monotonic()
         finished = bar.n == bar.total and (last is None or last.n != last.total)
         if now - self.last_event >= self.interval_s or finished:  # tqdm redraws 100% twice
             self.last_event = now
@@ -104,60 +106,6 @@ class LineSink:
     def close(self) -> None:
         self.round_log.close()
         self.gpu_log.close()
-
-
-_ENDED = re.compile(r"^supervisor\.launch: pid (\d+) ended by signal 9$")
-_OOM = re.compile(rb"(?:Killed process |oom-kill:.*,pid=)(\d+)\b")
-
-
-KMSG = "/dev/kmsg"
-
-
-def kernel_oom_kill(pid: int, kmsg: str | None = None) -> str | None:
-    """The kernel log's line saying its OOM killer killed ``pid``, if it is there and
-    readable (root, or dmesg_restrict = 0). /dev/kmsg gives one record per read."""
-    try:
-        fd = os.open(kmsg or KMSG, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        while True:
-            try:
-                chunk = os.read(fd, 8192)
-            except BlockingIOError:
-                return None
-            except OSError:  # EPIPE: records overwritten while reading; go on
-                continue
-            if not chunk:
-                return None
-            for record in chunk.splitlines():
-                m = _OOM.search(record)
-                if m and int(m.group(1)) == pid:
-                    return record.split(b";", 1)[-1].decode(errors="replace").strip()
-    finally:
-        os.close(fd)
-
-
-def _sigkill_hint(tail: list[str], local: bool) -> str:
-    pids = [int(m.group(1)) for line in tail if (m := _ENDED.match(line))]
-    found = kernel_oom_kill(pids[-1]) if pids and local else None
-    if found:
-        return f" by the kernel's OOM killer (kernel log: {found[:160]})"
-    return " (for example by the OOM killer: `dmesg` on its machine tells)"
-
-
-def _describe(exit_: runner.ChildExit, config: Config, tail: list[str] = (),  # type: ignore[assignment]
-              local: bool = True) -> str:
-    t = config.timeouts
-    if exit_.stopped == "timeout":
-        return f"timeout: ran past timeouts.round_timeout_s = {t.round_timeout_s:g}"
-    if exit_.stopped == "stall":
-        return f"stalled: no output for timeouts.stall_timeout_s = {t.stall_timeout_s:g}"
-    if exit_.returncode < 0:
-        name = signal.Signals(-exit_.returncode).name
-        hint = _sigkill_hint(list(tail), local) if name == "SIGKILL" else ""
-        return f"killed by signal {-exit_.returncode}, {name}{hint}"
-    return f"exit code {exit_.returncode}"
 
 
 async def run_round(config: Config, job: RoundJob, control: Control,
@@ -205,7 +153,12 @@ async def _run_round(config: Config, job: RoundJob, control: Control,
         outcome.kind, outcome.reason = INTERRUPTED, "stopped by the supervisor"
         return outcome
     if exit_.stopped or exit_.returncode != 0:
-        outcome.reason = _describe(exit_, config, outcome.tail, slots.node(job.gpu) is None)
+        oom = endings.cuda_out_of_memory(outcome.tail)
+        if oom is not None:  # capacity, not a failure of the round (core.transitions)
+            outcome.kind, outcome.reason = OUT_OF_MEMORY, oom
+            return outcome
+        outcome.reason = endings.describe(exit_, config, outcome.tail,
+                                          slots.node(job.gpu) is None)
         return outcome
     try:
         produced, columns = await anyio.to_thread.run_sync(

@@ -29,7 +29,8 @@ def prepare(config: Config, probe: Probe | None = None,
     if backend is not None:  # a cluster's GPUs, as the backend found them
         return GpuPool(backend, "all", config.gpu), None
     if probe is None:
-        probe, warning = make_probe(config.gpu.probe, config.gpus)
+        probe, warning = make_probe(config.gpu.probe, config.gpus, config.main.env,
+                                    config.main.cwd)
     return GpuPool(probe, config.gpus, config.gpu), warning
 
 

@@ -32,13 +32,26 @@ from supervisor.gpus.pool import GpuPool
 from supervisor.run.live import LiveView, Snapshot
 from supervisor.logs import get_logger
 from supervisor.run.merger import Merger, Message
-from supervisor.core.records import GpuStatus, ObjectStatus, now
+from supervisor.run.packer import Packer
+from supervisor.core.records import GpuRecord, GpuStatus, ObjectStatus, now
 from supervisor.run.rounds import Control, RoundJob
 from supervisor.gpus.sampler import Sampler
 from supervisor.core.records import removed
 from supervisor.storage.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+def _tag(rec: GpuRecord | None) -> str:
+    """What the live view says beside a GPU: its health when not healthy, its level."""
+    if rec is None:
+        return ""
+    if rec.status != GpuStatus.HEALTHY:
+        return rec.status.value
+    if rec.level is None:
+        return ""
+    gain = rec.gains.get(rec.level)
+    return f"{rec.level} at once" + (f", {gain:.2f}x" if gain and rec.level > 1 else "")
 # After the second signal the process exits within grace_s + this, whatever a child or
 # NVML does (a child stuck in the kernel ignores even SIGKILL).
 EXIT_MARGIN_S = 4.5
@@ -65,6 +78,9 @@ class Supervisor:
                              self.stop_run)
         self.dispatcher = Dispatcher(config, self.state, pool, self.backend, self.merger,
                                      changes)
+        self.packer = Packer(config, self.state, pool, self.merger, self.dispatcher.watch,
+                             changes.notify) \
+            if config.gpu.max_rounds_per_gpu == "auto" else None
 
     @property
     def watch(self) -> dict[str, tuple[RoundJob, rounds.LineSink]]:
@@ -91,6 +107,8 @@ class Supervisor:
                 tg.start_soon(self._watch_signals)
             if self.backend.dynamic:
                 tg.start_soon(self.dispatcher.follow_gpus)
+            if self.packer is not None:
+                tg.start_soon(self.packer.run)
             self.tg = tg
             if self.live_stream is not None:
                 tg.start_soon(LiveView(self.snapshot, self.live_stream).run)
@@ -153,8 +171,7 @@ class Supervisor:
             exp_name=self.config.exp_name, draining=self.dispatcher.draining.is_set(),
             objects=len(s.order), objects_done=s.objects_by_status[ObjectStatus.DONE],
             progress=s.progress, progress_target=s.progress_target,
-            gpus={g: "" if g not in s.gpus or s.gpus[g].status == GpuStatus.HEALTHY
-                  else s.gpus[g].status.value for g in self.pool.gpus},
+            gpus={g: _tag(s.gpus.get(g)) for g in self.pool.gpus},
             running=[(job.gpu, job.name, sink.latest) for job, sink in self.watch.values()])
 
     def _running_pids(self) -> dict[int, str]:

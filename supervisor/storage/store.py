@@ -3,7 +3,7 @@ manifest.json snapshot (every SNAPSHOT_EVERY_EVENTS events or SNAPSHOT_EVERY_S s
 on drain and at the end). Start-up = snapshot + journal replay through the same
 state machine.
 
-Only the merger writes (``Store.commit``/``snapshot``); the dispatcher records the
+Only the merger writes (``Merger.commit``, ``Store.write_snapshot``); the dispatcher records the
 rounds it starts (``record``), which changes the state in memory and queues the line.
 """
 
@@ -44,6 +44,9 @@ def policy_of_snapshot(cfg: dict[str, Any]) -> Policy:
         quarantine_after=int(gpu.get("quarantine_after", 3)),
         merge_stride=None if stride == "auto" else int(stride),
         dedup=bool(cfg.get("dedup", {}).get("enabled", False)),
+        packing=gpu.get("max_rounds_per_gpu", 1) == "auto",
+        pack_gain=float(gpu.get("pack_gain", 0.1)),
+        pack_retest_s=float(gpu.get("pack_retest_s", 1800.0)),
     )
 
 

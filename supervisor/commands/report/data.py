@@ -1,7 +1,7 @@
 """The report's numbers: plain functions over manifest.json, the GPU samples and final.npz.
 
 Reads the manifest as JSON (a live run replaces it atomically), so it never locks or
-disturbs a run, and tolerates fields it does not know. report.py draws the results.
+disturbs a run, and tolerates fields it does not know. figures.py and page.py draw the results.
 """
 
 from __future__ import annotations
@@ -230,7 +230,23 @@ def headline(m: dict[str, Any], rows: list[dict[str, Any]], att: dict[str, Any],
         "launch_gap_s": float(np.median(gaps)) if len(gaps) else None,
         "eta_s": eta_s(m, att, rows, parallel),
         "peak_round_mib": max(peaks.values()) if peaks else None,
+        "packing": packing_text(m),
     }
+
+
+def packing_text(m: dict[str, Any]) -> str | None:
+    """Each card's rounds at once and its measured gain (max_rounds_per_gpu = "auto")."""
+    parts = []
+    gpus = m.get("gpus", {})
+    for key in sorted(gpus, key=lambda k: slots.order(slots.parse(k))):
+        gpu = gpus[key]
+        level, gains = gpu.get("level"), gpu.get("gains") or {}
+        if level is None:
+            continue
+        gain = gains.get(str(level))
+        parts.append(f"{row_label(slots.parse(key), gpu.get('node'))}: {level} at once"
+                     + (f" ({gain:.2f}x)" if gain and level > 1 else ""))
+    return "; ".join(parts) or None
 
 
 def thresholds(m: dict[str, Any]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """``python -m supervisor report CONFIG [--out report.html]``: one self-contained HTML page.
 
 Plotly's JavaScript is embedded once, so the file opens offline and from a copy. Works on
-a live run (reads only; see report_data) and on a finished one. Kept small at scale: one
+a live run (reads only; see data) and on a finished one. Kept small at scale: one
 timeline trace per outcome, histograms binned here, samples averaged down.
 """
 
@@ -92,6 +92,7 @@ HEADLINE = (
     ("ETA", lambda h: "done" if h["finished"] else _duration(h["eta_s"])),
     ("largest round memory", lambda h: "not sampled" if h["peak_round_mib"] is None
      else f"{h['peak_round_mib']:,} MiB"),
+    ("rounds at once", lambda h: h["packing"] or "fixed (max_rounds_per_gpu)"),
 )
 
 

@@ -1,0 +1,129 @@
+"""How many rounds a card should hold at once (``max_rounds_per_gpu = "auto"``): the level
+that makes the most grasps per second, found by measuring. Part of the state machine
+(see transitions): pure, over a GPU's record.
+
+Each card starts at one round (or at the level a resumed run learned). A measurement of
+the card at its current level (``PackingMeasured``, from ``supervisor.gpus.meter``):
+
+- raised the card's throughput by at least ``pack_gain`` over the level below, and
+  memory admits one more round: step up by one;
+- is worse than the level below: step back, and try the higher level again only after
+  ``pack_retest_s`` (at least two rounds' time): other users' jobs come and go, the
+  object mix changes;
+- otherwise: stay, and re-test the level above when that time has come.
+
+When the current level's gain moves by more than twice ``pack_gain`` in two measurements
+in a row (another user's job came or went), the other levels' figures no longer hold: the card is measured again from
+one round up. When memory admits fewer rounds than the level (another job's memory), the
+level follows it down.
+
+A CUDA out-of-memory error drops the card's level by one and keeps it from rising for
+the same time. The gains are relative to one round alone and compare like with like
+(each object against its own speed), so a change of object does not look like a change
+of level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor.core import slots
+from supervisor.core.events import PackingMeasured
+from supervisor.core.records import GpuRecord
+from supervisor.core.state import Effect, Log, State
+
+CHANGED = 2  # a level whose gain moved by this many pack_gains: the card itself changed
+
+
+def _set(rec: GpuRecord, level: int, why: str) -> list[Effect]:
+    before, rec.level = rec.level, level
+    if before == level:
+        return []
+    return [Log("packing_changed", {
+        **slots.fields(rec.gpu), "from": before, "to": level, "why": why,
+        "gains": {str(k): round(v, 3) for k, v in sorted(rec.gains.items())},
+        "grasps_per_s": {str(k): round(v, 3) for k, v in sorted(rec.rates.items())}})]
+
+
+def start(state: State, rec: GpuRecord) -> None:
+    """A card the run begins with: one round, unless a run before learned more."""
+    if state.policy.packing and rec.level is None:
+        rec.level = 1
+
+
+def _retest_after(state: State, e: PackingMeasured) -> float:
+    return e.at + max(state.policy.pack_retest_s, 2 * e.round_s)
+
+
+def _at_once(k: int) -> str:
+    return f"{k} round{'s' if k != 1 else ''} at once"
+
+
+def measured(state: State, e: PackingMeasured) -> list[Effect]:
+    rec = state.gpus.get(e.gpu)
+    if rec is None or rec.level is None:
+        return []
+    k, before = e.level, rec.gains.get(e.level)
+    if k == rec.level and before is not None and \
+            abs(e.gain - before) > CHANGED * state.policy.pack_gain * before:
+        rec.drifts += 1
+        if rec.drifts < 2:
+            return []  # once may be noise: wait for the next measurement
+        # Twice in a row: the card changed (another user's job came or went), and what
+        # was measured at the other levels no longer holds. Measure again from one up.
+        rec.drifts, rec.gains, rec.rates = 0, {k: e.gain}, {k: e.grasps_per_s}
+        if k > 1:
+            rec.gains, rec.rates = {}, {}
+            return _set(rec, 1, f"{_at_once(k)} now measure {e.gain:.2f}x, not "
+                                f"{before:.2f}x: the card changed, measuring again from one")
+    rec.drifts = 0 if k == rec.level else rec.drifts
+    rec.gains[k], rec.rates[k] = e.gain, e.grasps_per_s
+    if k < rec.level and not e.room:  # another job's memory: only k fit now
+        return _set(rec, k, f"memory admits only {k} round(s) at once now")
+    if k != rec.level:  # fewer than the level run (filling up): only recorded
+        return []
+    below, above = rec.gains.get(k - 1), rec.gains.get(k + 1)
+    if below is not None and e.gain < below:
+        rec.retest_at = _retest_after(state, e)
+        return _set(rec, k - 1, f"{_at_once(k)} measured {e.gain:.2f}x the grasps/s of "
+                                f"one, less than the {below:.2f}x of {k - 1}")
+    paid = below is None or e.gain >= below * (1 + state.policy.pack_gain)
+    if not e.room or e.at < rec.held_until:
+        return []
+    if paid and above is None:
+        return _set(rec, k + 1, f"{_at_once(k)}: {e.gain:.2f}x the grasps/s of one"
+                                + (f" ({k - 1}: {below:.2f}x)" if below is not None else "")
+                                + f"; trying {k + 1}")
+    if above is not None and e.at >= rec.retest_at:
+        rec.gains.pop(k + 1, None)  # measured again from scratch
+        rec.retest_at = _retest_after(state, e)
+        return _set(rec, k + 1, f"re-testing {_at_once(k + 1)} (it measured "
+                                f"{above:.2f}x, {k} measures {e.gain:.2f}x)")
+    return []
+
+
+def out_of_memory(state: State, rec: GpuRecord, at: float, round_s: float) -> list[Effect]:
+    """A round ran out of memory on this card: one round fewer, not raised for a while."""
+    if rec.level is None:
+        return []
+    rec.held_until = at + max(state.policy.pack_retest_s, 2 * round_s)
+    return _set(rec, max(1, rec.level - 1),
+                f"CUDA out of memory with {_at_once(rec.level)}")
+
+
+def summary(rec: GpuRecord) -> dict[str, Any]:
+    """What status and the report show of a card's packing."""
+    gain = rec.gains.get(rec.level) if rec.level is not None else None
+    return {"level": rec.level, "gain": None if gain is None else round(gain, 3),
+            "gains": {str(k): round(v, 3) for k, v in sorted(rec.gains.items())},
+            "grasps_per_s": {str(k): round(v, 3) for k, v in sorted(rec.rates.items())}}
+
+
+def describe(gpu_label: str, info: dict[str, Any]) -> str:
+    """``GPU 2: 3 rounds at once, 2.40x the grasps/s of one``."""
+    level, gain = info.get("level"), info.get("gain")
+    if level is None:
+        return ""
+    text = f"{gpu_label}: {_at_once(level)}"
+    return text + (f", {gain:.2f}x the grasps/s of one" if gain is not None and level > 1
+                   else "")

@@ -1,0 +1,60 @@
+"""The packing loop (``max_rounds_per_gpu = "auto"``): every second, each card's rounds'
+progress goes to the meter (``supervisor.gpus.meter``); each measurement it gives is
+recorded (``PackingMeasured``), and the state machine (``supervisor.core.packing``)
+decides the card's level, which the pool's admission then holds to."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import anyio
+
+from supervisor.backends.job import RoundJob
+from supervisor.config.schema import Config
+from supervisor.core import events as ev
+from supervisor.core.state import State
+from supervisor.gpus.meter import Meter, Sample
+from supervisor.gpus.pool import GpuPool
+from supervisor.run.merger import Merger
+from supervisor.run.rounds import LineSink
+
+TICK_S = 1.0  # how often the cards are looked at (more often for short windows)
+
+
+class Packer:
+    def __init__(self, config: Config, state: State, pool: GpuPool, merger: Merger,
+                 watch: dict[str, tuple[RoundJob, LineSink]],
+                 changed: Callable[[], None]) -> None:
+        self.state, self.pool, self.merger, self.watch = state, pool, merger, watch
+        self.changed = changed
+        self.tick_s = max(0.2, min(TICK_S, config.gpu.pack_window_s / 10))
+        self.meter = Meter(config.round_batch_size, config.num_iterations,
+                           config.gpu.pack_window_s, interval_s=0.9 * self.tick_s)
+        for gpu, rec in state.gpus.items():  # a resumed run: what sharing cost, as learned
+            card = self.meter.card(gpu)
+            card.log_g.update({k: math.log(g / k) for k, g in rec.gains.items() if g > 0})
+        pool.level_of = lambda gpu: state.gpus[gpu].level if gpu in state.gpus else None
+
+    def tick(self) -> None:
+        for gpu in list(self.pool.gpus):
+            samples = [Sample(name, job.object_code, sink.latest_at, sink.latest.n,
+                              sink.latest.total)
+                       for name in self.pool.rounds.get(gpu, {})
+                       if name in self.watch
+                       for job, sink in [self.watch[name]] if sink.latest is not None]
+            m = self.meter.observe(gpu, time.monotonic(), samples)
+            if m is None:
+                continue
+            before = self.state.gpus[gpu].level if gpu in self.state.gpus else None
+            self.merger.record(ev.PackingMeasured(
+                gpu, m.level, round(m.gain, 4), round(m.grasps_per_s, 4),
+                self.pool.room(gpu), round(m.round_s, 3), round(time.time(), 3)))
+            if self.state.gpus.get(gpu) and self.state.gpus[gpu].level != before:
+                self.changed()
+
+    async def run(self) -> None:
+        while True:
+            self.tick()
+            await anyio.sleep(self.tick_s)

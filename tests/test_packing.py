@@ -1,0 +1,213 @@
+"""Packing by measured throughput (max_rounds_per_gpu = "auto") and CUDA out-of-memory as
+capacity, by plain function calls: the meter (supervisor.gpus.meter) on cards whose
+throughput follows a curve, the policy (supervisor.core.packing) that picks the level,
+and the state machine's handling of an out-of-memory round."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.core import events as ev, packing
+from supervisor.core.records import GpuRecord, RoundStatus as R
+from supervisor.core.state import Log, Policy, State, StopRun
+from supervisor.core.transitions import apply
+from supervisor.gpus.meter import Meter, Sample
+
+T = 1000.0
+ITERATIONS = 10_000
+
+
+def new(gpus=(0,), target=1000, **policy) -> State:
+    state = State(Policy("e", batch_size=4, packing=True, pack_retest_s=300.0, **policy),
+                  {}, {}, T)
+    apply(state, ev.ObjectsRegistered(("a", "b"), target))
+    apply(state, ev.SupervisorStarted(1, "h", (), T, gpus=tuple(gpus)))
+    return state
+
+
+class Card:
+    """k rounds on it iterate at curve[k] / k of their object's solo speed; a round is
+    30 s of its object's iterations alone, and the next one is of the object now due."""
+
+    def __init__(self, curve: tuple[float, ...], speeds: dict[str, float]) -> None:
+        self.curve, self.speeds = curve, speeds
+        self.rounds: dict[str, list] = {}  # name -> [code, iterations done, total]
+        self.count = 0
+        self.foreign = 0  # another user's job, iterating like this many rounds
+
+    def fill(self, level: int, code: str) -> None:
+        for name in [n for n, r in self.rounds.items() if r[1] >= r[2]]:
+            del self.rounds[name]  # finished
+        while len(self.rounds) < level:
+            self.count += 1
+            self.rounds[f"r{self.count}"] = [code, 1.0, 30 * self.speeds[code]]
+
+    def step(self, dt: float) -> None:
+        k = len(self.rounds) + self.foreign
+        share = self.curve[min(k, len(self.curve)) - 1] / k
+        for r in self.rounds.values():
+            r[1] += self.speeds[r[0]] * share * dt
+
+    def samples(self, now: float) -> list[Sample]:
+        return [Sample(n, c, now, int(done), int(total)) for n, (c, done, total) in
+                self.rounds.items()]
+
+
+def settle(curve: tuple[float, ...], objects=("a",), seconds=600.0, fits=lambda t: 99,
+           state: State | None = None, foreign=lambda t: 0) -> tuple[State, list[dict]]:
+    """Run the meter and the policy on one card; the object due changes every 100 s;
+    ``fits(t)`` rounds fit in memory, another job iterates like ``foreign(t)`` rounds."""
+    state = state or new()
+    card = Card(curve, {"a": 40.0, "b": 9.0})
+    meter = Meter(batch_size=4, num_iterations=ITERATIONS, window_s=10.0)
+    changes, now = [], 0.0
+    while now < seconds:
+        code = objects[int(now // 100) % len(objects)]
+        card.foreign = foreign(now)
+        card.fill(min(state.gpus[0].level or 1, fits(now)), code)
+        for _ in range(5):
+            card.step(0.2)
+            now += 0.2
+        m = meter.observe(0, now, card.samples(now))
+        if m is not None:
+            room = len(card.rounds) < fits(now)
+            effects = apply(state, ev.PackingMeasured(0, m.level, m.gain, m.grasps_per_s,
+                                                      room, 60.0, T + now))
+            changes += [e.fields for e in effects if isinstance(e, Log)]
+    return state, changes
+
+
+@pytest.mark.parametrize("curve,best", [
+    ((1.0, 0.9, 0.8), {1}),  # sharing only costs
+    ((1.0, 1.8, 1.85, 1.9), {2, 3}),  # 3 adds less than pack_gain: no further
+    ((1.0, 1.7, 1.4, 1.2), {2}),  # falls after 2
+    ((1.0, 1.6, 2.0, 2.3, 2.3, 2.2), {4, 5}),  # the peak at 4 (5 is as good)
+])
+def test_the_level_found_is_the_peak_of_the_curve(curve, best) -> None:
+    state, changes = settle(curve)
+    assert state.gpus[0].level in best, changes
+    assert all(set(c) >= {"gpu", "from", "to", "why", "gains", "grasps_per_s"}
+               for c in changes)
+
+
+def test_gains_compare_like_with_like_when_the_object_changes() -> None:
+    """Object b is 4x slower than a: raw grasps/s would see its level as worse."""
+    state, _ = settle((1.0, 1.8, 1.85), objects=("a", "b"), seconds=900.0)
+    rec = state.gpus[0]
+    assert rec.level == 3 and rec.gains[3] == pytest.approx(1.85, rel=0.03)
+    assert rec.gains[2] == pytest.approx(1.8, rel=0.03)
+    assert set(rec.rates) == {1, 2, 3}  # the raw grasps/s are recorded beside
+
+
+def test_memory_that_admits_no_more_keeps_the_level() -> None:
+    state, _ = settle((1.0, 1.8, 2.5), fits=lambda t: 2)
+    assert state.gpus[0].level == 2
+
+
+def test_the_level_follows_another_job_that_takes_memory_then_leaves() -> None:
+    state, changes = settle((1.0, 1.8, 2.4, 2.5), seconds=1500.0,
+                            fits=lambda t: 1 if 400 < t < 700 else 3)
+    whys = [c["why"] for c in changes]
+    assert any("memory admits only 1" in w for w in whys)
+    assert state.gpus[0].level == 3  # back up once the job left (re-tested)
+
+
+def test_the_level_follows_another_job_that_takes_throughput() -> None:
+    """With another job iterating like 2 rounds, more of our rounds take more of the card:
+    the card is measured again and the level goes up to what memory admits."""
+    state, changes = settle((1.0, 1.8, 2.4, 2.3), seconds=1500.0, fits=lambda t: 4,
+                            foreign=lambda t: 2 if t > 400 else 0)
+    assert any("the card changed" in c["why"] for c in changes), changes
+    assert state.gpus[0].level == 4
+
+
+def test_a_level_that_did_not_pay_is_tried_again_after_the_retest_time() -> None:
+    state = new()
+    rec = state.gpus[0]
+    apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, True, 60.0, T))
+    apply(state, ev.PackingMeasured(0, 2, 0.9, 9.0, True, 60.0, T + 10))
+    assert rec.level == 1 and rec.retest_at == T + 10 + 300.0
+    apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, True, 60.0, T + 200))
+    assert rec.level == 1  # not yet
+    effects = apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, True, 60.0, T + 311))
+    assert rec.level == 2 and "re-testing" in effects[0].fields["why"]
+    # Never faster than two rounds: with rounds of 1000 s the retest waits 2000 s.
+    apply(state, ev.PackingMeasured(0, 2, 0.9, 9.0, True, 1000.0, T + 400))
+    assert rec.level == 1 and rec.retest_at == T + 400 + 2000.0
+
+
+def test_a_resumed_run_starts_from_the_learned_level() -> None:
+    state, _ = settle((1.0, 1.8, 1.6))
+    assert state.gpus[0].level == 2
+    apply(state, ev.SupervisorStarted(2, "h", (), T + 5000, gpus=(0, 1)))
+    assert state.gpus[0].level == 2 and state.gpus[0].gains[2] == pytest.approx(1.8, 0.05)
+    assert state.gpus[1].level == 1  # a card it never measured
+    assert state.gpus[0].rounds_ok == 0  # health is per run
+
+
+def oom(state: State, rid: int, gpu: int = 0, alone: bool = False, free: int | None = 500,
+        estimate: int = 6000) -> list:
+    apply(state, ev.RoundStarted("a", rid, gpu, T))
+    return apply(state, ev.RoundOutOfMemory("a", rid, gpu, "torch.OutOfMemoryError: CUDA out "
+                                            "of memory. Tried to allocate 2.00 GiB", T + 5,
+                                            5.0, alone, free, estimate))
+
+
+def test_out_of_memory_is_capacity_it_costs_no_attempt_and_no_health() -> None:
+    state = new(gpus=(0, 1), max_attempts=1, quarantine_after=1)
+    state.gpus[0].level = 3
+    for rid in range(6):  # a storm of them, more than any limit
+        effects = oom(state, 0)
+    rnd = state.round_of("a", 0)
+    assert rnd.status == R.INTERRUPTED and rnd.attempts == 0
+    assert [f["kind"] for f in rnd.failures] == ["oom"] * 6
+    rec = state.gpus[0]
+    assert rec.status == "healthy" and rec.streak == 0 and rec.rounds_failed == 0
+    assert rec.level == 1 and rec.held_until == T + 5 + 300.0
+    assert state.objects["a"].consecutive_failures == 0
+    assert any(isinstance(e, Log) and e.event == "round_out_of_memory" for e in effects)
+    # Held: a measurement that would raise it does not, until the hold is over.
+    apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, True, 60.0, T + 100))
+    assert rec.level == 1
+    apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, True, 60.0, T + 400))
+    assert rec.level == 2
+
+
+def test_out_of_memory_alone_with_room_is_the_batch_and_stops_when_it_fits_no_card() -> None:
+    state = new(gpus=(0, 1), max_attempts=2)
+    effects = oom(state, 0, gpu=0, alone=True, free=80_000)
+    rnd = state.round_of("a", 0)
+    assert rnd.failures[-1]["kind"] == "failed" and rnd.status == R.PENDING
+    assert "round_batch_size = 4 does not fit" in rnd.failures[-1]["reason"]
+    assert "80000 MiB free" in rnd.failures[-1]["reason"]
+    assert state.gpus[0].streak == 0  # not the card's fault
+    for gpu, rid in ((1, 1), (0, 2), (1, 3)):
+        effects = oom(state, rid, gpu=gpu, alone=True, free=80_000)
+    stops = [e for e in effects if isinstance(e, StopRun)]
+    assert stops and "round_batch_size = 4" in stops[0].reason
+    assert "every GPU ran out of memory 2 times" in stops[0].reason
+
+
+def test_out_of_memory_alone_on_a_card_another_job_filled_is_capacity() -> None:
+    state = new()
+    oom(state, 0, alone=True, free=1_000)  # the card has less than a round needs
+    assert state.round_of("a", 0).status == R.INTERRUPTED
+    assert state.gpus[0].ooms_alone == 0
+
+
+def test_fixed_max_rounds_per_gpu_has_no_level() -> None:
+    state = State(Policy("e", packing=False), {}, {}, T)
+    apply(state, ev.ObjectsRegistered(("a",), 8))
+    apply(state, ev.SupervisorStarted(1, "h", (), T, gpus=(0,)))
+    assert state.gpus[0].level is None
+    assert apply(state, ev.PackingMeasured(0, 1, 1.0, 1.0, True, 1.0, T)) == []
+    assert packing.describe("GPU 0", packing.summary(state.gpus[0])) == ""
+
+
+def test_the_record_keeps_what_packing_learned() -> None:
+    rec = GpuRecord(0, level=3, gains={1: 1.0, 3: 2.4}, rates={3: 12.5}, held_until=5.0)
+    back = GpuRecord.from_json(rec.to_json())
+    assert (back.level, back.gains, back.rates, back.held_until) == (3, {1: 1.0, 3: 2.4},
+                                                                     {3: 12.5}, 5.0)
+    text = packing.describe("GPU 2", packing.summary(back))
+    assert text == "GPU 2: 3 rounds at once, 2.40x the grasps/s of one"

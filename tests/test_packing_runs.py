@@ -1,0 +1,111 @@
+"""Packing and out-of-memory through whole runs, on the emulator's shared cards
+(supervisor.emulator.cards, read by the "emulator" probe): the level a card finds, the
+events and figures it leaves, a resumed run that starts there, out-of-memory storms that
+cost nothing, and datasets that do not depend on any of it."""
+
+from __future__ import annotations
+
+import numpy as np
+from structlog.testing import capture_logs
+
+from conftest import Layout, run_in_process
+
+CODES = ["obj_a", "obj_b"]
+
+
+def cards(layout: Layout, curve: str, card_mib: int = 80_000, round_mib: int = 6_000,
+          **gpu) -> dict:
+    """A config whose rounds share emulated cards."""
+    env = {"EMULATOR_GPU_DIR": str(layout.root / "cards"), "EMULATOR_GPU_CURVE": curve,
+           "EMULATOR_GPU_MEMORY_MIB": str(card_mib), "EMULATOR_ROUND_MEMORY_MIB": str(round_mib),
+           "EMULATOR_ITER_S": "0.01", "EMULATOR_MEMORY_DELAY_S": "0.05"}
+    return dict(object_code_list=CODES, round_batch_size=4, num_iterations=120, gpus=[0],
+                env=env, main={"threads": 1},
+                gpu={"probe": "emulator", "poll_interval_s": 0.05, "min_free_mib": 500,
+                     "round_memory_mib": round_mib, "max_rounds_per_gpu": "auto",
+                     "pack_window_s": 0.6, "pack_retest_s": 600.0, **gpu})
+
+
+def run(config) -> int:
+    """In this process, the probe reading the emulated cards as NVML would."""
+    from supervisor.gpus.choose import make_probe
+
+    probe, _ = make_probe(config.gpu.probe, config.gpus, config.main.env)
+    return run_in_process(config, probe)
+
+
+def events(logs: list[dict], name: str) -> list[dict]:
+    return [e for e in logs if e["event"] == name]
+
+
+def same(layout: Layout, a: str, b: str, codes=CODES) -> None:
+    for code in codes:
+        x, y = layout.final(code, a), layout.final(code, b)
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=f"{code} {key}")
+
+
+def test_auto_finds_the_peak_resumes_there_and_never_changes_the_dataset(
+        layout: Layout) -> None:
+    """The curve falls after two rounds at once (the policy's whole path is in
+    tests/test_packing.py; here: the loop through real children and the files)."""
+    settings = cards(layout, "1,1.8,1.1,0.9")
+    with capture_logs() as logs:
+        assert run(layout.config(target_count_per_object=40, **settings)) == 0
+    changes = events(logs, "packing_changed")
+    assert (changes[0]["from"], changes[0]["to"]) == (1, 2), changes
+    assert all(set(c) >= {"gpu", "from", "to", "why", "gains", "grasps_per_s"}
+               for c in changes)
+    gpu = layout.manifest()["gpus"]["0"]
+    assert 1.5 < gpu["gains"]["2"] < 2.1, gpu  # the curve's 1.8, measured
+    if "3" in gpu["gains"]:  # three at once was tried (the run may end before): worse
+        assert gpu["gains"]["3"] < gpu["gains"]["2"] and gpu["level"] == 2, gpu
+    else:
+        assert gpu["level"] in (2, 3), gpu
+    # Resumed with a higher target: it starts where it left off, not at one round.
+    with capture_logs() as logs:
+        assert run(layout.config(target_count_per_object=48, **settings)) == 0
+    level = layout.manifest()["gpus"]["0"]["level"]
+    assert not [c for c in events(logs, "packing_changed") if c["from"] == 1]
+    assert level >= 2
+    # One round per card (on four cards) gives the same arrays (obj_a: index 0 both ways).
+    fixed = {**settings, "gpus": [0, 1, 2, 3], "object_code_list": ["obj_a"],
+             "gpu": {**settings["gpu"], "max_rounds_per_gpu": 1}}
+    assert run(layout.config(exp_name="one", target_count_per_object=48, **fixed)) == 0
+    same(layout, "t", "one", ["obj_a"])
+
+
+def test_an_out_of_memory_storm_costs_no_attempt_and_quarantines_no_card(
+        layout: Layout) -> None:
+    """The estimate is far below the real footprint, so the first rounds all start at
+    once and most run out of memory; one attempt per round and one failure quarantines."""
+    settings = cards(layout, "1,1.5,1.8", card_mib=14_000, round_mib=6_000,
+                     round_memory_mib=500, max_rounds_per_gpu=4, quarantine_after=1)
+    settings["gpus"] = [0, 1]
+    config = layout.config(target_count_per_object=16, retry={"max_attempts": 1},
+                           **settings)
+    with capture_logs() as logs:
+        assert run(config) == 0
+    assert len(events(logs, "round_out_of_memory")) >= 2
+    assert not events(logs, "round_failed") and not events(logs, "gpu_quarantined")
+    rounds = [r for o in layout.manifest()["objects"].values() for r in o["rounds"].values()]
+    assert {r["status"] for r in rounds} <= {"merged", "discarded"}
+    assert any(f["kind"] == "oom" for r in rounds for f in r["failures"])
+    assert all(r["attempts"] == 1 for r in rounds if r["status"] == "merged")
+    fixed = cards(layout, "1,1.5,1.8", max_rounds_per_gpu=1)
+    fixed.update(gpus=[0, 1, 2, 3], object_code_list=["obj_a"])
+    assert run(layout.config(exp_name="one", target_count_per_object=16, **fixed)) == 0
+    same(layout, "t", "one", ["obj_a"])
+
+
+def test_a_batch_that_fits_no_card_stops_the_run_with_one_clear_error(layout: Layout) -> None:
+    settings = cards(layout, "1", card_mib=4_000, round_mib=6_000, round_memory_mib=3_000,
+                     max_rounds_per_gpu=1)
+    with capture_logs() as logs:
+        assert run(layout.config(target_count_per_object=8,
+                                            retry={"max_attempts": 2}, **settings)) == 1
+    stopped = events(logs, "run_stopped")
+    assert stopped and "round_batch_size = 4 does not fit" in stopped[0]["reason"]
+    assert "4000 MiB free" in stopped[0]["reason"]
+    assert len(events(logs, "round_out_of_memory")) == 0  # each was a real failure
+    assert len(events(logs, "round_failed")) == 2
