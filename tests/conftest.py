@@ -55,7 +55,7 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
     for key, value in data.items():
         if isinstance(value, dict) and key in (
             "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
-            "backend",
+            "backend", "view",
         ):
             tables.append((key, value))
         else:

@@ -108,6 +108,15 @@ def test_the_state_machine_is_pure_and_the_launchers_need_only_the_standard_libr
             assert top <= stdlib | {"supervisor"}, f"{module} imports {top - stdlib}"
         if module in STDLIB_ONLY:
             assert top <= stdlib, f"{module} imports {top - stdlib}"
+        if module == "supervisor.gallery.helper":  # runs in BimanGrasp's Python
+            allowed = stdlib | {"numpy", "torch", "utils"}
+            assert top <= allowed, f"{module} imports {top - allowed}"
+
+
+def test_the_gallery_never_imports_torch_into_the_supervisor() -> None:
+    for module, path in modules().items():
+        if module != "supervisor.gallery.helper":
+            assert "torch" not in {t.split(".")[0] for t in imports(path)}, module
 
 
 def test_nothing_imports_the_commands_but_the_entry_point() -> None:

@@ -35,7 +35,8 @@ COMMAND_FLAGS = {
     "status": {"--json"},
     "export": {"--out", "--format", "--include-unlisted"},
     "recover": set(),
-    "report": {"--out"},
+    "report": {"--out", "--no-gallery"},
+    "show": {"--index", "--best", "--out", "--no-open"},
     "dataset-info": {"--help", "--json", "--threshold", "--joint_tol_rad",
                      "--rotation_tol_rad", "--translation_tol_m"},
 }
@@ -52,7 +53,7 @@ def flags(command: str) -> set[str]:
 @pytest.mark.parametrize("command", sorted(COMMAND_FLAGS))
 def test_every_command_keeps_its_flags(command: str) -> None:
     expected = COMMAND_FLAGS[command] | {"--help"}
-    if command in ("status", "export", "recover", "report"):
+    if command in ("status", "export", "recover", "report", "show"):
         expected |= OVERRIDES  # the same config overrides as the run
     assert flags(command) == expected
 
@@ -63,7 +64,7 @@ def test_every_config_key_stays() -> None:
         "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
         "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
         "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
-        "backend")
+        "backend", "view")
     sections = {name: [f.name for f in fields(cls)] for name, cls in SECTIONS.items()}
     assert sections == {
         "backend": ["kind", "address"],

@@ -226,15 +226,15 @@ def test_example_config_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text()
     for key in TOP_KEYS:
         if key not in ("main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk",
-                       "logs", "backend"):
+                       "logs", "backend", "view"):
             assert re.search(rf"^(# )?{key} =|\({key} = ", text, re.M), key
     tables = {"gpu": "GpuSettings", "retry": "RetrySettings", "timeouts": "TimeoutSettings",
               "cleanup": "CleanupSettings", "disk": "DiskSettings", "logs": "LogSettings",
-              "dedup": "DedupSettings", "backend": "BackendSettings"}
+              "dedup": "DedupSettings", "backend": "BackendSettings", "view": "ViewSettings"}
     for table, cls in tables.items():
         section = text.split(f"\n[{table}]\n", 1)[1].split("\n[", 1)[0]
         for f in dataclasses.fields(getattr(cfg, cls)):
-            assert f"\n{f.name} =" in section, f"[{table}] {f.name}"
+            assert re.search(rf"\n(# )?{f.name} =", section), f"[{table}] {f.name}"
     for key in FILTER_KEYS:
         assert f"max_{key}" in text
     main = text.split("\n[main]\n", 1)[1].split("\n[", 1)[0]

@@ -25,13 +25,14 @@ from supervisor.storage import paths
 from supervisor.storage.lock import LockedError
 
 EXIT_USAGE = 2
-COMMANDS = ("status", "export", "recover", "report", "dataset-info")
+COMMANDS = ("status", "export", "recover", "report", "dataset-info", "show")
 
 
 def run_parser() -> Parser:
     p = Parser(prog="python -m supervisor", description=(
         "Run BimanGrasp's main.py in rounds on a GPU pool until every object's quota is met. "
-        "Other commands: status, export, recover, report, dataset-info (python -m supervisor "
+        "Other commands: status, export, recover, report, dataset-info, show (python -m "
+        "supervisor "
         "COMMAND --help)."))
     p.add_argument("config", type=Path, help="the TOML config file")
     p.add_argument("--log-format", choices=logs.FORMATS, default="auto",
@@ -66,6 +67,9 @@ def command_main(command: str, argv: Sequence[str]) -> int:
     if command == "report":
         from supervisor.commands.report import page as report
         return report.main(list(argv))
+    if command == "show":
+        from supervisor.commands import show
+        return show.main(list(argv))
     if command == "dataset-info":
         from supervisor.commands import dataset_info
         return dataset_info.main(list(argv))

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from supervisor.config.objects import check_lengths, object_codes, resolve
 from supervisor.config.schema import (
     PLACEHOLDERS, REQUIRED_PLACEHOLDERS, SECTIONS, FILTER_KEYS, Config, DedupSettings,
-    MainSettings,
+    MainSettings, ViewSettings,
 )
 from supervisor.config.toml import ConfigError, Reader, check_name, read_settings
 from supervisor.core.plan import MAX_SEED, SEED_STRIDE
@@ -80,6 +80,28 @@ def _main(r: Reader, base: Path) -> MainSettings:
     return MainSettings(command, cwd, env, output_dir, threads)
 
 
+def _view(r: Reader, base: Path) -> ViewSettings:
+    v = r.table_of("view")
+    command = v.raw("command", [])
+    if not isinstance(command, list) or not all(isinstance(c, str) and c for c in command):
+        raise v.error("command", command, 'a list of strings, e.g. ["conda", "run", "-n", '
+                                          '"bimangrasp", "python"] (BimanGrasp\'s Python)')
+    cwd = resolve(base, v.text("cwd", "")) if v.has("cwd") else None
+    if cwd is not None and not cwd.is_dir():
+        raise v.error("cwd", str(cwd), "an existing folder (the checkout's "
+                                       "BimanGrasp-Optimization/)")
+    env = v.raw("env", {})
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(x, str) for k, x in env.items()):
+        raise v.error("env", env, "a table of string values")
+    settings = ViewSettings(tuple(command), cwd, env,
+                            v.number("timeout_s", 300.0, minimum=0.001),
+                            v.integer("workers", 0, minimum=0),
+                            v.integer("grasps_per_object", 4, minimum=0))
+    v.finish(("command", "cwd", "env", "timeout_s", "workers", "grasps_per_object"))
+    return settings
+
+
 def _sections(r: Reader) -> dict[str, Any]:
     sections = {name: read_settings(r.table_of(name), cls) for name, cls in SECTIONS.items()}
     t = r.table_of("filter")
@@ -100,7 +122,7 @@ TOP_KEYS = (
     "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
     "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
     "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
-    "backend",
+    "backend", "view",
 )
 
 
@@ -133,6 +155,7 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
         keep_intermediate=r.flag("keep_intermediate", DEFAULTS["keep_intermediate"]),
         gpus=_gpus(r),
         main=_main(r, base),
+        view=_view(r, base),
         **_sections(r),
     )
     r.finish(TOP_KEYS)

@@ -33,6 +33,23 @@ class MainSettings:
     threads: int = 2
 
 
+@dataclass(frozen=True)
+class ViewSettings:
+    """``[view]``: the gallery's helper (``supervisor.gallery``), run in BimanGrasp's Python.
+    ``command`` empty: the interpreter of ``[main] command`` (its first item); ``cwd``
+    None: ``[main] cwd``; ``env`` goes over ``[main] env``."""
+    command: tuple[str, ...] = ()
+    cwd: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 300.0
+    workers: int = 0  # helpers at once; 0: one per CPU core
+    grasps_per_object: int = 4  # the report's gallery
+
+    def resolved(self, main: MainSettings) -> tuple[list[str], Path, dict[str, str]]:
+        command = list(self.command) or [main.command[0]]
+        return command, self.cwd or main.cwd, {**main.env, **self.env}
+
+
 def _key(default: Any, **rules: Any) -> Any:
     """A config key: its default and how it is checked (min, max, choices, auto)."""
     return field(default=default, metadata=rules)
@@ -164,6 +181,7 @@ class Config:
     disk: DiskSettings = field(default_factory=DiskSettings)
     logs: LogSettings = field(default_factory=LogSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
+    view: ViewSettings = field(default_factory=ViewSettings)
     object_code_source: str = "object_code_list"
     overrides: tuple[str, ...] = ()  # the command line's overrides, for hints to repeat
 

@@ -77,7 +77,9 @@ table{border-collapse:collapse;font-size:.85em}
 th,td{padding:.2em .6em;text-align:right;white-space:nowrap}td:last-child{text-align:left}
 th{cursor:pointer;background:#eee;position:sticky;top:0}
 td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#fafafa}
-.scroll{max-height:40em;overflow:auto}"""
+.scroll{max-height:40em;overflow:auto}
+.gallery-row{display:flex;gap:.4em;flex-wrap:wrap}.gallery-object h3{font-size:1em;margin:.8em 0 .3em}
+.gallery img{border:1px solid #ddd;border-radius:4px}"""
 
 
 HEADLINE = (
@@ -96,8 +98,9 @@ HEADLINE = (
 )
 
 
-def build(exp_dir: Path, now: float | None = None) -> str:
-    """The report of the experiment in ``exp_dir`` as one HTML document."""
+def build(exp_dir: Path, now: float | None = None, gallery: str | None = None) -> str:
+    """The report of the experiment in ``exp_dir`` as one HTML document; ``gallery``: the
+    section of ``supervisor.gallery`` (pictures linking to its folder beside the page)."""
     from supervisor.storage.lock import live_holder
 
     now = time.time() if now is None else now
@@ -118,6 +121,7 @@ def build(exp_dir: Path, now: float | None = None) -> str:
         ("Objects", f'<div class="scroll">{object_table(rows)}</div>'),
         ("Energy terms", energy_figure(values, rd.thresholds(m)) if values else
          "No grasps delivered yet."),
+        *([("Grasps", f'<div class="gallery">{gallery}</div>')] if gallery else []),
     ]
     stamp = "%Y-%m-%d %H:%M:%S"
     name = html.escape(str(m.get("exp_name")))
@@ -142,10 +146,10 @@ def build(exp_dir: Path, now: float | None = None) -> str:
             "</body></html>\n")
 
 
-def write(exp_dir: Path, out: Path | None = None) -> Path:
+def write(exp_dir: Path, out: Path | None = None, gallery: str | None = None) -> Path:
     """Write the report (atomically) to ``out``, by default ``{exp_dir}/report.html``."""
     out = exp_dir / REPORT_NAME if out is None else out
-    atomic_write_bytes(out, build(exp_dir).encode())
+    atomic_write_bytes(out, build(exp_dir, gallery=gallery).encode())
     return out
 
 
@@ -160,6 +164,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("config", type=Path, help="the experiment's TOML config file")
     p.add_argument("--out", type=Path, default=None,
                    help=f"the HTML file to write (default: {{exp_dir}}/{REPORT_NAME})")
+    p.add_argument("--no-gallery", action="store_true",
+                   help="leave out the grasps' gallery (drawn with the checkout's hand model)")
     add_overrides(p)
     args = p.parse_args(argv)
     config = load_config(args.config, overrides_from(args))
@@ -167,10 +173,25 @@ def main(argv: Sequence[str]) -> int:
         raise RefusedError(f"{paths.manifest(config.exp_dir)}: no manifest; experiment "
                            f"{config.exp_name!r} has not started")
     started = time.monotonic()
+    out = config.exp_dir / REPORT_NAME if args.out is None else args.out
+    section = None if args.no_gallery else _gallery(config, out.parent)
     try:
-        out = write(config.exp_dir, args.out)
+        out = write(config.exp_dir, out, section)
     except (rd.ReportError, smp.SamplesError) as exc:
         raise RefusedError(str(exc)) from None
     print(f"report: {out} ({out.stat().st_size / 1e6:.1f} MB, "
           f"{time.monotonic() - started:.1f} s)")
     return 0
+
+
+def _gallery(config: Any, folder: Path) -> str:
+    from supervisor.gallery.build import GALLERY_DIR, report_gallery
+    from supervisor.run.resume import open_state
+
+    g = report_gallery(config, open_state(config), folder / GALLERY_DIR)
+    size = sum(p.stat().st_size for p in (folder / GALLERY_DIR).glob("*") if p.is_file()) \
+        if (folder / GALLERY_DIR).is_dir() else 0
+    print(f"gallery: {g.objects} objects, {g.pictures} pictures, {size / 1e6:.1f} MB in "
+          f"{folder / GALLERY_DIR} ({g.seconds:.1f} s, {g.helpers} helper(s))"
+          + (f"; {g.note}" if g.note else ""))
+    return g.html

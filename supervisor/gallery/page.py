@@ -1,0 +1,150 @@
+"""An object's gallery page: one interactive 3D view per grasp (both hands, the object),
+its energy terms and provenance beside it. The hands' reference pose is one script per
+hand model (``hands-{fingerprint}.js``) and each grasp only its links' motions, so a page
+is small; in a folder (the report's gallery) plotly.js and the hands are shared files, and
+``standalone`` puts both in the page (``show``'s single file). Coordinates are float32
+(a hundredth of a millimetre at a metre), the object mesh decimated (``drawing``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from typing import Any
+
+import numpy as np
+
+from supervisor.gallery import meshes
+from supervisor.gallery.drawing import Drawn, Job
+
+TERMS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
+AXIS_M = 0.05  # a wrist's axes, 5 cm
+PLOTLY_FILE = "plotly.min.js"
+
+SCRIPT = """
+function b64(s, T) { var b = atob(s), u = new Uint8Array(b.length);
+  for (var i = 0; i < b.length; i++) u[i] = b.charCodeAt(i); return new T(u.buffer); }
+function hand(ref, m) { var v = b64(ref.v, Float32Array), l = b64(ref.link, Uint8Array),
+  f = b64(ref.f, Uint32Array), t = b64(m, Float32Array), n = l.length;
+  var x = new Float32Array(n), y = new Float32Array(n), z = new Float32Array(n);
+  for (var i = 0; i < n; i++) { var o = 12 * l[i], a = v[3*i], b = v[3*i+1], c = v[3*i+2];
+    x[i] = t[o]*a + t[o+1]*b + t[o+2]*c + t[o+3];
+    y[i] = t[o+4]*a + t[o+5]*b + t[o+6]*c + t[o+7];
+    z[i] = t[o+8]*a + t[o+9]*b + t[o+10]*c + t[o+11]; }
+  var I = [], J = [], K = []; for (var k = 0; k < f.length; k += 3) {
+    I.push(f[k]); J.push(f[k+1]); K.push(f[k+2]); }
+  return {type: 'mesh3d', x: x, y: y, z: z, i: I, j: J, k: K, color: 'lightslategray',
+          opacity: 1, flatshading: false, hoverinfo: 'skip'}; }
+function object(o, s) { var v = b64(o.v, Float32Array), f = b64(o.f, Uint32Array);
+  var x = [], y = [], z = [], I = [], J = [], K = [];
+  for (var i = 0; i < v.length; i += 3) { x.push(v[i]*s); y.push(v[i+1]*s); z.push(v[i+2]*s); }
+  for (var k = 0; k < f.length; k += 3) { I.push(f[k]); J.push(f[k+1]); K.push(f[k+2]); }
+  return {type: 'mesh3d', x: x, y: y, z: z, i: I, j: J, k: K, color: 'seashell',
+          opacity: 1, hoverinfo: 'skip'}; }
+function draw() { var page = JSON.parse(document.getElementById('grasps').textContent);
+  var drawn = 0; document.body.dataset.views = page.grasps.length;
+  page.grasps.forEach(function (g, n) { var traces = [];
+    if (page.object) traces.push(object(page.object, g.scale));
+    if (g.motion) { traces.push(hand(window.GALLERY_HANDS.left, g.motion.left));
+                    traces.push(hand(window.GALLERY_HANDS.right, g.motion.right)); }
+    (g.lines || []).forEach(function (l) { traces.push({type: 'scatter3d', mode: 'lines',
+      x: l.x, y: l.y, z: l.z, line: {color: l.color, width: 6}, name: l.name}); });
+    var div = document.getElementById('view' + n);
+    Plotly.newPlot(div, traces, {paper_bgcolor: '#E2F0D9', showlegend: false,
+      margin: {l: 0, r: 0, t: 0, b: 0}, scene: {aspectmode: 'data',
+      xaxis: {visible: false}, yaxis: {visible: false}, zaxis: {visible: false}}},
+      {displaylogo: false, responsive: true}).then(function () {
+        div.dataset.drawn = '1'; drawn += 1; document.body.dataset.drawn = drawn; }); }); }
+window.addEventListener('load', draw);
+"""
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+.grid{display:flex;flex-wrap:wrap;gap:1em}.card{border:1px solid #ccc;padding:.5em}
+.view{width:420px;height:340px}.note{color:#a40}table{font-size:.85em}
+td{padding:0 .6em 0 0}"""
+
+
+def b64(array: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype).tobytes()).decode()
+
+
+def hands_script(drawn: Drawn) -> str:
+    """``window.GALLERY_HANDS``: each hand's reference vertices, faces, link per vertex."""
+    assert drawn.hands is not None
+    out = {}
+    for side in meshes.SIDES:
+        v, f, link = drawn.hands.merged(side)
+        out[side] = {"v": b64(v, "<f4"), "f": b64(f, "<u4"), "link": b64(link, "u1")}
+    return "window.GALLERY_HANDS = " + json.dumps(out) + ";\n"
+
+
+def hands_file(drawn: Drawn) -> str:
+    return f"hands-{drawn.fingerprint}.js"
+
+
+def _lines(job: Job, row: int) -> list[dict[str, Any]]:
+    """Without a hand model: each wrist as a point with its three axes."""
+    out = []
+    names = [str(n) for n in job.data["qpos_names"]]
+    for side in meshes.SIDES:
+        at, rot = meshes.wrist(job.data[f"qpos_{side}"][row], names)
+        for axis, colour in zip(range(3), ("#d62728", "#2ca02c", "#1f77b4")):
+            end = at + AXIS_M * rot[:, axis]
+            out.append({"x": [float(at[0]), float(end[0])], "y": [float(at[1]), float(end[1])],
+                        "z": [float(at[2]), float(end[2])], "color": colour,
+                        "name": f"{side} wrist {'xyz'[axis]}"})
+    return out
+
+
+def _grasp(job: Job, n: int, row: int, why: str) -> dict[str, Any]:
+    motion = job.motions[n]
+    g: dict[str, Any] = {"scale": float(job.data["scale"][row])}
+    if motion is not None:
+        g["motion"] = {s: b64(motion[s].reshape(-1), "<f4") for s in meshes.SIDES}
+    else:
+        g["lines"] = _lines(job, row)
+    return g
+
+
+def _card(job: Job, n: int, row: int, why: str) -> str:
+    d = job.data
+    rows = "".join(f"<tr><td>{t}</td><td>{float(d[t][row]):.5g}</td></tr>"
+                   for t in TERMS if t in d)
+    prov = (f"row {row} &middot; seed {int(d['seed'][row])} &middot; round "
+            f"{int(d['round_id'][row])} &middot; item {int(d['item_index'][row])}")
+    label = "" if job.motions[n] is not None else \
+        '<p class="note">wrists only (position and axes): no hand drawn</p>'
+    return (f'<div class="card" id="g{n}"><div class="view" id="view{n}"></div>'
+            f"<p><b>{html.escape(why)}</b><br>{prov}</p>{label}<table>{rows}</table></div>")
+
+
+def build(drawn: Drawn, job: Job, whys: list[str], plotly_js: str | None,
+          standalone: bool) -> str:
+    """The page's HTML. ``plotly_js``: inline when standalone, else None (shared file)."""
+    page: dict[str, Any] = {"grasps": [_grasp(job, n, r, w) for n, (r, w)
+                                       in enumerate(zip(job.rows, whys))]}
+    if job.mesh is not None:
+        page["object"] = {"v": b64(job.mesh[0], "<f4"), "f": b64(job.mesh[1], "<u4")}
+    notes = ([drawn.note] if drawn.note else []) + job.notes
+    if job.mesh is None:
+        notes.append("no object mesh: neither the checkout nor data/meshdata/"
+                     f"{job.code} gave one")
+    elif job.mesh[2] == "meshdata":
+        notes.append(f"object mesh read from data/meshdata/{job.code} (not the checkout)")
+    has_hands = drawn.hands is not None and any(m is not None for m in job.motions)
+    if standalone:
+        scripts = f"<script>{plotly_js}</script>" + \
+            (f"<script>{hands_script(drawn)}</script>" if has_hands else "")
+    else:
+        scripts = f'<script src="{PLOTLY_FILE}"></script>' + \
+            (f'<script src="{hands_file(drawn)}"></script>' if has_hands else "")
+    cards = "".join(_card(job, n, r, w) for n, (r, w) in enumerate(zip(job.rows, whys)))
+    data = json.dumps(page).replace("</", "<\\/")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+            f"{html.escape(job.code)}: grasps</title><style>{STYLE}</style>{scripts}</head>"
+            f"<body><h1>{html.escape(job.code)}</h1>"
+            + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+            + f'<div class="grid">{cards}</div>'
+            f'<script type="application/json" id="grasps">{data}</script>'
+            f"<script>{SCRIPT}</script></body></html>")
