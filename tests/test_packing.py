@@ -72,7 +72,7 @@ def settle(curve: tuple[float, ...], objects=("a",), seconds=600.0, fits=lambda 
         if m is not None:
             room = len(card.rounds) < fits(now)
             effects = apply(state, ev.PackingMeasured(0, m.level, m.gain, m.grasps_per_s,
-                                                      room, 60.0, T + now))
+                                                      room, 60.0, T + now, len(card.rounds)))
             changes += [e.fields for e in effects if isinstance(e, Log)]
     return state, changes
 
@@ -110,6 +110,18 @@ def test_the_level_follows_another_job_that_takes_memory_then_leaves() -> None:
     whys = [c["why"] for c in changes]
     assert any("memory admits only 1" in w for w in whys)
     assert state.gpus[0].level == 3  # back up once the job left (re-tested)
+
+
+def test_a_full_card_with_a_round_starting_keeps_its_level() -> None:
+    """Found by a tester: a card holding exactly its level, one round still starting (one
+    iterating, no room for a third) was dropped to 1 as if memory admitted only one."""
+    state = new()
+    rec = state.gpus[0]
+    rec.level, rec.gains, rec.rates = 2, {1: 1.0, 2: 1.8}, {1: 10.0, 2: 18.0}
+    assert apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, False, 60.0, T, 2)) == []
+    assert rec.level == 2
+    effects = apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, False, 60.0, T + 1, 1))
+    assert rec.level == 1 and "memory admits only 1 round at once" in effects[0].fields["why"]
 
 
 def test_the_level_follows_another_job_that_takes_throughput() -> None:

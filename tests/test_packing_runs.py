@@ -109,3 +109,25 @@ def test_a_batch_that_fits_no_card_stops_the_run_with_one_clear_error(layout: La
     assert "4000 MiB free" in stopped[0]["reason"]
     assert len(events(logs, "round_out_of_memory")) == 0  # each was a real failure
     assert len(events(logs, "round_failed")) == 2
+
+
+def test_another_users_job_on_a_card_sends_the_work_elsewhere_not_round_and_round(
+        layout: Layout) -> None:
+    """Found by a tester: with a fixed level, another user's job holding a card's memory
+    made the same round run out of memory there again and again, for ever, while the
+    other card stood idle. And with round_memory_mib too low, those OOMs were called the
+    batch's fault ("lower round_batch_size") and charged to the object."""
+    settings = cards(layout, "1", card_mib=40_000, round_mib=6_000, max_rounds_per_gpu=1,
+                     round_memory_mib=1_000)
+    settings["gpus"] = [0, 1]
+    gpu0 = layout.root / "cards" / "gpu0"
+    gpu0.mkdir(parents=True)
+    (gpu0 / "foreign-big.json").write_text('{"mib": 36000, "load": 0}')
+    config = layout.config(target_count_per_object=12, **settings)
+    with capture_logs() as logs:
+        assert run(config) == 0
+    ooms = events(logs, "round_out_of_memory")
+    assert 1 <= len(ooms) <= 2 and all(e["gpu"] == 0 for e in ooms)
+    assert not events(logs, "round_failed") and not events(logs, "run_stopped")
+    started = events(logs, "round_started")
+    assert sum(e["gpu"] == 0 for e in started) <= 2  # the card waits for its memory

@@ -117,7 +117,7 @@ class PackingMeasured:
     """A card's throughput at ``level`` rounds at once, from its rounds' progress:
     ``gain`` relative to one round alone (objects compared like with like), and grasps per
     second; ``room``: memory admits one more round now; ``round_s``: how long a round
-    takes there."""
+    takes there; ``held``: the rounds on the card then (iterating or not)."""
     gpu: GpuKey
     level: int
     gain: float
@@ -125,6 +125,7 @@ class PackingMeasured:
     room: bool
     round_s: float
     at: float
+    held: int = 0
 
 
 @dataclass(frozen=True)

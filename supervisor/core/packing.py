@@ -78,8 +78,10 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
                                 f"{before:.2f}x: the card changed, measuring again from one")
     rec.drifts = 0 if k == rec.level else rec.drifts
     rec.gains[k], rec.rates[k] = e.gain, e.grasps_per_s
-    if k < rec.level and not e.room:  # another job's memory: only k fit now
-        return _set(rec, k, f"memory admits only {k} round(s) at once now")
+    if k < rec.level and not e.room and 0 < e.held < rec.level:
+        # the card cannot fill up to its level (another job's memory): only what it
+        # holds fits now. (Fewer iterating than held is a round starting or saving.)
+        return _set(rec, e.held, f"memory admits only {_at_once(e.held)} now")
     if k != rec.level:  # fewer than the level run (filling up): only recorded
         return []
     below, above = rec.gains.get(k - 1), rec.gains.get(k + 1)
@@ -100,6 +102,13 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
         return _set(rec, k + 1, f"re-testing {_at_once(k + 1)} (it measured "
                                 f"{above:.2f}x, {k} measures {e.gain:.2f}x)")
     return []
+
+
+def is_capacity(alone: bool, free_mib: int | None, estimate_mib: int | None) -> bool:
+    """An out-of-memory is the card's capacity (run again elsewhere or later) unless the
+    round was alone on its card and the card had what a round is expected to take."""
+    return not (alone and free_mib is not None and estimate_mib is not None
+                and free_mib >= estimate_mib)
 
 
 def out_of_memory(state: State, rec: GpuRecord, at: float, round_s: float) -> list[Effect]:

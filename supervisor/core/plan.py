@@ -96,7 +96,7 @@ def allowed_on(state: State, failed_on: set[int], gpu: int) -> bool:
 def failed_on(state: State, code: str, round_id: int) -> set[int]:
     rnd = state.round_of(code, round_id)
     return {f["gpu"] for f in rnd.failures if f.get("gpu") is not None
-            and f.get("kind", "failed") == "failed"}
+            and f.get("kind", "failed") in ("failed", "oom")}
 
 
 def pick(state: State, gpu: int) -> Pick | None:

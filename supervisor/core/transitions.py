@@ -143,8 +143,7 @@ def round_out_of_memory(state: State, e: ev.RoundOutOfMemory) -> list[Effect]:
     takes fails: the batch does not fit (and when it fits no card, the run stops)."""
     rec = health.record_of(state, e.gpu)
     assert rec is not None
-    if e.alone and e.free_mib is not None and e.estimate_mib is not None \
-            and e.free_mib >= e.estimate_mib:
+    if not packing.is_capacity(e.alone, e.free_mib, e.estimate_mib):
         rec.ooms_alone += 1
         reason = (f"CUDA out of memory alone on {slots.label(e.gpu)}, which has {e.free_mib} "
                   f"MiB free for a round expected to take {e.estimate_mib} MiB: "

@@ -9,6 +9,7 @@ the rounds see it, and ``EMULATOR_GPU_MEMORY_MIB``).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,13 +29,25 @@ def _alive(pid: int) -> bool:
 class EmulatorProbe:
     def __init__(self, gpus: Sequence[int], env: Mapping[str, str],
                  cwd: Path | None = None) -> None:
+        env = {**os.environ, **env}  # the rounds inherit the supervisor's environment
         root = env.get("EMULATOR_GPU_DIR")
         if not root:
-            raise GpuError('gpu.probe = "emulator" needs EMULATOR_GPU_DIR in [main] env, '
-                           'the folder of the emulated cards')
+            raise GpuError('gpu.probe = "emulator" needs EMULATOR_GPU_DIR in [main] env (or '
+                           'the environment), the folder of the emulated cards')
         self.root = (cwd or Path.cwd()) / root  # relative: to the rounds' folder, as theirs
         self.indices = list(gpus)
-        self.size_mib = int(env.get("EMULATOR_GPU_MEMORY_MIB", "") or DEFAULT_CARD_MIB)
+        size = env.get("EMULATOR_GPU_MEMORY_MIB", "") or str(DEFAULT_CARD_MIB)
+        curve = env.get("EMULATOR_GPU_CURVE", "") or "1"
+        if not size.isdigit() or int(size) <= 0:
+            raise GpuError(f"EMULATOR_GPU_MEMORY_MIB = {size!r}: expected a card's size in "
+                           f"MiB, e.g. \"40000\"")
+        try:
+            if not all(float(f) > 0 for f in curve.split(",")):
+                raise ValueError
+        except ValueError:
+            raise GpuError(f"EMULATOR_GPU_CURVE = {curve!r}: expected positive numbers "
+                           f"separated by commas, e.g. \"1,1.8,1.7\"") from None
+        self.size_mib = int(size)
 
     def gpu_indices(self) -> list[int]:
         return list(self.indices)

@@ -63,6 +63,11 @@ class GpuPool:
         self.level_of: Callable[[GpuKey], int | None] = lambda gpu: None
         self.last: dict[GpuKey, Reading] = {}  # each GPU's latest reading
         self.shared: set[str] = set()  # rounds that had company on their card
+        # cards where a round ran out of memory -> the MiB free after it: until a round
+        # ends well there, a round is admitted only with more free than that, and with
+        # what a round is expected to take (a fixed max_rounds_per_gpu too), so a card
+        # that another job fills is not fed the same OOM again and again
+        self.tight: dict[GpuKey, int] = {}
 
     def add(self, gpu: GpuKey) -> None:
         """A cluster GPU that joined."""
@@ -104,6 +109,9 @@ class GpuPool:
         round's footprint, and is not learned when it is released."""
         self.peak_mib.pop(name, None)
 
+    def out_of_memory(self, gpu: GpuKey, free_mib: int | None) -> None:
+        self.tight[gpu] = max(self.tight.get(gpu, 0), free_mib or 0)
+
     def release(self, gpu: GpuKey, name: str) -> int | None:
         """The round ended: its peak (MiB, None if NVML never showed it) is learned."""
         self.rounds.get(gpu, {}).pop(name, None)
@@ -111,6 +119,7 @@ class GpuPool:
         peak = self.peak_mib.pop(name, None)
         if peak:
             self.footprint_mib = max(self.footprint_mib or 0, peak)
+            self.tight.pop(gpu, None)  # a round ran to its end here
         return peak
 
     def estimate_mib(self) -> int:
@@ -158,8 +167,12 @@ class GpuPool:
         reserved = sum(max(0, estimate - seen.get(name, 0)) for name in rounds)
         need = max(s.min_free_mib, estimate) if s.max_rounds_per_gpu == "auto" \
             else s.min_free_mib
+        if gpu in self.tight:
+            need = max(need, estimate, self.tight[gpu] + 1)
         available = reading.free_mib - reserved
         if available < need:
-            return (f"{available} MiB available ({reading.free_mib} free - {reserved} reserved:"
-                    f" {len(rounds)} x {estimate} less what NVML shows of them) < {need}")
+            held = (f"{reading.free_mib} free - {reserved} reserved: {len(rounds)} x {estimate} "
+                    f"less what NVML shows of them" if rounds else f"{reading.free_mib} free")
+            why = "; a round ran out of memory here" if gpu in self.tight else ""
+            return f"{available} MiB available ({held}) < {need} needed{why}"
         return None

@@ -23,6 +23,7 @@ from supervisor.backends.job import RoundJob
 from supervisor.config.schema import Config
 from supervisor.core import events as ev, plan, slots
 from supervisor.core.records import GpuStatus, now
+from supervisor.core.packing import is_capacity
 from supervisor.core.slots import GpuKey
 from supervisor.core.state import State
 from supervisor.gpus.pool import GpuPool
@@ -60,6 +61,9 @@ def proc_start(pid: int) -> int | None:
             return int(f.read().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError, ValueError):
         return None
+
+
+OTHERS_MIB = 1024  # what idle CUDA contexts on a card may hold; more is another user's job
 
 
 class Dispatcher:
@@ -211,9 +215,14 @@ class Dispatcher:
         readings = await read_gpus(self.pool.probe, [gpu], self.config.gpu.nvml_timeout_s,
                                    self.pool.reading_now)
         reading = readings.get(gpu)
-        outcome.alone = self.pool.alone(outcome.job.name)
-        outcome.free_mib = None if isinstance(reading, ProbeError) or reading is None \
-            else reading.free_mib
+        seen = None if isinstance(reading, ProbeError) or reading is None else reading
+        outcome.free_mib = None if seen is None else seen.free_mib
+        # alone on the card: no round of ours beside it, and no one else's memory there
+        # now that it has ended (another user's job makes it capacity, not the batch)
+        others = None if seen is None or seen.total_mib is None or seen.free_mib is None \
+            else seen.total_mib - seen.free_mib
+        outcome.alone = self.pool.alone(outcome.job.name) and \
+            (others is None or others <= OTHERS_MIB)
         outcome.estimate_mib = self.pool.estimate_mib()
 
     async def follow_gpus(self) -> None:
@@ -235,6 +244,8 @@ class Dispatcher:
         job = outcome.job
         if outcome.kind == rounds.OUT_OF_MEMORY:
             self.pool.unfinished(job.name)
+            if is_capacity(outcome.alone, outcome.free_mib, outcome.estimate_mib):
+                self.pool.out_of_memory(job.gpu, outcome.free_mib)
         self.pool.release(job.gpu, job.name)
         self.controls.pop(job.name, None)
         self.changes.notify()

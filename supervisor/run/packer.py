@@ -50,7 +50,8 @@ class Packer:
             before = self.state.gpus[gpu].level if gpu in self.state.gpus else None
             self.merger.record(ev.PackingMeasured(
                 gpu, m.level, round(m.gain, 4), round(m.grasps_per_s, 4),
-                self.pool.room(gpu), round(m.round_s, 3), round(time.time(), 3)))
+                self.pool.room(gpu), round(m.round_s, 3), round(time.time(), 3),
+                self.pool.in_flight(gpu)))
             if self.state.gpus.get(gpu) and self.state.gpus[gpu].level != before:
                 self.changed()
 
