@@ -194,7 +194,7 @@ def test_no_hand_model_says_so_and_keeps_what_the_data_gives(tmp_path: Path) -> 
     ("load", "hand model failed to load"),
     ("grasp", "this pose cannot be set"),
     ("crash", "ended (exit 3)"),
-    ("hang", "did not answer to grasp within 3 s"),
+    ("hang", "did not answer while drawing grasp within 3 s"),
 ])
 def test_a_failing_helper_costs_one_line_not_the_page(tmp_path: Path, fault: str,
                                                       expected: str) -> None:
@@ -217,3 +217,68 @@ def test_a_helper_that_cannot_start_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(HelperError, match="cannot start the gallery's helper with "
                                           "'/nonexistent/python'.*\\[view\\] command"):
         Helper(["/nonexistent/python"], STANDIN / "BimanGrasp-Optimization", {}, 5.0)
+
+
+# found by a tester
+
+def test_a_torn_cache_file_is_drawn_again(tmp_path: Path) -> None:
+    draw(view(tmp_path), tmp_path, jobs(1))
+    for path in (tmp_path / "gallery-cache").rglob("*.npz"):
+        path.write_bytes(path.read_bytes()[:100])
+    again = draw(view(tmp_path), tmp_path, jobs(1))
+    assert again.hands is not None and all(m is not None for m in again.jobs[0].motions)
+    assert again.helpers == 1
+
+
+def test_helpers_leave_no_temporary_folder(tmp_path: Path) -> None:
+    import tempfile
+
+    def folders() -> set[str]:
+        return {p.name for p in Path(tempfile.gettempdir()).glob("supervisor-gallery-*")}
+
+    before = folders()
+    empty = tmp_path / "BimanGrasp-Optimization"
+    empty.mkdir()
+    draw(view(tmp_path, empty), tmp_path, jobs(1))  # the helper refuses at once
+    draw(view(tmp_path, STANDIN_FAULT="crash", workers=1), tmp_path / "b", jobs(1))
+    assert folders() == before
+
+
+def test_a_helper_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time; from pathlib import Path\n"
+              "from supervisor.gallery.client import Helper\n"
+              f"h = Helper(['{sys.executable}'], Path('{STANDIN / 'BimanGrasp-Optimization'}'),"
+              f" {{'PYTHONPATH': '{STANDIN / 'site'}', 'STANDIN_FAULT': 'hang'}}, 60)\n"
+              "h.request(op='hands')\n"  # then a grasp that hangs: it no longer reads stdin
+              "h.proc.stdin.write('{\"op\": \"grasp\", \"id\": \"x\", \"qpos_left\": "
+              "{\"WRJTx\": 0.1}, \"qpos_right\": {\"WRJTx\": 0.1}}\\n')\n"
+              "h.proc.stdin.flush(); time.sleep(1)\n"
+              "print(h.proc.pid, flush=True); time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    helper = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):
+        try:
+            with open(f"/proc/{helper}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(helper, signal.SIGKILL)
+        pytest.fail("the helper outlived the process that started it")
+
+
+def test_odd_object_codes_are_links_that_work() -> None:
+    from supervisor.gallery.build import _url
+
+    assert _url("x#y?z%20w&<-0.png") == "x%23y%3Fz%2520w%26%3C-0.png"

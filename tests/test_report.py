@@ -144,7 +144,8 @@ def test_eta_and_headline(m: dict[str, Any]) -> None:
     assert h | {"eta_s": 0, "launch_gap_s": 0} == {
         "objects": 2, "done": 1, "failed": 0, "grasps": 20, "target": 60, "finished": False,
         "wall_s": 400.0, "gpu_hours": pytest.approx(sum(r["gpu_hours"] for r in rows)),
-        "mean_util_percent": 55.5, "launch_gap_s": 0, "eta_s": 0, "peak_round_mib": 12_000}
+        "mean_util_percent": 55.5, "launch_gap_s": 0, "eta_s": 0, "peak_round_mib": 12_000,
+        "packing": None}  # no card packed ("auto" off)
     assert rd.thresholds(m) == {"E_pen": 0.0015}
     assert rd.thresholds(manifest({}, filter={"max_energy": 2})) == {"energy": 2.0}
 

@@ -32,7 +32,7 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("config", type=Path, help="the experiment's TOML config file")
     p.add_argument("object_code", help="the object whose final.npz to draw")
     p.add_argument("--index", type=int, nargs="+", default=[], metavar="I",
-                   help="rows of final.npz to draw (0 is the first)")
+                   help="rows of final.npz to draw (0 is the first, -1 the last)")
     p.add_argument("--best", type=int, default=None, metavar="N",
                    help="the N lowest-energy grasps")
     p.add_argument("--out", type=Path, default=None,

@@ -97,7 +97,7 @@ def _view(r: Reader, base: Path) -> ViewSettings:
     settings = ViewSettings(tuple(command), cwd, env,
                             v.number("timeout_s", 300.0, minimum=0.001),
                             v.integer("workers", 0, minimum=0),
-                            v.integer("grasps_per_object", 4, minimum=0))
+                            v.integer("grasps_per_object", 4, minimum=0, maximum=12))
     v.finish(("command", "cwd", "env", "timeout_s", "workers", "grasps_per_object"))
     return settings
 

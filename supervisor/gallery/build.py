@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 import time
-from dataclasses import dataclass
+from urllib.parse import quote
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,7 +65,8 @@ def show(config: Config, state: State, code: str, out: Path, indices: Sequence[i
         raise GalleryError(f"{code}: {exc}") from None
     lines = []
     if len(rows) > MAX_VIEWS:
-        lines.append(f"showing the first {MAX_VIEWS} of {len(rows)} grasps: a browser keeps "
+        which = "first" if indices else "lowest-energy"
+        lines.append(f"showing the {which} {MAX_VIEWS} of {len(rows)} grasps: a browser keeps "
                      f"about 16 3D views on one page")
         rows = rows[:MAX_VIEWS]
     whys = [("lowest energy" if not indices and n == 0 else
@@ -85,6 +87,7 @@ class Gallery:
     seconds: float
     helpers: int
     note: str | None
+    problems: list[str] = field(default_factory=list)  # per object: what was not drawn
 
 
 def _pictures(cache: Cache, drawn: Drawn, job: Job) -> list[bytes]:
@@ -152,19 +155,25 @@ def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
             atomic_write_bytes(folder / name, png)
             pictures += 1
             energy = float(job.data["energy"][job.rows[n]])
-            cells.append(f'<a href="{GALLERY_DIR}/{html.escape(job.code)}.html#g{n}">'
-                         f'<img src="{GALLERY_DIR}/{html.escape(name)}" loading="lazy" '
+            cells.append(f'<a href="{GALLERY_DIR}/{_url(job.code + ".html")}#g{n}">'
+                         f'<img src="{GALLERY_DIR}/{_url(name)}" loading="lazy" '
                          f'width="{picture.WIDTH}" height="{picture.HEIGHT}" '
                          f'alt="{html.escape(whys[n])}" title="{html.escape(whys[n])}, energy '
                          f'{energy:.4g}"></a>')
         notes = "".join(f'<p class="note">{html.escape(x)}</p>' for x in job.notes)
         blocks.append(f'<div class="gallery-object"><h3><a href="{GALLERY_DIR}/'
-                      f'{html.escape(job.code)}.html">{html.escape(job.code)}</a></h3>'
+                      f'{_url(job.code + ".html")}">{html.escape(job.code)}</a></h3>'
                       f'{notes}<div class="gallery-row">{"".join(cells)}</div></div>')
     head = f'<p class="note">{html.escape(drawn.note)}</p>' if drawn.note else ""
     tail = "".join(f'<p class="note">not drawn: {html.escape(s)}</p>' for s in skipped)
+    problems = [f"{j.code}: {j.notes[0]}" for j in drawn.jobs if j.notes] + skipped
     return Gallery(head + "".join(blocks) + tail, len(drawn.jobs), pictures,
-                   time.monotonic() - started, drawn.helpers, drawn.note)
+                   time.monotonic() - started, drawn.helpers, drawn.note, problems)
+
+
+def _url(name: str) -> str:
+    """A file name as a link: '#', '?' and '%' in object codes are not URL syntax."""
+    return html.escape(quote(name))
 
 
 def _shared(folder: Path, drawn: Drawn, plotly_js: str) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray] | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, KeyError):
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None  # absent or torn: drawn again
 
 
@@ -112,9 +113,11 @@ class Cache:
 
     def picture(self, code: str, name: str) -> bytes | None:
         try:
-            return (self._object(code) / f"{name}.png").read_bytes()
+            png = (self._object(code) / f"{name}.png").read_bytes()
         except OSError:
             return None
+        whole = png.startswith(b"\x89PNG\r\n\x1a\n") and png[-8:-4] == b"IEND"
+        return png if whole else None  # torn: drawn again
 
     def put_picture(self, code: str, name: str, png: bytes) -> None:
         self._write(self._object(code) / f"{name}.png", png)

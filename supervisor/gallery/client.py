@@ -30,6 +30,18 @@ class HelperError(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: killed when the supervisor's process ends, however it
+    ends (Linux; elsewhere Ctrl+C still reaches it: it stays in our process group)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def helper_argv(command: Sequence[str], out_dir: Path) -> list[str]:
     return [sys.executable if c == "{python}" else c for c in command] + \
         [str(HELPER), str(out_dir)]
@@ -51,7 +63,7 @@ class Helper:
             self.proc = subprocess.Popen(
                 helper_argv(command, self.out_dir), cwd=cwd, env=full, text=True,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True)
+                preexec_fn=_die_with_parent)
         except OSError as exc:
             shutil.rmtree(self.out_dir, ignore_errors=True)
             raise HelperError(f"cannot start the gallery's helper with {command[0]!r}: "
@@ -61,7 +73,11 @@ class Helper:
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=self._drain, daemon=True).start()
-        self._wait(self.timeout_s + FIRST_ANSWER_GRACE_S, "starting")
+        try:
+            self._wait(self.timeout_s + FIRST_ANSWER_GRACE_S, "while starting")
+        except BaseException:
+            self.close()
+            raise
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -84,18 +100,23 @@ class Helper:
         except queue.Empty:
             self.close()
             raise HelperError(f"the gallery's helper did not answer {what} within "
-                              f"{timeout_s:.0f} s; raise [view] timeout_s if the checkout "
+                              f"{timeout_s:g} s; raise [view] timeout_s if the checkout "
                               f"is slow to load") from None
         if got is None:
             code = self.proc.wait()
+            self.close()
+            if code < 0:
+                raise HelperError(f"the gallery's helper was killed (signal {-code}) {what}")
             tail = next((s for s in reversed(self.stderr) if s.strip()), "no output")
             raise HelperError(f"the gallery's helper ended (exit {code}) {what}: {tail}; "
                               f"check [view] command and cwd (BimanGrasp's Python, its "
                               f"BimanGrasp-Optimization)")
         if not got.get("ok"):
+            error = str(got.get("error", "failed"))
             fix = f"; {got['fix']}" if got.get("fix") else ""
-            where = f" ({got['where'][-1].strip()})" if got.get("where") else ""
-            raise HelperError(f"{got.get('error', 'failed')}{where}{fix}")
+            last = str(got["where"][-1]).strip() if got.get("where") else ""
+            where = f" ({last})" if last and last not in error and error not in last else ""
+            raise HelperError(f"{error}{where}{fix}")
         return got
 
     def request(self, **fields: Any) -> dict[str, Any]:
@@ -105,7 +126,7 @@ class Helper:
             self.proc.stdin.flush()
         except OSError:
             pass  # it ended: the answer queue says how
-        return self._wait(self.timeout_s, f"to {fields.get('op')}")
+        return self._wait(self.timeout_s, f"while drawing {fields.get('op')}")
 
     def load(self, path: str) -> dict[str, np.ndarray]:
         with np.load(path) as data:
@@ -115,10 +136,7 @@ class Helper:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except OSError:
-                pass
+            self.proc.kill()
         self.proc.wait()
         shutil.rmtree(self.out_dir, ignore_errors=True)
 

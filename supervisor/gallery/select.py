@@ -36,8 +36,8 @@ def chosen(data: dict[str, np.ndarray], indices: Sequence[int] = (),
     if indices:
         wrong = [i for i in indices if not -n <= i < n]
         if wrong:
-            raise SelectError(f"--index {wrong[0]} is outside 0..{n - 1} (final.npz holds "
-                              f"{n} grasps)")
+            raise SelectError(f"--index {wrong[0]} is outside 0..{n - 1} (or -{n}..-1 from "
+                              f"the end; final.npz holds {n} grasps)")
         return list(dict.fromkeys(i % n for i in indices))
     return [int(i) for i in by_energy(data["energy"])[:max(1, best or 1)]]
 

@@ -8,6 +8,7 @@ timeline trace per outcome, histograms binned here, samples averaged down.
 from __future__ import annotations
 
 import html
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -186,12 +187,21 @@ def main(argv: Sequence[str]) -> int:
 
 def _gallery(config: Any, folder: Path) -> str:
     from supervisor.gallery.build import GALLERY_DIR, report_gallery
-    from supervisor.run.resume import open_state
+    from supervisor.run.resume import RefusedError, open_state
 
-    g = report_gallery(config, open_state(config), folder / GALLERY_DIR)
+    try:
+        g = report_gallery(config, open_state(config), folder / GALLERY_DIR)
+    except Exception as exc:  # the gallery is a part of the page: never the whole report
+        line = f"not drawn: {type(exc).__name__}: {exc}" if not isinstance(exc, RefusedError) \
+            else f"not drawn: {exc}"
+        print(f"gallery: {line}", file=sys.stderr)
+        return f'<p class="note">Gallery {html.escape(line)}</p>'
+
     size = sum(p.stat().st_size for p in (folder / GALLERY_DIR).glob("*") if p.is_file()) \
         if (folder / GALLERY_DIR).is_dir() else 0
     print(f"gallery: {g.objects} objects, {g.pictures} pictures, {size / 1e6:.1f} MB in "
           f"{folder / GALLERY_DIR} ({g.seconds:.1f} s, {g.helpers} helper(s))"
-          + (f"; {g.note}" if g.note else ""))
+          + (f"; {g.note}" if g.note else "")
+          + (f"; {len(g.problems)} object(s) not fully drawn, e.g. {g.problems[0]}"
+             if g.problems else ""))
     return g.html
