@@ -57,7 +57,7 @@ def test_auto_finds_the_peak_resumes_there_and_never_changes_the_dataset(
     assert all(set(c) >= {"gpu", "from", "to", "why", "gains", "grasps_per_s"}
                for c in changes)
     gpu = layout.manifest()["gpus"]["0"]
-    assert 1.5 < gpu["gains"]["2"] < 2.1, gpu  # the curve's 1.8, measured
+    assert 1.4 < gpu["gains"]["2"] < 2.2, gpu  # the curve's 1.8, measured (real children)
     if "3" in gpu["gains"]:  # three at once was tried (the run may end before): worse
         assert gpu["gains"]["3"] < gpu["gains"]["2"] and gpu["level"] == 2, gpu
     else:
