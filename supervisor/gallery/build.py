@@ -112,12 +112,9 @@ def _parts(drawn: Drawn, job: Job, n: int, row: int) -> list[tuple[Any, Any, str
             v, f = meshes.posed(drawn.hands, side, motion[side])
             parts.append((v, f, "hand"))
         return parts
-    names = [str(x) for x in job.data["qpos_names"]]
-    for side in meshes.SIDES:
-        at, rot = meshes.wrist(job.data[f"qpos_{side}"][row], names)
-        for axis, colour in zip(range(3), "xyz"):
-            v, f = picture.stick(at, at + page.AXIS_M * rot[:, axis], 0.003)
-            parts.append((v, f, colour))
+    for _, axis, start, end in meshes.wrist_axes(job.data, row):
+        v, f = picture.stick(start, end, 0.003)
+        parts.append((v, f, axis))
     return parts
 
 

@@ -140,3 +140,18 @@ def wrist(qpos: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
     rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
     return np.array([at.get(f"WRJT{c}", 0.0) for c in "xyz"]), rz @ ry @ rx
+
+
+AXIS_M = 0.05  # a wrist's axes, 5 cm
+
+
+def wrist_axes(data: dict[str, np.ndarray], row: int) -> list[tuple[str, str, np.ndarray,
+                                                                      np.ndarray]]:
+    """Without a hand model: each hand's wrist as its three axes, (side, "x"|"y"|"z",
+    start, end), from the grasp's qpos: what the data alone says of the hands."""
+    names = [str(n) for n in data["qpos_names"]]
+    out = []
+    for side in SIDES:
+        at, rot = wrist(data[f"qpos_{side}"][row], names)
+        out += [(side, "xyz"[a], at, at + AXIS_M * rot[:, a]) for a in range(3)]
+    return out

@@ -19,7 +19,6 @@ from supervisor.gallery import meshes
 from supervisor.gallery.drawing import Drawn, Job
 
 TERMS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
-AXIS_M = 0.05  # a wrist's axes, 5 cm
 PLOTLY_FILE = "plotly.min.js"
 
 SCRIPT = """
@@ -85,16 +84,11 @@ def hands_file(drawn: Drawn) -> str:
 
 def _lines(job: Job, row: int) -> list[dict[str, Any]]:
     """Without a hand model: each wrist as a point with its three axes."""
-    out = []
-    names = [str(n) for n in job.data["qpos_names"]]
-    for side in meshes.SIDES:
-        at, rot = meshes.wrist(job.data[f"qpos_{side}"][row], names)
-        for axis, colour in zip(range(3), ("#d62728", "#2ca02c", "#1f77b4")):
-            end = at + AXIS_M * rot[:, axis]
-            out.append({"x": [float(at[0]), float(end[0])], "y": [float(at[1]), float(end[1])],
-                        "z": [float(at[2]), float(end[2])], "color": colour,
-                        "name": f"{side} wrist {'xyz'[axis]}"})
-    return out
+    colours = {"x": "#d62728", "y": "#2ca02c", "z": "#1f77b4"}
+    return [{"x": [float(a[0]), float(b[0])], "y": [float(a[1]), float(b[1])],
+             "z": [float(a[2]), float(b[2])], "color": colours[axis],
+             "name": f"{side} wrist {axis}"}
+            for side, axis, a, b in meshes.wrist_axes(job.data, row)]
 
 
 def _grasp(job: Job, n: int, row: int, why: str) -> dict[str, Any]:
