@@ -33,8 +33,8 @@ CURVES = {
 }
 
 
-def config(root: Path, curve: str, level: int | str, target: int, quick: bool) -> Path:
-    iterations = 800 if quick else 1600
+def config(root: Path, curve: str, level: int | str, target: int) -> Path:
+    iterations = 1600
     env = {"EMULATOR_STARTUP_S": "0.3", "EMULATOR_ITER_S": "0.005",
            "EMULATOR_GPU_DIR": str(root / "cards"), "EMULATOR_GPU_CURVE": curve,
            "EMULATOR_GPU_MEMORY_MIB": str(FITS * 6_000 + 2_000),
@@ -57,7 +57,7 @@ def config(root: Path, curve: str, level: int | str, target: int, quick: bool) -
 
 def run(curve: str, level: int | str, quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        path = config(Path(tmp), curve, level, 16 if quick else 24, quick)
+        path = config(Path(tmp), curve, level, 16 if quick else 48)
         proc = subprocess.run([sys.executable, "-m", "supervisor", str(path)],
                               env=cli_env(), capture_output=True, text=True, timeout=3600)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -80,9 +80,14 @@ def run(curve: str, level: int | str, quick: bool) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="half the work per run")
-    quick = p.parse_args().quick
+    p.add_argument("--quick", action="store_true", help="a third of the work per run")
+    p.add_argument("--curve", choices=CURVES, action="append",
+                   help="only this curve (repeatable)")
+    args = p.parse_args()
+    quick = args.quick
     for name, (curve, levels) in CURVES.items():
+        if args.curve and name not in args.curve:
+            continue
         rows = {f"fixed {k}": run(curve, k, quick) for k in levels}
         rows[f"fixed {FITS} (memory-only auto)"] = run(curve, FITS, quick)
         rows["auto"] = run(curve, "auto", quick)

@@ -89,7 +89,7 @@ JOURNAL_EVENTS = {
     "RoundOutOfMemory": ["code", "round_id", "gpu", "reason", "at", "duration_s", "alone",
                          "free_mib", "estimate_mib"],
     "PackingMeasured": ["gpu", "level", "gain", "grasps_per_s", "room", "round_s", "at",
-                        "held"],
+                        "held", "sharing"],
     "GpuLost": ["gpu", "reason"],
     "GpuAdded": ["gpu"],
     "DatasetWritten": ["code", "used", "rows", "final_bytes", "final_mtime_ns", "digest"],
@@ -150,8 +150,8 @@ def test_manifest_and_final_npz_keep_their_fields(layout: Layout) -> None:
     assert sorted(m["gpus"]["0"]) == ["drifts", "footprint_mib", "gains", "gpu", "held_until",
                                       "level",
                                       "node", "ooms_alone", "rates", "reason", "reasons",
-                                      "retest_at", "rounds_failed", "rounds_ok", "status",
-                                      "streak", "streak_rounds"]
+                                      "retest_at", "rounds_failed", "rounds_ok", "sharing",
+                                      "status", "streak", "streak_rounds"]
     with np.load(layout.experiments / "t/final/obj_a/final.npz") as npz:
         arrays = {k: (npz[k].dtype.str, npz[k].shape) for k in npz.files}
     assert arrays == {

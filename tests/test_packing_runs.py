@@ -57,7 +57,10 @@ def test_auto_finds_the_peak_resumes_there_and_never_changes_the_dataset(
     assert all(set(c) >= {"gpu", "from", "to", "why", "gains", "grasps_per_s"}
                for c in changes)
     gpu = layout.manifest()["gpus"]["0"]
-    assert 1.4 < gpu["gains"]["2"] < 2.2, gpu  # the curve's 1.8, measured (real children)
+    # The curve's 1.8 with both iterating, measured (real children); in wall time less,
+    # since these rounds spend a large part of their life starting, but more than one.
+    assert 1.4 < gpu["sharing"]["2"] < 2.2, gpu
+    assert gpu["gains"]["1"] < gpu["gains"]["2"] < gpu["sharing"]["2"], gpu
     if "3" in gpu["gains"]:  # three at once was tried (the run may end before): worse
         assert gpu["gains"]["3"] < gpu["gains"]["2"] and gpu["level"] == 2, gpu
     else:

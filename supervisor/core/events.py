@@ -115,9 +115,11 @@ class RoundOutOfMemory:
 @dataclass(frozen=True)
 class PackingMeasured:
     """A card's throughput at ``level`` rounds at once, from its rounds' progress:
-    ``gain`` relative to one round alone (objects compared like with like), and grasps per
-    second; ``room``: memory admits one more round now; ``round_s``: how long a round
-    takes there; ``held``: the rounds on the card then (iterating or not)."""
+    ``gain`` relative to one round iterating alone, in wall time (start-ups included;
+    objects compared like with like), and grasps per second; ``room``: memory admits one
+    more round now; ``round_s``: how long a round holds its place there; ``held``: the
+    rounds on the card then (iterating or not); ``sharing``: the gain with all of them
+    iterating (what sharing the card costs, start-ups left out; 0: not measured)."""
     gpu: GpuKey
     level: int
     gain: float
@@ -126,6 +128,7 @@ class PackingMeasured:
     round_s: float
     at: float
     held: int = 0
+    sharing: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ of level.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from supervisor.core import slots
 from supervisor.core.events import PackingMeasured
@@ -33,6 +33,25 @@ from supervisor.core.records import GpuRecord
 from supervisor.core.state import Effect, Log, State
 
 CHANGED = 2  # a level whose gain moved by this many pack_gains: the card itself changed
+
+
+def relative(gains: Mapping[Any, float], level: int | None) -> float | None:
+    """The card's grasps/s at ``level`` over its grasps/s with one round (both in wall
+    time, as measured); None when the level was not measured. Keys: ints or, from a
+    manifest, strings."""
+    if level is None:
+        return None
+    at = {int(k): v for k, v in gains.items()}
+    gain, one = at.get(level), at.get(1)
+    if gain is None:
+        return None
+    return gain / one if one and one > 0 else gain
+
+
+def _x(rec: GpuRecord, gain: float) -> str:
+    """``1.80x`` the grasps/s of one round; for one round: how much of its time iterates."""
+    one = rec.gains.get(1)
+    return f"{gain / one:.2f}x" if one and one > 0 else f"{gain:.2f}x"
 
 
 def _set(rec: GpuRecord, level: int, why: str) -> list[Effect]:
@@ -64,6 +83,10 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
     if rec is None or rec.level is None:
         return []
     k, before = e.level, rec.gains.get(e.level)
+    if 0 < e.held < rec.level:  # the card did not fill up to its level
+        if not e.room:  # another job's memory: only what it holds fits now
+            return _set(rec, e.held, f"memory admits only {_at_once(e.held)} now")
+        return []  # no round to give it (the run's end): nothing learned
     if k == rec.level and before is not None and \
             abs(e.gain - before) > CHANGED * state.policy.pack_gain * before:
         rec.drifts += 1
@@ -72,35 +95,34 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
         # Twice in a row: the card changed (another user's job came or went), and what
         # was measured at the other levels no longer holds. Measure again from one up.
         rec.drifts, rec.gains, rec.rates = 0, {k: e.gain}, {k: e.grasps_per_s}
+        rec.sharing = {k: e.sharing} if e.sharing > 0 else {}
         if k > 1:
-            rec.gains, rec.rates = {}, {}
-            return _set(rec, 1, f"{_at_once(k)} now measure {e.gain:.2f}x, not "
-                                f"{before:.2f}x: the card changed, measuring again from one")
+            rec.gains, rec.rates, rec.sharing = {}, {}, {}
+            return _set(rec, 1, f"{_at_once(k)} now make {e.gain / before:.2f} times what "
+                                f"they did: the card changed, measuring again from one")
     rec.drifts = 0 if k == rec.level else rec.drifts
     rec.gains[k], rec.rates[k] = e.gain, e.grasps_per_s
-    if k < rec.level and not e.room and 0 < e.held < rec.level:
-        # the card cannot fill up to its level (another job's memory): only what it
-        # holds fits now. (Fewer iterating than held is a round starting or saving.)
-        return _set(rec, e.held, f"memory admits only {_at_once(e.held)} now")
-    if k != rec.level:  # fewer than the level run (filling up): only recorded
+    if e.sharing > 0:
+        rec.sharing[k] = e.sharing
+    if k != rec.level:  # a measurement from before the level changed: only recorded
         return []
     below, above = rec.gains.get(k - 1), rec.gains.get(k + 1)
     if below is not None and e.gain < below:
         rec.retest_at = _retest_after(state, e)
-        return _set(rec, k - 1, f"{_at_once(k)} measured {e.gain:.2f}x the grasps/s of "
-                                f"one, less than the {below:.2f}x of {k - 1}")
+        return _set(rec, k - 1, f"{_at_once(k)} measured {_x(rec, e.gain)} the grasps/s "
+                                f"of one, less than the {_x(rec, below)} of {k - 1}")
     paid = below is None or e.gain >= below * (1 + state.policy.pack_gain)
     if not e.room or e.at < rec.held_until:
         return []
     if paid and above is None:
-        return _set(rec, k + 1, f"{_at_once(k)}: {e.gain:.2f}x the grasps/s of one"
-                                + (f" ({k - 1}: {below:.2f}x)" if below is not None else "")
-                                + f"; trying {k + 1}")
+        now = (f"{_x(rec, e.gain)} the grasps/s of one ({k - 1}: {_x(rec, below)})"
+               if below is not None else f"iterating {e.gain:.0%} of the time")
+        return _set(rec, k + 1, f"{_at_once(k)}: {now}; trying {k + 1}")
     if above is not None and e.at >= rec.retest_at:
         rec.gains.pop(k + 1, None)  # measured again from scratch
         rec.retest_at = _retest_after(state, e)
         return _set(rec, k + 1, f"re-testing {_at_once(k + 1)} (it measured "
-                                f"{above:.2f}x, {k} measures {e.gain:.2f}x)")
+                                f"{_x(rec, above)}, {k} measures {_x(rec, e.gain)})")
     return []
 
 
@@ -122,10 +144,11 @@ def out_of_memory(state: State, rec: GpuRecord, at: float, round_s: float) -> li
 
 def summary(rec: GpuRecord) -> dict[str, Any]:
     """What status and the report show of a card's packing."""
-    gain = rec.gains.get(rec.level) if rec.level is not None else None
+    gain = relative(rec.gains, rec.level)
     return {"level": rec.level, "gain": None if gain is None else round(gain, 3),
             "gains": {str(k): round(v, 3) for k, v in sorted(rec.gains.items())},
-            "grasps_per_s": {str(k): round(v, 3) for k, v in sorted(rec.rates.items())}}
+            "grasps_per_s": {str(k): round(v, 3) for k, v in sorted(rec.rates.items())},
+            "sharing": {str(k): round(v, 3) for k, v in sorted(rec.sharing.items())}}
 
 
 def describe(gpu_label: str, info: dict[str, Any]) -> str:

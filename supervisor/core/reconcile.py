@@ -49,6 +49,7 @@ def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
         if g in learned and state.policy.packing:
             old = learned[g]
             rec.level, rec.gains, rec.rates = old.level, dict(old.gains), dict(old.rates)
+            rec.sharing = dict(old.sharing)
             rec.retest_at = old.retest_at
         packing.start(state, rec)
     orphans = []

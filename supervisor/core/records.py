@@ -178,6 +178,7 @@ class GpuRecord:
     level: int | None = None
     gains: dict[int, float] = field(default_factory=dict)
     rates: dict[int, float] = field(default_factory=dict)
+    sharing: dict[int, float] = field(default_factory=dict)  # gains, start-ups left out
     held_until: float = 0.0
     retest_at: float = 0.0
     ooms_alone: int = 0
@@ -191,6 +192,7 @@ class GpuRecord:
                 "footprint_mib": self.footprint_mib, "level": self.level,
                 "gains": {str(k): v for k, v in sorted(self.gains.items())},
                 "rates": {str(k): v for k, v in sorted(self.rates.items())},
+                "sharing": {str(k): v for k, v in sorted(self.sharing.items())},
                 "held_until": self.held_until, "retest_at": self.retest_at,
                 "ooms_alone": self.ooms_alone, "drifts": self.drifts}
 
@@ -206,6 +208,7 @@ class GpuRecord:
                    footprint_mib=data.get("footprint_mib"), level=data.get("level"),
                    gains={int(k): float(v) for k, v in data.get("gains", {}).items()},
                    rates={int(k): float(v) for k, v in data.get("rates", {}).items()},
+                   sharing={int(k): float(v) for k, v in data.get("sharing", {}).items()},
                    held_until=float(data.get("held_until", 0.0)),
                    retest_at=float(data.get("retest_at", 0.0)),
                    ooms_alone=int(data.get("ooms_alone", 0)),

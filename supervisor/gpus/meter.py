@@ -5,27 +5,40 @@ Objects differ in cost per iteration, so raw grasps per second would mistake a c
 object for a change of level. The meter compares like with like: every interval in which
 the same rounds iterate on a card gives each round's speed, and, per card,
 
-    log(speed of a round of object o with k rounds at once) = log s[o] + log g[k]
+    log(speed of a round of object o with k rounds iterating) = log s[o] + log g[k]
 
 with g[1] = 1: s[o] is the object's speed alone there, g[k] what sharing the card costs
 each round. An object seen alone gives s[o]; one seen beside an object of known speed
-gives g[k], and then its own speed. The card's throughput at k rounds, relative to one
-round alone, is ``gain = k * g[k]``, whatever the objects. Both are moving averages, so
-they follow other users' jobs as they come and go.
+gives g[k], and then its own speed (the mean of its first few looks, so one noisy look
+does not skew every g learned from it). Both are moving averages, so they follow other
+users' jobs as they come and go.
 
-Pure: fed samples, it returns a ``Measurement`` once a level has been watched for
-``window_s`` seconds of iterating (``supervisor.core.packing`` decides what to do).
+A round does not iterate all the time it holds its place on the card: it starts (Python,
+CUDA, the models), saves, and the next one is spawned. The card's throughput at level L is
+therefore measured in wall time: over a window, how long k of its rounds were iterating,
+for each k, gives
+
+    gain[L] = time-average of k * g[k],  relative to one round iterating alone,
+
+so a level whose places often wait on a start-up is worth what it makes, and a level above
+the iterating peak wins when start-ups are long. A window runs from one round's start to
+another's, over whole cycles (a multiple of L starts: every place went through its
+start-up as often as the window is long) and at least ``window_s``; a window that began or
+ended anywhere in a cycle would be judged by where, not by the level.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Collection, Sequence
 
 from supervisor.core.slots import GpuKey
 
 ALPHA = 0.3  # weight of the newest interval in the moving averages
+CYCLES = 2  # start-ups per place in a window: one alone leaves a judgement 5-8 % noisy
+SETTLE = 5  # looks that settle the speed of an object not seen alone before it counts
+GAP_S = 30.0  # a longer pause between two looks (a stopped supervisor) counts for nothing
 
 
 @dataclass(frozen=True)
@@ -41,64 +54,114 @@ class Sample:
 @dataclass(frozen=True)
 class Measurement:
     gpu: GpuKey
-    level: int
-    gain: float  # the card's throughput relative to one round alone
+    level: int  # the card's level (rounds it may hold: iterating, starting or saving)
+    gain: float  # the card's throughput relative to one round iterating alone, wall time
     grasps_per_s: float
-    round_s: float  # how long a round takes at this level
+    round_s: float  # how long a round holds its place at this level, start-up included
+    sharing: float  # the gain with every round iterating (no start-ups): level * g[level]
+    held: int  # rounds on the card at the end of the window
 
 
 @dataclass
 class _Window:
+    level: int
+    starts: int = 0  # rounds started on the card since the window began
     seconds: float = 0.0
-    grasps: float = 0.0  # grasps per second x seconds
-    round_rate: float = 0.0  # per-round iterations per second x seconds
+    busy: dict[int, float] = field(default_factory=dict)  # k iterating -> seconds
+    rounds: float = 0.0  # the rounds' progress: iterations done over each one's total
 
 
 @dataclass
 class _Card:
-    mark_t: float = 0.0
+    mark_t: float = 0.0  # the interval of the same rounds iterating: since when, from what
     mark: dict[str, tuple[float, int]] = field(default_factory=dict)
+    last_t: float | None = None  # the previous look: when, rounds iterating and held, bars
+    last_k: int = 0
+    last_names: set[str] = field(default_factory=set)
+    last_n: dict[str, int] = field(default_factory=dict)
     log_g: dict[int, float] = field(default_factory=lambda: {1: 0.0})
     log_s: dict[str, float] = field(default_factory=dict)
-    windows: dict[int, _Window] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # looks that made log_s (SETTLE: done)
+    window: _Window | None = None
 
 
 def _average(old: float | None, new: float) -> float:
     return new if old is None else (1 - ALPHA) * old + ALPHA * new
 
 
+def _g(card: _Card, k: int) -> float:
+    """What sharing costs each of k iterating rounds; an unseen k takes the nearest seen
+    (such moments are short: a level's own k is always seen before it is judged)."""
+    if k in card.log_g:
+        return math.exp(card.log_g[k])
+    return math.exp(card.log_g[min(card.log_g, key=lambda j: (abs(j - k), -j))])
+
+
 class Meter:
-    def __init__(self, batch_size: int, num_iterations: int, window_s: float,
-                 interval_s: float = 1.0) -> None:
+    def __init__(self, batch_size: int, window_s: float, interval_s: float = 1.0) -> None:
         """``interval_s``: the shortest interval that counts (shorter ones are mostly the
         noise of when lines were read)."""
-        self.grasps_per_iteration = batch_size / max(1, num_iterations)
-        self.num_iterations = max(1, num_iterations)
+        self.batch_size = batch_size
         self.window_s, self.interval_s = window_s, interval_s
         self.cards: dict[GpuKey, _Card] = {}
 
     def card(self, gpu: GpuKey) -> _Card:
         return self.cards.setdefault(gpu, _Card())
 
-    def observe(self, gpu: GpuKey, now: float, samples: Sequence[Sample]) -> Measurement | None:
-        """The rounds on ``gpu`` now; a Measurement when a level's window is full."""
+    def observe(self, gpu: GpuKey, now: float, samples: Sequence[Sample],
+                held: Collection[str] | None = None, level: int | None = None
+                ) -> Measurement | None:
+        """The rounds on ``gpu`` now with a bar (``samples``), all it holds (``held``,
+        default: those with a bar) and its level (default: as many as it holds); a
+        Measurement when the level's window is full."""
         card = self.card(gpu)
+        names = set(s.name for s in samples) if held is None else set(held)
+        level = level or len(names)
         running = {s.name: s for s in samples if 0 < s.n < s.total}
+        started = bool(names - card.last_names)
+        result = self._account(gpu, card, now, samples, started, level, len(names))
+        card.last_t, card.last_k, card.last_names = now, len(running), names
+        card.last_n = {s.name: s.n for s in samples}
+        self._interval(card, now, running)
+        return result
+
+    def _account(self, gpu: GpuKey, card: _Card, now: float, samples: Sequence[Sample],
+                 started: bool, level: int, held: int) -> Measurement | None:
+        """Adds the time since the last look to the window; judges it at a round's start."""
+        w = card.window
+        if w is not None and (w.level != level or card.last_t is None
+                              or not 0 < now - card.last_t < GAP_S):
+            w = card.window = None  # the level changed, or nobody looked for a while
+        if w is not None:
+            dt = now - card.last_t
+            w.seconds += dt
+            w.busy[card.last_k] = w.busy.get(card.last_k, 0.0) + dt
+            w.rounds += sum(max(0, s.n - card.last_n[s.name]) / s.total for s in samples
+                            if s.name in card.last_n and s.total > 0)
+        if not started or level <= 0:
+            return None
+        result = None
+        if w is not None:
+            w.starts += 1
+            result = self._judge(gpu, card, w, held)
+        if card.window is None:
+            card.window = _Window(level)
+        return result
+    def _interval(self, card: _Card, now: float, running: dict[str, Sample]) -> None:
+        """Learns g and s from an interval in which the same rounds iterated."""
         if set(running) != set(card.mark) or not running:
             card.mark_t, card.mark = now, {n: (s.t, s.n) for n, s in running.items()}
-            return None  # the rounds changed: a new interval starts
+            return  # the rounds changed: a new interval starts
         if now - card.mark_t < self.interval_s:
-            return None
+            return
         rates = []
         for name, s in running.items():
             t0, n0 = card.mark[name]
             if s.t <= t0 or s.n <= n0:
-                return None  # no new line from this round yet
+                return  # no new line from this round yet
             rates.append((s.code, (s.n - n0) / (s.t - t0)))
-        span, card.mark_t = now - card.mark_t, now
-        card.mark = {n: (s.t, s.n) for n, s in running.items()}
+        card.mark_t, card.mark = now, {n: (s.t, s.n) for n, s in running.items()}
         self._learn(card, rates)
-        return self._window(gpu, card, len(rates), span, rates)
 
     def _learn(self, card: _Card, rates: list[tuple[str, float]]) -> None:
         k = len(rates)
@@ -106,23 +169,26 @@ class Meter:
         if k == 1:
             code, value = logs[0]
             card.log_s[code] = _average(card.log_s.get(code), value)
+            card.seen[code] = SETTLE
             return
-        known = [value - card.log_s[code] for code, value in logs if code in card.log_s]
+        known = [value - card.log_s[code] for code, value in logs
+                 if card.seen.get(code, 0) >= SETTLE]
         if known:
             card.log_g[k] = _average(card.log_g.get(k), sum(known) / len(known))
-        if k in card.log_g:
+        if k in card.log_g:  # an object not seen alone: its speed from g, over a few looks
             for code, value in logs:
-                card.log_s.setdefault(code, value - card.log_g[k])
+                if card.seen.get(code, 0) < SETTLE:
+                    card.seen[code] = card.seen.get(code, 0) + 1
+                    n = card.seen[code]
+                    old = card.log_s.get(code, 0.0)
+                    card.log_s[code] = old + (value - card.log_g[k] - old) / n
 
-    def _window(self, gpu: GpuKey, card: _Card, k: int, span: float,
-                rates: list[tuple[str, float]]) -> Measurement | None:
-        w = card.windows.setdefault(k, _Window())
-        total = sum(rate for _, rate in rates)
-        w.seconds += span
-        w.grasps += span * total * self.grasps_per_iteration
-        w.round_rate += span * total / k
-        if w.seconds < self.window_s or k not in card.log_g:
+    def _judge(self, gpu: GpuKey, card: _Card, w: _Window, held: int) -> Measurement | None:
+        if w.seconds < self.window_s or w.starts < CYCLES * w.level or w.starts % w.level \
+                or w.level not in card.log_g or w.rounds <= 0:
             return None
-        card.windows[k] = _Window()
-        return Measurement(gpu, k, k * math.exp(card.log_g[k]), w.grasps / w.seconds,
-                           self.num_iterations / (w.round_rate / w.seconds))
+        card.window = None
+        gain = sum(t * k * _g(card, k) for k, t in w.busy.items() if k > 0) / w.seconds
+        return Measurement(gpu, w.level, gain, w.rounds * self.batch_size / w.seconds,
+                           w.level * w.seconds / w.starts, w.level * _g(card, w.level),
+                           held)

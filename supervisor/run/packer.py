@@ -30,11 +30,12 @@ class Packer:
         self.state, self.pool, self.merger, self.watch = state, pool, merger, watch
         self.changed = changed
         self.tick_s = max(0.2, min(TICK_S, config.gpu.pack_window_s / 10))
-        self.meter = Meter(config.round_batch_size, config.num_iterations,
-                           config.gpu.pack_window_s, interval_s=0.9 * self.tick_s)
+        self.meter = Meter(config.round_batch_size, config.gpu.pack_window_s,
+                           interval_s=0.9 * self.tick_s)
         for gpu, rec in state.gpus.items():  # a resumed run: what sharing cost, as learned
-            card = self.meter.card(gpu)
-            card.log_g.update({k: math.log(g / k) for k, g in rec.gains.items() if g > 0})
+            card = self.meter.card(gpu)  # (older manifests: the gains only)
+            learned = rec.sharing or rec.gains
+            card.log_g.update({k: math.log(g / k) for k, g in learned.items() if g > 0})
         pool.level_of = lambda gpu: state.gpus[gpu].level if gpu in state.gpus else None
 
     def tick(self) -> None:
@@ -44,14 +45,16 @@ class Packer:
                        for name in self.pool.rounds.get(gpu, {})
                        if name in self.watch
                        for job, sink in [self.watch[name]] if sink.latest is not None]
-            m = self.meter.observe(gpu, time.monotonic(), samples)
+            held = list(self.pool.rounds.get(gpu, {}))
+            m = self.meter.observe(gpu, time.monotonic(), samples, held,
+                                   self.pool.level_of(gpu))
             if m is None:
                 continue
             before = self.state.gpus[gpu].level if gpu in self.state.gpus else None
             self.merger.record(ev.PackingMeasured(
                 gpu, m.level, round(m.gain, 4), round(m.grasps_per_s, 4),
                 self.pool.room(gpu), round(m.round_s, 3), round(time.time(), 3),
-                self.pool.in_flight(gpu)))
+                m.held, round(m.sharing, 4)))
             if self.state.gpus.get(gpu) and self.state.gpus[gpu].level != before:
                 self.changed()
 

@@ -20,7 +20,7 @@ from typing import TextIO
 import anyio
 from anyio.abc import TaskGroup
 
-from supervisor.core import events as ev
+from supervisor.core import events as ev, packing
 from supervisor.storage import paths
 from supervisor.run import rounds
 from supervisor.backends.base import Backend
@@ -50,7 +50,7 @@ def _tag(rec: GpuRecord | None) -> str:
         return rec.status.value
     if rec.level is None:
         return ""
-    gain = rec.gains.get(rec.level)
+    gain = packing.relative(rec.gains, rec.level)
     return f"{rec.level} at once" + (f", {gain:.2f}x" if gain and rec.level > 1 else "")
 # After the second signal the process exits within grace_s + this, whatever a child or
 # NVML does (a child stuck in the kernel ignores even SIGKILL).

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from supervisor.storage import paths
-from supervisor.core import slots
+from supervisor.core import packing, slots
 
 HAS_GRASPS = ("finished", "merged")
 OUTCOMES = ("merged", "discarded", "failed", "interrupted", "running")
@@ -243,7 +243,7 @@ def packing_text(m: dict[str, Any]) -> str | None:
         level, gains = gpu.get("level"), gpu.get("gains") or {}
         if level is None:
             continue
-        gain = gains.get(str(level))
+        gain = packing.relative(gains, level)
         parts.append(f"{row_label(slots.parse(key), gpu.get('node'))}: {level} at once"
                      + (f" ({gain:.2f}x)" if gain and level > 1 else ""))
     return "; ".join(parts) or None
