@@ -84,11 +84,26 @@ def places(k: int, seconds: float, python: str, args, env, work: Path) -> dict:
             "round_it_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None}
 
 
+def toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float, str)):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml(x) for x in v) + "]"
+    return "{ " + ", ".join(f"{json.dumps(k)} = {toml(x)}" for k, x in v.items()) + " }"
+
+
+def write_toml(path: Path, doc: dict) -> Path:
+    top = [f"{k} = {toml(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    tables = [f"\n[{k}]\n" + "\n".join(f"{json.dumps(n)} = {toml(x)}" for n, x in v.items())
+              for k, v in doc.items() if isinstance(v, dict)]
+    path.write_text("\n".join(top) + "\n" + "\n".join(tables) + "\n")
+    return path
+
+
 def supervised(seconds: float, python: str, args, env, work: Path, dry: bool) -> dict:
     """The supervisor with auto for ``seconds``, then SIGINT: what it chose."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import write_toml
-
     config = write_toml(work / "packing.toml", {
         "exp_name": "packing", "experiments_dir": str(work / "experiments"),
         "object_code_list": [f"gpu_check_obj{i}" for i in range(4)],
@@ -124,7 +139,7 @@ def supervised(seconds: float, python: str, args, env, work: Path, dry: bool) ->
                         if e.get("event") == "packing_changed"],
             "level": gpu.get("level"), "gains": gpu.get("gains"),
             "sharing": gpu.get("sharing"), "grasps_per_s": gpu.get("rates"),
-            "rounds_produced": sum(e.get("event") == "round_produced" for e in events),
+            "rounds_merged": sum(e.get("event") == "round_merged" for e in events),
             "out_of_memory": sum(e.get("event") == "round_out_of_memory" for e in events)}
 
 

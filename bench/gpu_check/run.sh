@@ -2,6 +2,8 @@
 # The GPU check (see the other files here): on a machine with an NVIDIA GPU,
 #   GPU_CHECK_INSTALL=1 OUT=/some/dir bench/gpu_check/run.sh   (WORKTREE=1: also the tree)
 # GPU_CHECK_DRY=1 GPU_CHECK_FAKE=1: plumbing test on a CPU box (no NVML, no torch).
+# GPU_CHECK_PACKING_S=420: also packing_gpu.py (grasps/s at 1-4 rounds at once, and what
+# max_rounds_per_gpu = "auto" chose), in that many seconds.
 # Tests the committed code (.whl/head.tar, made by `git archive HEAD ...`) when that
 # snapshot exists, else the checkout itself. Everything lands under $OUT.
 set -u
@@ -81,6 +83,13 @@ run_suite() {  # $1 source root, $2 out dir, $3 "probe" to run parts 1-3 too, $4
 run_suite "$SRC" "$OUT/head" "${GPU_CHECK_PROBE:-probe}" ${GPU_CHECK_EXP_S:-150}
 if [ "${WORKTREE:-0}" = 1 ] && [ "$SRC" != "$REPO" ]; then
   run_suite "$REPO" "$OUT/tree" noprobe 100
+fi
+if [ -n "${GPU_CHECK_PACKING_S:-}" ]; then  # packing on the card (issue 16): a table
+  ( cd "$SRC" && el "packing_gpu.py (${GPU_CHECK_PACKING_S} s)" &&
+    PYTHONPATH=$SRC:$BASE_PP timeout $(( GPU_CHECK_PACKING_S + 120 )) python3 \
+      bench/gpu_check/packing_gpu.py "$OUT" --budget-s "$GPU_CHECK_PACKING_S" \
+      ${GPU_CHECK_DRY:+--dry} > "$OUT/packing_gpu.txt" 2>&1
+    echo "packing_gpu rc=$?"; grep -E "^\|" "$OUT/packing_gpu.txt" )
 fi
 el "summary"
 python3 "$HERE/summarize.py" "$OUT" 2>&1 | tee "$OUT/summary.txt"
