@@ -147,7 +147,7 @@ def test_manifest_and_final_npz_keep_their_fields(layout: Layout) -> None:
         "accepted", "attempts", "exit_code", "failures", "finished_at", "gpu", "name", "node",
         "pid", "proc_start", "produced", "reason", "round_id", "seed", "started_at",
         "status", "unique", "used"]
-    assert sorted(m["gpus"]["0"]) == ["drifts", "footprint_mib", "gains", "gpu", "held_until",
+    assert sorted(m["gpus"]["0"]) == ["backoffs", "drifts", "footprint_mib", "gains", "gpu", "held_until",
                                       "level",
                                       "node", "ooms_alone", "rates", "reason", "reasons",
                                       "retest_at", "rounds_failed", "rounds_ok", "sharing",

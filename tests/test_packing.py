@@ -204,6 +204,20 @@ def test_a_level_that_did_not_pay_is_tried_again_after_the_retest_time() -> None
     # Never faster than two rounds: with rounds of 1000 s the retest waits 2000 s.
     apply(state, ev.PackingMeasured(0, 2, 0.9, 9.0, True, 1000.0, T + 400))
     assert rec.level == 1 and rec.retest_at == T + 400 + 2000.0
+    # Each step back doubles the wait (a level that keeps losing costs less of a long
+    # run): the third waits 4 x 300 s, and from then on 8 x at most.
+    apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, True, 60.0, T + 2500))
+    apply(state, ev.PackingMeasured(0, 2, 0.9, 9.0, True, 60.0, T + 2600))
+    assert rec.level == 1 and rec.backoffs == 3 and rec.retest_at == T + 2600 + 1200.0
+    for i in range(3):
+        at = T + 10_000 * (i + 1)
+        apply(state, ev.PackingMeasured(0, 1, 1.0, 10.0, True, 60.0, at))
+        apply(state, ev.PackingMeasured(0, 2, 0.9, 9.0, True, 60.0, at + 100))
+    assert rec.retest_at == T + 30_100 + 8 * 300.0
+    # The card changed (measured far from its figure twice): measured again, waits reset.
+    apply(state, ev.PackingMeasured(0, 1, 0.5, 5.0, True, 60.0, T + 40_000))
+    apply(state, ev.PackingMeasured(0, 1, 0.5, 5.0, True, 60.0, T + 40_100))
+    assert rec.backoffs == 0 and GpuRecord.from_json(rec.to_json()).backoffs == 0
 
 
 def test_a_resumed_run_starts_from_the_learned_level() -> None:

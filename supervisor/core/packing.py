@@ -8,8 +8,8 @@ the card at its current level (``PackingMeasured``, from ``supervisor.gpus.meter
 - raised the card's throughput by at least ``pack_gain`` over the level below, and
   memory admits one more round: step up by one;
 - is worse than the level below: step back, and try the higher level again only after
-  ``pack_retest_s`` (at least two rounds' time): other users' jobs come and go, the
-  object mix changes;
+  ``pack_retest_s`` (at least two rounds' time; doubled for each step back since the card
+  last changed, up to 8x): other users' jobs come and go, the object mix changes;
 - otherwise: stay, and re-test the level above when that time has come.
 
 When the current level's gain moves by more than twice ``pack_gain`` in two measurements
@@ -33,6 +33,7 @@ from supervisor.core.records import GpuRecord
 from supervisor.core.state import Effect, Log, State
 
 CHANGED = 2  # a level whose gain moved by this many pack_gains: the card itself changed
+MAX_DOUBLINGS = 3  # of the re-test wait
 
 
 def relative(gains: Mapping[Any, float], level: int | None) -> float | None:
@@ -70,8 +71,12 @@ def start(state: State, rec: GpuRecord) -> None:
         rec.level = 1
 
 
-def _retest_after(state: State, e: PackingMeasured) -> float:
-    return e.at + max(state.policy.pack_retest_s, 2 * e.round_s)
+def _retest_after(state: State, rec: GpuRecord, e: PackingMeasured) -> float:
+    """When to try the level above again: after pack_retest_s, doubled for each step back
+    since the card last changed (up to 8x: a level that keeps losing costs less and less
+    of a long run), and never sooner than two rounds."""
+    wait = state.policy.pack_retest_s * 2 ** min(max(rec.backoffs - 1, 0), MAX_DOUBLINGS)
+    return e.at + max(wait, 2 * e.round_s)
 
 
 def _at_once(k: int) -> str:
@@ -94,7 +99,8 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
             return []  # once may be noise: wait for the next measurement
         # Twice in a row: the card changed (another user's job came or went), and what
         # was measured at the other levels no longer holds. Measure again from one up.
-        rec.drifts, rec.gains, rec.rates = 0, {k: e.gain}, {k: e.grasps_per_s}
+        rec.drifts, rec.backoffs = 0, 0
+        rec.gains, rec.rates = {k: e.gain}, {k: e.grasps_per_s}
         rec.sharing = {k: e.sharing} if e.sharing > 0 else {}
         if k > 1:
             rec.gains, rec.rates, rec.sharing = {}, {}, {}
@@ -108,7 +114,8 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
         return []
     below, above = rec.gains.get(k - 1), rec.gains.get(k + 1)
     if below is not None and e.gain < below:
-        rec.retest_at = _retest_after(state, e)
+        rec.backoffs += 1
+        rec.retest_at = _retest_after(state, rec, e)
         return _set(rec, k - 1, f"{_at_once(k)} measured {_x(rec, e.gain)} the grasps/s "
                                 f"of one, less than the {_x(rec, below)} of {k - 1}")
     paid = below is None or e.gain >= below * (1 + state.policy.pack_gain)
@@ -120,7 +127,7 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
         return _set(rec, k + 1, f"{_at_once(k)}: {now}; trying {k + 1}")
     if above is not None and e.at >= rec.retest_at:
         rec.gains.pop(k + 1, None)  # measured again from scratch
-        rec.retest_at = _retest_after(state, e)
+        rec.retest_at = _retest_after(state, rec, e)
         return _set(rec, k + 1, f"re-testing {_at_once(k + 1)} (it measured "
                                 f"{_x(rec, above)}, {k} measures {_x(rec, e.gain)})")
     return []

@@ -50,7 +50,7 @@ def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
             old = learned[g]
             rec.level, rec.gains, rec.rates = old.level, dict(old.gains), dict(old.rates)
             rec.sharing = dict(old.sharing)
-            rec.retest_at = old.retest_at
+            rec.retest_at, rec.backoffs = old.retest_at, old.backoffs
         packing.start(state, rec)
     orphans = []
     for code, obj in state.objects.items():

@@ -183,6 +183,7 @@ class GpuRecord:
     retest_at: float = 0.0
     ooms_alone: int = 0
     drifts: int = 0  # measurements in a row far from the level's own earlier one
+    backoffs: int = 0  # steps back since the card last changed: each doubles the re-test wait
 
     def to_json(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "node": self.node, "status": self.status.value,
@@ -194,7 +195,8 @@ class GpuRecord:
                 "rates": {str(k): v for k, v in sorted(self.rates.items())},
                 "sharing": {str(k): v for k, v in sorted(self.sharing.items())},
                 "held_until": self.held_until, "retest_at": self.retest_at,
-                "ooms_alone": self.ooms_alone, "drifts": self.drifts}
+                "ooms_alone": self.ooms_alone, "drifts": self.drifts,
+                "backoffs": self.backoffs}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GpuRecord:
@@ -212,4 +214,5 @@ class GpuRecord:
                    held_until=float(data.get("held_until", 0.0)),
                    retest_at=float(data.get("retest_at", 0.0)),
                    ooms_alone=int(data.get("ooms_alone", 0)),
-                   drifts=int(data.get("drifts", 0)))
+                   drifts=int(data.get("drifts", 0)),
+                   backoffs=int(data.get("backoffs", 0)))

@@ -147,6 +147,7 @@ class Meter:
         if card.window is None:
             card.window = _Window(level)
         return result
+
     def _interval(self, card: _Card, now: float, running: dict[str, Sample]) -> None:
         """Learns g and s from an interval in which the same rounds iterated."""
         if set(running) != set(card.mark) or not running:
