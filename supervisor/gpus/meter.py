@@ -8,10 +8,12 @@ the same rounds iterate on a card gives each round's speed, and, per card,
     log(speed of a round of object o with k rounds iterating) = log s[o] + log g[k]
 
 with g[1] = 1: s[o] is the object's speed alone there, g[k] what sharing the card costs
-each round. An object seen alone gives s[o]; one seen beside an object of known speed
-gives g[k], and then its own speed (the mean of its first few looks, so one noisy look
-does not skew every g learned from it). Both are moving averages, so they follow other
-users' jobs as they come and go.
+each round. Each object is its own control: the same object's speed with k and with k - 1
+rounds iterating (rounds start and end, so every level sees both) gives g[k] / g[k - 1]
+without knowing s[o], and g[k] is the chain of those ratios from one, each the mean over
+the objects seen at both most recently. Moving averages, so they follow other users'
+jobs as they come and go. (An object's speed is never guessed from g: that made errors
+compound from one object to the next.)
 
 A round does not iterate all the time it holds its place on the card: it starts (Python,
 CUDA, the models), saves, and the next one is spawned. The card's throughput at level L is
@@ -30,6 +32,7 @@ ended anywhere in a cycle would be judged by where, not by the level.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Collection, Sequence
 
@@ -37,7 +40,8 @@ from supervisor.core.slots import GpuKey
 
 ALPHA = 0.3  # weight of the newest interval in the moving averages
 CYCLES = 2  # start-ups per place in a window: one alone leaves a judgement 5-8 % noisy
-SETTLE = 5  # looks that settle the speed of an object not seen alone before it counts
+RECENT = 8  # objects whose k / k - 1 comparison makes a ratio (the newest)
+OBJECTS = 64  # objects whose speeds a card keeps (the newest)
 GAP_S = 30.0  # a longer pause between two looks (a stopped supervisor) counts for nothing
 
 
@@ -79,10 +83,26 @@ class _Card:
     last_k: int = 0
     last_names: set[str] = field(default_factory=set)
     last_n: dict[str, int] = field(default_factory=dict)
-    log_g: dict[int, float] = field(default_factory=lambda: {1: 0.0})
-    log_s: dict[str, float] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)  # looks that made log_s (SETTLE: done)
+    # object -> k -> the moving average of log(its rounds' speed with k iterating)
+    log_r: OrderedDict[str, dict[int, float]] = field(default_factory=OrderedDict)
+    # k -> object -> log_r[o][k] - log_r[o][k - 1], the RECENT newest objects
+    ratios: dict[int, OrderedDict[str, float]] = field(default_factory=dict)
+    seed: dict[int, float] = field(default_factory=dict)  # log g learned by a run before
     window: _Window | None = None
+
+    def log_g(self, k: int) -> float | None:
+        """log g[k]: the chain of ratios from one round (what a run before learned where
+        a ratio was not measured yet); None when neither knows."""
+        total = 0.0
+        for j in range(2, k + 1):
+            here = self.ratios.get(j)
+            if here:
+                total += sum(here.values()) / len(here)
+            elif j in self.seed and j - 1 in self.seed:
+                total += self.seed[j] - self.seed[j - 1]
+            else:
+                return None
+        return total
 
 
 def _average(old: float | None, new: float) -> float:
@@ -90,11 +110,13 @@ def _average(old: float | None, new: float) -> float:
 
 
 def _g(card: _Card, k: int) -> float:
-    """What sharing costs each of k iterating rounds; an unseen k takes the nearest seen
-    (such moments are short: a level's own k is always seen before it is judged)."""
-    if k in card.log_g:
-        return math.exp(card.log_g[k])
-    return math.exp(card.log_g[min(card.log_g, key=lambda j: (abs(j - k), -j))])
+    """What sharing costs each of k iterating rounds; a k not known takes the nearest
+    known (such moments are short: a level's own k is known before it is judged)."""
+    for j in sorted(range(1, 2 * k + 2), key=lambda j: (abs(j - k), -j)):
+        value = card.log_g(j)
+        if value is not None:
+            return math.exp(value)
+    return 1.0
 
 
 class Meter:
@@ -130,8 +152,11 @@ class Meter:
         """Adds the time since the last look to the window; judges it at a round's start."""
         w = card.window
         if w is not None and (w.level != level or card.last_t is None
-                              or not 0 < now - card.last_t < GAP_S):
-            w = card.window = None  # the level changed, or nobody looked for a while
+                              or not 0 < now - card.last_t < GAP_S
+                              or max(held, len(card.last_names)) > level):
+            # the level changed (a card stepped down still holds the rounds above it),
+            # or nobody looked for a while
+            w = card.window = None
         if w is not None:
             dt = now - card.last_t
             w.seconds += dt
@@ -166,27 +191,23 @@ class Meter:
 
     def _learn(self, card: _Card, rates: list[tuple[str, float]]) -> None:
         k = len(rates)
-        logs = [(code, math.log(rate)) for code, rate in rates]
-        if k == 1:
-            code, value = logs[0]
-            card.log_s[code] = _average(card.log_s.get(code), value)
-            card.seen[code] = SETTLE
-            return
-        known = [value - card.log_s[code] for code, value in logs
-                 if card.seen.get(code, 0) >= SETTLE]
-        if known:
-            card.log_g[k] = _average(card.log_g.get(k), sum(known) / len(known))
-        if k in card.log_g:  # an object not seen alone: its speed from g, over a few looks
-            for code, value in logs:
-                if card.seen.get(code, 0) < SETTLE:
-                    card.seen[code] = card.seen.get(code, 0) + 1
-                    n = card.seen[code]
-                    old = card.log_s.get(code, 0.0)
-                    card.log_s[code] = old + (value - card.log_g[k] - old) / n
+        for code, rate in rates:
+            speeds = card.log_r.setdefault(code, {})
+            card.log_r.move_to_end(code)
+            speeds[k] = _average(speeds.get(k), math.log(rate))
+            for j in (k, k + 1):  # this object's ratios that involve k
+                if j >= 2 and j in speeds and j - 1 in speeds:
+                    recent = card.ratios.setdefault(j, OrderedDict())
+                    recent[code] = speeds[j] - speeds[j - 1]
+                    recent.move_to_end(code)
+                    if len(recent) > RECENT:
+                        recent.popitem(last=False)
+        if len(card.log_r) > OBJECTS:
+            card.log_r.popitem(last=False)
 
     def _judge(self, gpu: GpuKey, card: _Card, w: _Window, held: int) -> Measurement | None:
         if w.seconds < self.window_s or w.starts < CYCLES * w.level or w.starts % w.level \
-                or w.level not in card.log_g or w.rounds <= 0:
+                or card.log_g(w.level) is None or w.rounds <= 0:
             return None
         card.window = None
         gain = sum(t * k * _g(card, k) for k, t in w.busy.items() if k > 0) / w.seconds

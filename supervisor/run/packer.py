@@ -35,7 +35,7 @@ class Packer:
         for gpu, rec in state.gpus.items():  # a resumed run: what sharing cost, as learned
             card = self.meter.card(gpu)  # (older manifests: the gains only)
             learned = rec.sharing or rec.gains
-            card.log_g.update({k: math.log(g / k) for k, g in learned.items() if g > 0})
+            card.seed.update({k: math.log(g / k) for k, g in learned.items() if g > 0})
         pool.level_of = lambda gpu: state.gpus[gpu].level if gpu in state.gpus else None
 
     def tick(self) -> None:
