@@ -5,6 +5,7 @@ and the state machine's handling of an out-of-memory round."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -145,8 +146,9 @@ def test_start_ups_count_the_level_found_makes_the_most_rounds_in_wall_time(
     assert made[state.gpus[0].level] >= 0.95 * best, (made, changes)
     rec = state.gpus[0]
     # The gains are what each level makes in wall time (one round alone loses its
-    # start-ups); the sharing figures leave start-ups out.
-    assert all(rec.gains[k] == pytest.approx(made[k], rel=0.1) for k in rec.gains), made
+    # start-ups), within a window's noise (rounds of uneven length: 5-8 % per window);
+    # the sharing figures leave start-ups out.
+    assert all(rec.gains[k] == pytest.approx(made[k], rel=0.15) for k in rec.gains), made
     assert rec.gains[1] < 0.9 and rec.sharing[1] == 1.0
     assert all(rec.sharing[k] == pytest.approx(curve[min(k, len(curve)) - 1], rel=0.05)
                for k in rec.sharing)
@@ -248,6 +250,13 @@ def test_a_resumed_run_starts_from_the_learned_level() -> None:
     assert state.gpus[0].level == 2 and state.gpus[0].gains[2] == pytest.approx(1.8, 0.05)
     assert state.gpus[1].level == 1  # a card it never measured
     assert state.gpus[0].rounds_ok == 0  # health is per run
+    # Found by a tester: a card stepped up just before the run stopped resumed at a level
+    # the meter could not judge (all its rounds start together, never one fewer
+    # iterating): it resumes at the highest level whose sharing costs were measured.
+    state.gpus[0].level = 4
+    assert 4 not in state.gpus[0].sharing and 3 in state.gpus[0].sharing
+    apply(state, ev.SupervisorStarted(3, "h", (), T + 9000, gpus=(0,)))
+    assert state.gpus[0].level == 3
 
 
 def oom(state: State, rid: int, gpu: int = 0, alone: bool = False, free: int | None = 500,
@@ -350,3 +359,36 @@ def test_a_card_stepped_down_is_not_measured_while_it_still_holds_more() -> None
         m = meter.observe(0, now, card.samples(now), list(card.rounds), level=1)
         found += [m] if m else []
     assert card.done > 10 and found == []
+
+
+def test_places_that_start_together_are_counted_as_rounds() -> None:
+    """Found by a tester: rounds drift into step and a resume starts every place at
+    once; a window counted looks with a start, not rounds, so two rounds at once were
+    judged after four cycles, not two."""
+    meter, card = Meter(batch_size=4, window_s=1.0), Card((1.0, 1.8), {"a": 40.0}, 5.0)
+    meter.card(0).seed = {1: 0.0, 2: math.log(0.9)}  # a resumed run: what sharing costs
+    card.random = random.Random()
+    card.random.uniform = lambda a, b: 1.0  # rounds of one length: they stay in step
+    now, first = 0.0, None
+    while now < 400 and first is None:
+        card.fill(2, "a")
+        card.step(0.2)
+        now += 0.2
+        m = meter.observe(0, now, card.samples(now), list(card.rounds), level=2)
+        first = now if m else None
+    cycle = 5.0 + 30 / 0.9
+    assert first is not None and first < 2.5 * cycle, (first, cycle)
+
+
+def test_an_older_manifest_s_gains_are_sharing_figures_and_are_not_compared() -> None:
+    """Found by a tester: a manifest written before start-ups counted kept iterating-only
+    gains (one round = 1.0); a fresh wall-time 1.30x at 3 was compared with the old 1.85x
+    of 2 and the card stepped back."""
+    rec = GpuRecord.from_json({"gpu": 0, "level": 3, "gains": {"1": 1.0, "2": 1.85}})
+    assert rec.gains == {} and rec.sharing == {1: 1.0, 2: 1.85}
+    state = new()
+    state.gpus[0] = rec
+    apply(state, ev.PackingMeasured(0, 3, 1.3, 10.0, False, 60.0, T, 3, 2.1))
+    assert rec.level == 3 and rec.gains == {3: 1.3}
+    back = GpuRecord.from_json(rec.to_json())  # written again: read as it is
+    assert back.gains == {3: 1.3} and back.sharing == {1: 1.0, 2: 1.85, 3: 2.1}

@@ -123,7 +123,8 @@ def supervised(seconds: float, python: str, args, env, work: Path, dry: bool) ->
     log = open(work / "supervisor.jsonl", "w")
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", str(config)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     try:
         proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -132,8 +133,11 @@ def supervised(seconds: float, python: str, args, env, work: Path, dry: bool) ->
     log.close()
     events = [json.loads(line) for line in open(work / "supervisor.jsonl")
               if line.startswith("{")]
-    manifest = json.loads((work / "experiments" / "packing" / "manifest.json").read_text())
-    gpu = manifest["gpus"].get("0", {})
+    manifest_path = work / "experiments" / "packing" / "manifest.json"
+    if not manifest_path.exists():  # the supervisor did not start: its last lines say why
+        tail = (work / "supervisor.jsonl").read_text()[-2000:]
+        return {"exit": proc.returncode, "error": f"the supervisor did not run: {tail}"}
+    gpu = json.loads(manifest_path.read_text())["gpus"].get("0", {})
     return {"exit": proc.returncode,
             "changes": [{k: e.get(k) for k in ("from", "to", "why")} for e in events
                         if e.get("event") == "packing_changed"],

@@ -66,9 +66,19 @@ def _set(rec: GpuRecord, level: int, why: str) -> list[Effect]:
 
 
 def start(state: State, rec: GpuRecord) -> None:
-    """A card the run begins with: one round, unless a run before learned more."""
-    if state.policy.packing and rec.level is None:
+    """A card the run begins with: one round, unless a run before learned more. Then the
+    highest level up to the one it held whose sharing costs were all measured (a level
+    stepped up to just before the run stopped was not): without them the meter cannot
+    judge it, since the rounds a resume starts all at once are never seen with one
+    fewer iterating."""
+    if not state.policy.packing:
+        return
+    if rec.level is None:
         rec.level = 1
+    measured = 1
+    while measured < rec.level and measured + 1 in rec.sharing:
+        measured += 1
+    rec.level = measured
 
 
 def _retest_after(state: State, rec: GpuRecord, e: PackingMeasured) -> float:

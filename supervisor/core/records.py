@@ -158,6 +158,16 @@ def removed(obj: ObjectRecord) -> tuple[int, int]:
     return filtered, duplicates
 
 
+def _gains(data: dict[str, Any], key: str = "gains") -> dict[int, float]:
+    """A manifest from before the meter counted start-ups has no "sharing": its gains
+    were sharing figures (one round iterating = 1.0), so they move there and the
+    wall-time gains are measured afresh (the two would not compare)."""
+    old = "sharing" not in data
+    if old and key == "gains":
+        return {}
+    return {int(k): float(v) for k, v in data.get("gains" if old else key, {}).items()}
+
+
 @dataclass
 class GpuRecord:
     gpu: GpuKey
@@ -208,9 +218,9 @@ class GpuRecord:
                    streak_rounds=[(str(c), int(r)) for c, r in data.get("streak_rounds", [])],
                    reason=data.get("reason"), reasons=list(data.get("reasons", [])),
                    footprint_mib=data.get("footprint_mib"), level=data.get("level"),
-                   gains={int(k): float(v) for k, v in data.get("gains", {}).items()},
+                   gains=_gains(data),
                    rates={int(k): float(v) for k, v in data.get("rates", {}).items()},
-                   sharing={int(k): float(v) for k, v in data.get("sharing", {}).items()},
+                   sharing=_gains(data, "sharing"),
                    held_until=float(data.get("held_until", 0.0)),
                    retest_at=float(data.get("retest_at", 0.0)),
                    ooms_alone=int(data.get("ooms_alone", 0)),

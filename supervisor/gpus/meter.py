@@ -140,7 +140,7 @@ class Meter:
         names = set(s.name for s in samples) if held is None else set(held)
         level = level or len(names)
         running = {s.name: s for s in samples if 0 < s.n < s.total}
-        started = bool(names - card.last_names)
+        started = len(names - card.last_names)  # rounds, not looks: places start together
         result = self._account(gpu, card, now, samples, started, level, len(names))
         card.last_t, card.last_k, card.last_names = now, len(running), names
         card.last_n = {s.name: s.n for s in samples}
@@ -148,7 +148,7 @@ class Meter:
         return result
 
     def _account(self, gpu: GpuKey, card: _Card, now: float, samples: Sequence[Sample],
-                 started: bool, level: int, held: int) -> Measurement | None:
+                 started: int, level: int, held: int) -> Measurement | None:
         """Adds the time since the last look to the window; judges it at a round's start."""
         w = card.window
         if w is not None and (w.level != level or card.last_t is None
@@ -167,7 +167,7 @@ class Meter:
             return None
         result = None
         if w is not None:
-            w.starts += 1
+            w.starts += started
             result = self._judge(gpu, card, w, held)
         if card.window is None:
             card.window = _Window(level)
@@ -206,8 +206,11 @@ class Meter:
             card.log_r.popitem(last=False)
 
     def _judge(self, gpu: GpuKey, card: _Card, w: _Window, held: int) -> Measurement | None:
-        if w.seconds < self.window_s or w.starts < CYCLES * w.level or w.starts % w.level \
-                or card.log_g(w.level) is None or w.rounds <= 0:
+        # Whole cycles: a multiple of the level, or one cycle more when places starting
+        # together stepped over it.
+        cycles = w.starts % w.level == 0 or w.starts >= (CYCLES + 1) * w.level
+        if w.seconds < self.window_s or w.starts < CYCLES * w.level or not cycles \
+                or w.rounds <= 0 or card.log_g(w.level) is None:
             return None
         card.window = None
         gain = sum(t * k * _g(card, k) for k, t in w.busy.items() if k > 0) / w.seconds
