@@ -132,8 +132,9 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
     if not e.room or e.at < rec.held_until:
         return []
     if paid and above is None:
-        now = (f"{_x(rec, e.gain)} the grasps/s of one ({k - 1}: {_x(rec, below)})"
-               if below is not None else f"iterating {e.gain:.0%} of the time")
+        now = (f"iterating {e.gain:.0%} of the time" if below is None else
+               f"{_x(rec, e.gain)} the grasps/s of one"
+               + (f" ({k - 1}: {_x(rec, below)})" if k > 2 else ""))
         return _set(rec, k + 1, f"{_at_once(k)}: {now}; trying {k + 1}")
     if above is not None and e.at >= rec.retest_at:
         rec.gains.pop(k + 1, None)  # measured again from scratch
