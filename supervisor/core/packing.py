@@ -36,23 +36,24 @@ CHANGED = 2  # a level whose gain moved by this many pack_gains: the card itself
 MAX_DOUBLINGS = 3  # of the re-test wait
 
 
+def _over_one(gains: Mapping[int, float], gain: float) -> float:
+    """A gain over one round's (as measured; as it is when one round was not measured)."""
+    one = gains.get(1)
+    return gain / one if one and one > 0 else gain
+
+
 def relative(gains: Mapping[Any, float], level: int | None) -> float | None:
     """The card's grasps/s at ``level`` over its grasps/s with one round (both in wall
     time, as measured); None when the level was not measured. Keys: ints or, from a
     manifest, strings."""
-    if level is None:
-        return None
     at = {int(k): v for k, v in gains.items()}
-    gain, one = at.get(level), at.get(1)
-    if gain is None:
-        return None
-    return gain / one if one and one > 0 else gain
+    gain = None if level is None else at.get(level)
+    return None if gain is None else _over_one(at, gain)
 
 
 def _x(rec: GpuRecord, gain: float) -> str:
-    """``1.80x`` the grasps/s of one round; for one round: how much of its time iterates."""
-    one = rec.gains.get(1)
-    return f"{gain / one:.2f}x" if one and one > 0 else f"{gain:.2f}x"
+    """``1.80x``: the grasps/s of one round, times this."""
+    return f"{_over_one(rec.gains, gain):.2f}x"
 
 
 def _set(rec: GpuRecord, level: int, why: str) -> list[Effect]:
