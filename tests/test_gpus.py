@@ -9,7 +9,7 @@ from supervisor.gpus.probe import ProbeError
 from supervisor.gpus.reads import read_gpus
 from supervisor.config.schema import GpuSettings
 from supervisor.gpus.fake import FakeProbe
-from supervisor.gpus.probe import GpuError
+from supervisor.gpus.probe import GpuError, Reading
 from supervisor.gpus.pool import GpuPool
 from supervisor.gpus.static import StaticProbe
 
@@ -74,6 +74,30 @@ def test_auto_packing_learns_the_footprint_from_rounds_that_ended() -> None:
     p.probe.processes[0], p.probe.free[0] = {}, 80_000
     # Learned: b and one more reserve 10 GB each: 80 - 10 = 70 GB >= max(1000, 10000)
     assert p.shortage(0, p.probe.read(0)) is None and p.estimate_mib() == 10_000
+
+
+def test_a_card_smaller_than_what_a_round_needs_is_named_with_the_setting_to_change() -> None:
+    """Found by trying it: a card that could not take a round even empty waited for ever."""
+    p = pool({0: 40_000, 1: 80_000}, max_rounds_per_gpu="auto", min_free_mib=500,
+             round_memory_mib=50_000)
+    p.probe.total = {0: 40_000, 1: 80_000}
+    assert p.too_small(0, p.probe.read(0)) == "GPU 0 has 40000 MiB in all"
+    assert p.too_small(1, p.probe.read(1)) is None
+    assert p.need_mib() == (50_000, "[gpu] round_memory_mib = 50000, what one round is "
+                                    "expected to take at its peak")
+    p.take(1, "a")
+    p.started(1, "a", 4242)
+    p.probe.processes[1] = {4242: 30_000}
+    p.shortage(1, p.probe.read(1))  # NVML shows the round: 30 GB at its peak
+    assert p.release(1, "a") == 30_000  # learned: a round takes 30 GB, GPU 0 fits now
+    assert p.too_small(0, p.probe.read(0)) is None
+    assert p.need_mib()[1] == "the largest peak of a round so far (30000 MiB)"
+    # A fixed number admits by min_free_mib alone.
+    fixed = pool({0: 4_000}, min_free_mib=8_000)
+    fixed.probe.total = {0: 6_000}
+    assert fixed.too_small(0, fixed.probe.read(0)) == "GPU 0 has 6000 MiB in all"
+    assert fixed.need_mib() == (8_000, "[gpu] min_free_mib = 8000")
+    assert pool({0: 4_000}).too_small(0, Reading(4_000, None)) is None  # unknown: no claim
 
 
 def test_a_first_sighting_does_not_end_the_reservation() -> None:

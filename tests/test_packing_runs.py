@@ -117,6 +117,26 @@ def test_a_batch_that_fits_no_card_stops_the_run_with_one_clear_error(layout: La
     assert len(events(logs, "round_failed")) == 2
 
 
+def test_cards_too_small_for_one_round_stop_the_run_with_one_clear_error(
+        layout: Layout) -> None:
+    """Found by trying it: with round_memory_mib above every card's size the run waited
+    for ever, saying only that memory was short."""
+    settings = cards(layout, "1", card_mib=4_000, round_mib=3_000, round_memory_mib=5_000)
+    with capture_logs() as logs:
+        assert run(layout.config(target_count_per_object=8, **settings)) == 1
+    stopped = events(logs, "run_stopped")
+    assert len(stopped) == 1, stopped
+    assert stopped[0]["reason"].startswith("no GPU can take one round: GPU 0 has 4000 MiB "
+                                           "in all, and a round needs 5000 MiB free "
+                                           "([gpu] round_memory_mib = 5000"), stopped
+    assert "lower [gpu] round_memory_mib" in stopped[0]["reason"]
+    assert [e["gpu"] for e in events(logs, "gpu_too_small")] == [0]
+    assert not events(logs, "round_started")
+    # Fixed: the same experiment runs on.
+    settings["gpu"]["round_memory_mib"] = 3_000
+    assert run(layout.config(target_count_per_object=8, **settings)) == 0
+
+
 def test_another_users_job_on_a_card_sends_the_work_elsewhere_not_round_and_round(
         layout: Layout) -> None:
     """Found by a tester: with a fixed level, another user's job holding a card's memory

@@ -138,6 +138,13 @@ class GpuLost:
 
 
 @dataclass(frozen=True)
+class NoCardFits:
+    """Every card the run may use is smaller than what one round needs free, and no round
+    runs anywhere (none can teach a smaller footprint): ``reason`` names them and why."""
+    reason: str
+
+
+@dataclass(frozen=True)
 class GpuAdded:
     """A cluster GPU that joined while the run goes on (a new node, a replaced worker)."""
     gpu: GpuKey
@@ -189,13 +196,13 @@ class DatasetLost:
 
 Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarted
          | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted
-         | RoundOutOfMemory | PackingMeasured | GpuLost | GpuAdded | DatasetWritten
-         | ObjectReloaded | ObjectRecovered | DatasetLost)
+         | RoundOutOfMemory | PackingMeasured | GpuLost | NoCardFits | GpuAdded
+         | DatasetWritten | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
     RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, RoundOutOfMemory,
-    PackingMeasured, GpuLost, GpuAdded, DatasetWritten, ObjectReloaded, ObjectRecovered,
-    DatasetLost,
+    PackingMeasured, GpuLost, NoCardFits, GpuAdded, DatasetWritten, ObjectReloaded,
+    ObjectRecovered, DatasetLost,
 )}
 # JSON turns int keys and tuples into strings and lists: these fields are restored.
 _INT_KEYED = ("in_final", "from_folders", "missing", "used")

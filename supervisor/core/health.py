@@ -6,6 +6,7 @@ from __future__ import annotations
 
 
 from supervisor.core import slots
+from supervisor.core.events import NoCardFits
 from supervisor.core.records import (
     GpuRecord, GpuStatus, ObjectStatus, RoundRecord, RoundStatus,
 )
@@ -123,3 +124,12 @@ def nothing_fits(state: State, reason: str) -> list[Effect]:
     state.stats["run_stopped"] = 1
     return [StopRun(f"every GPU ran out of memory {state.policy.max_attempts} times with a "
                     f"round alone on it: {reason}")]
+
+
+def no_card_fits(state: State, e: NoCardFits) -> list[Effect]:
+    """No card could take one round even when empty: stop the run (it would wait for
+    ever), with the reason the dispatcher found."""
+    if state.stats["run_stopped"]:
+        return []
+    state.stats["run_stopped"] = 1
+    return [StopRun(e.reason)]

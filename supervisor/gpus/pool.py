@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from supervisor.config.schema import GpuSettings
+from supervisor.core import slots
 from supervisor.core.slots import GpuKey
 from supervisor.gpus.probe import GpuError, Probe, Reading
 
@@ -149,6 +150,26 @@ class GpuPool:
             return f"{self.in_flight(gpu)} round(s), max_rounds_per_gpu reached"
         return self._memory_shortage(gpu, reading)
 
+    def need_mib(self) -> tuple[int, str]:
+        """What a card must have free to take a round, and what says so: with "auto" the
+        round's expected peak (packing admits by memory), with a fixed number only
+        ``min_free_mib``."""
+        s = self.settings
+        estimate = self.estimate_mib()
+        if s.max_rounds_per_gpu != "auto" or s.min_free_mib >= estimate:
+            return s.min_free_mib, f"[gpu] min_free_mib = {s.min_free_mib}"
+        if self.footprint_mib is None and estimate == s.round_memory_mib:
+            return estimate, (f"[gpu] round_memory_mib = {estimate}, what one round is "
+                              f"expected to take at its peak")
+        return estimate, f"the largest peak of a round so far ({estimate} MiB)"
+
+    def too_small(self, gpu: GpuKey, reading: Reading) -> str | None:
+        """``GPU 1 has 40000 MiB in all``, when even empty it could not take a round."""
+        need, _ = self.need_mib()
+        if reading.total_mib is None or reading.total_mib >= need:
+            return None
+        return f"{slots.label(gpu)} has {reading.total_mib} MiB in all"
+
     def room(self, gpu: GpuKey) -> bool:
         """Memory admits one more round on ``gpu`` now (its latest reading)."""
         reading = self.last.get(gpu)
@@ -160,13 +181,11 @@ class GpuPool:
             if self.settings.max_rounds_per_gpu == "auto" and self.in_flight(gpu):
                 return "max_rounds_per_gpu = \"auto\" needs NVML's memory figures: one round"
             return None
-        s = self.settings
         seen = self._seen(gpu, reading)
         estimate = self.estimate_mib()
         rounds = self.rounds.get(gpu, {})
         reserved = sum(max(0, estimate - seen.get(name, 0)) for name in rounds)
-        need = max(s.min_free_mib, estimate) if s.max_rounds_per_gpu == "auto" \
-            else s.min_free_mib
+        need, _ = self.need_mib()
         if gpu in self.tight:
             need = max(need, estimate, self.tight[gpu] + 1)
         available = reading.free_mib - reserved

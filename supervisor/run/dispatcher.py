@@ -79,6 +79,7 @@ class Dispatcher:
         self.controls: dict[str, Control] = {}  # rounds in flight, to stop them
         self.watch: dict[str, tuple[RoundJob, LineSink]] = {}  # for the live view
         self.no_gpus = False  # every GPU was lost or quarantined
+        self.small_warned: set[GpuKey] = set()  # cards said to be too small for a round
 
     def stop(self) -> None:
         """Start no more rounds, from now on, whatever the dispatcher was awaiting."""
@@ -153,12 +154,20 @@ class Dispatcher:
     def _start_where_admitted(self, readings: dict, send: MemoryObjectSendStream[Any],
                               rounds_tg: TaskGroup, logged: dict[str, float]) -> bool:
         short: dict[str, str] = {}
+        small: list[str] = []  # cards that could not take a round even when empty
         started = False
         for gpu in sorted(readings, key=lambda g: (self.pool.in_flight(g), g)):
             reading = readings[gpu]
             if isinstance(reading, ProbeError):
                 self.merger.record(ev.GpuLost(gpu, str(reading)))
                 continue
+            too_small = self.pool.too_small(gpu, reading)
+            if too_small is not None:
+                small.append(too_small)
+                if gpu not in self.small_warned:
+                    self.small_warned.add(gpu)
+                    self.log.warning("gpu_too_small", **slots.fields(gpu),
+                                     reason=self._too_small(too_small))
             reason = self.pool.shortage(gpu, reading)
             pick = plan.pick(self.state, gpu)
             if reason is not None or pick is None:
@@ -169,7 +178,19 @@ class Dispatcher:
             started = True
         if not started and short and self._due(logged, "gpu"):
             self.log.info("gpu_wait", short=short, poll_interval_s=self.config.gpu.poll_interval_s)
+        if small and len(small) == len(readings) and \
+                not any(self.pool.in_flight(g) for g in self.pool.gpus):
+            # every card is too small and no round runs that could learn a smaller peak
+            self.merger.record(ev.NoCardFits(f"no GPU can take one round: "
+                                             f"{self._too_small(', '.join(small))}"))
         return started
+
+    def _too_small(self, cards: str) -> str:
+        need, why = self.pool.need_mib()
+        fix = ("lower [gpu] min_free_mib" if "min_free_mib" in why else
+               "lower [gpu] round_memory_mib if rounds take less, or round_batch_size"
+               if "round_memory_mib" in why else "lower round_batch_size")
+        return f"{cards}, and a round needs {need} MiB free ({why}): {fix}, or use larger cards"
 
     def _start(self, pick: plan.Pick, gpu: GpuKey, send: MemoryObjectSendStream[Any],
                rounds_tg: TaskGroup) -> None:
