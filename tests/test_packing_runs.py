@@ -63,11 +63,11 @@ def test_auto_finds_the_peak_resumes_there_and_never_changes_the_dataset(
     assert gpu["gains"]["1"] < gpu["gains"]["2"] < gpu["sharing"]["2"], gpu
     # Which level wins in wall time is measured, not read off the curve: these rounds
     # spend a large part of their life starting, and more places hide that (three at once
-    # measured up to 1.32 where two measured 1.10-1.14, in 3 runs of 8). The card holds
-    # the best level it measured, or is trying the one above it.
-    gains = {int(k): v for k, v in gpu["gains"].items()}
-    best = max(gains, key=gains.__getitem__)
-    assert best >= 2 and gpu["level"] in (best, best + 1), gpu
+    # measured up to 1.32 where two measured 1.10-1.14, in 3 runs of 8), and a level's
+    # figure moves by 10 % from one window to the next. So: at least two, and every step
+    # back was to a level measured better than the one left.
+    assert gpu["level"] >= 2, gpu
+    assert all("less than" in c["why"] for c in changes if c["to"] < c["from"]), changes
     # Resumed with a higher target: it starts where it left off, not at one round.
     with capture_logs() as logs:
         assert run(layout.config(target_count_per_object=48, **settings)) == 0
