@@ -58,6 +58,21 @@ def test_end_to_end_three_objects_two_gpus(layout: Layout) -> None:
         assert {"round", "object_code", "gpu"} <= set(e)
 
 
+def test_a_resumed_run_s_summary_says_what_this_run_delivered(layout: Layout) -> None:
+    """Found on the bench: grasps is the experiment's, wall_s this run's, so grasps per
+    hour read from them after a resume counted the run before's grasps too."""
+    config = layout.config(target_count_per_object=4, round_batch_size=4, gpus=[0])
+    with capture_logs() as logs:
+        assert run_in_process(config) == 0
+    first = events(logs, "run_finished")[0]
+    assert (first["grasps"], first["grasps_this_run"]) == (12, 12)
+    with capture_logs() as logs:
+        assert run_in_process(layout.config(target_count_per_object=8, round_batch_size=4,
+                                            gpus=[0])) == 0
+    again = events(logs, "run_finished")[0]
+    assert (again["grasps"], again["grasps_this_run"]) == (24, 12)
+
+
 def test_objects_are_served_in_list_order(layout: Layout) -> None:
     config = layout.config(target_count_per_object=8, round_batch_size=4, gpus=[0])
     with capture_logs() as logs:

@@ -73,6 +73,7 @@ class Supervisor:
         self.tg: TaskGroup | None = None  # the run's task group, once it runs
         self.log = get_logger()
         self.started = time.time()
+        self.grasps_before = self._grasps()  # a resumed run's, delivered before it
         changes = Changes()
         self.merger = Merger(config, store, accs, changes.notify, self._stop_rounds,
                              self.stop_run)
@@ -154,7 +155,7 @@ class Supervisor:
             objects_failed=by[ObjectStatus.FAILED],
             objects_exhausted=by[ObjectStatus.EXHAUSTED],
             objects_unfinished=by[ObjectStatus.ACTIVE] + unwritten,
-            grasps=sum(s.objects[c].collected for c in s.order),
+            grasps=self._grasps(), grasps_this_run=max(0, self._grasps() - self.grasps_before),
             removed_by_filter=sum(f for f, _ in gone),
             removed_as_duplicates=sum(d for _, d in gone),
             grasps_target=sum(s.objects[c].target for c in s.order),
@@ -163,6 +164,10 @@ class Supervisor:
             wall_s=round(time.time() - self.started, 3), **self.merger.summary(),
             **({"error": error} if error else {}),
         )
+
+    def _grasps(self) -> int:
+        """The experiment's grasps in final.npz files."""
+        return sum(self.state.objects[c].collected for c in self.state.order)
 
     def snapshot(self) -> Snapshot:
         """What the live view shows: counters and the rounds running now."""
