@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,20 @@ def test_status_text_and_json(demo: Path) -> None:
         rounds = manifest["objects"][obj["object_code"]]["rounds"].values()
         span = max(r["finished_at"] for r in rounds) - min(r["started_at"] for r in rounds)
         assert obj["grasps_per_hour"] == pytest.approx(50 / (span / 3600), rel=1e-3)
+
+
+def test_status_of_a_run_that_ended_shows_its_cards_as_last_sampled(demo: Path) -> None:
+    """Found by trying it: a finished run's status showed its last GPU sample as if the
+    cards were doing that now."""
+    from supervisor.commands.status import render
+
+    data = json.loads(run_cli("status", "config.example.toml", "--json", cwd=demo).stdout)
+    at = time.mktime((2026, 3, 4, 5, 6, 7, 0, 0, -1))
+    data["gpu_samples"] = {"sampled": True, "mean_util_percent": 40.0, "gpus": [
+        {"gpu": 0, "at": at, "util_percent": 55, "used_mib": 1000, "total_mib": 80000}]}
+    assert "GPUs at the last sample, 2026-03-04 05:06:07: 0 55% 1000/80000 MiB; mean " \
+           "utilisation 40%" in render(data)
+    assert "GPUs: 0 55% 1000/80000 MiB" in render({**data, "run_live": True})
 
 
 def test_status_of_a_live_run(layout: Layout) -> None:

@@ -187,7 +187,10 @@ def render(summary: dict[str, Any]) -> str:
     sampled = s["gpu_samples"]
     if sampled.get("sampled"):
         mean = sampled.get("mean_util_percent")
-        lines.append("GPUs: " + "; ".join(
+        # A run that is not running shows what its cards did, not what they do now.
+        when = "" if s["run_live"] else " at the last sample, " + time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(max(g["at"] for g in sampled["gpus"])))
+        lines.append(f"GPUs{when}: " + "; ".join(
             f"{g['gpu']} {g['util_percent']}% {g['used_mib']}/{g['total_mib']} MiB"
             for g in sampled["gpus"]) + ("" if mean is None else f"; mean utilisation {mean:.0f}%"))
     else:
