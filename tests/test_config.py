@@ -116,9 +116,15 @@ def test_bad_override_is_one_line_exit_2(layout: Layout, capsys) -> None:
     path = layout.write_config()
     assert cli.main([str(path), "--target_count_per_object", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "command-line overrides" in err[0]
+    assert len(err) == 1 and "with --target_count_per_object on the command line: " \
+        "target_count_per_object = 0" in err[0], err
     assert cli.main([str(path), "--round_batch_size", "lots"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # A bad key in the file is the file's, whatever else the command line set.
+    bad = layout.write_config(round_batch_size=0)
+    assert cli.main([str(bad), "--target_count_per_object", "8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "command line" not in err[0] and "round_batch_size = 0" in err[0]
 
 
 def test_missing_and_invalid_toml(tmp_path: Path, capsys) -> None:

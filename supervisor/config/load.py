@@ -6,6 +6,7 @@ Every error names the file, the key, the bad value and the expected form, e.g.
 
 from __future__ import annotations
 
+import re
 import string
 import sys
 from dataclasses import MISSING, fields, replace
@@ -186,16 +187,23 @@ def load_toml(path: Path) -> dict[str, Any]:
 def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
     """Read, merge command-line overrides (already typed), validate."""
     data = load_toml(path)
-    source = str(path)
+    overrides = overrides or {}
     if overrides:
         data = {**data, **overrides}
         if "object_code_list" in overrides:
             data.pop("object_code_file", None)
         if "object_code_file" in overrides:
             data.pop("object_code_list", None)
-        source = f"{path} (with command-line overrides)"
-    config = parse_config(data, path.resolve(), source)
-    return replace(config, overrides=_as_args(overrides or {}))
+    try:
+        config = parse_config(data, path.resolve(), str(path))
+    except ConfigError as exc:
+        key = re.split(r"[.\[ ]", exc.key, maxsplit=1)[0]
+        if key not in overrides:
+            raise
+        # The value came from the command line, not the file: say so.
+        raise ConfigError(f"{path}, with --{key} on the command line", exc.key, exc.value,
+                          exc.expected) from None
+    return replace(config, overrides=_as_args(overrides))
 
 
 def _as_args(overrides: Mapping[str, Any]) -> tuple[str, ...]:
