@@ -167,3 +167,28 @@ def test_a_cluster_gpu_that_leaves_and_comes_back_is_in_the_pool_again() -> None
     p.release(1, "r")
     p.add(1)  # a replaced worker on the same GPU
     assert p.gpus == [0, 1] and p.has_slot(1)
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("EMULATOR_GPU_MEMORY_MIB", "lots", "a card's size in MiB"),
+    ("EMULATOR_GPU_CURVE", "inf,1", "positive numbers"),
+    ("EMULATOR_GPU_CURVE", "1,nan", "positive numbers"),
+    ("EMULATOR_GPU_CURVE", "1,-2", "positive numbers"),
+    ("EMULATOR_ROUND_MEMORY_MIB", "lots", "what one round takes on its card"),
+])
+def test_the_emulator_probe_names_a_bad_card_setting_before_any_round(
+        tmp_path, key, value, named) -> None:
+    """Found by trying it: a bad footprint made every round fail with a traceback, and an
+    infinite curve was taken."""
+    from supervisor.emulator.cards import curve
+    from supervisor.gpus.emulated import EmulatorProbe
+
+    env = {"EMULATOR_GPU_DIR": str(tmp_path), key: value}
+    with pytest.raises(GpuError, match=f"{key} = '{value}': expected {named}"):
+        EmulatorProbe([0], env)
+    if key == "EMULATOR_GPU_CURVE":  # the rounds' own reading says the same
+        with pytest.raises(ValueError, match="expected positive numbers"):
+            curve(value)
+    assert EmulatorProbe([0], {"EMULATOR_GPU_DIR": str(tmp_path),
+                               "EMULATOR_GPU_CURVE": "1,1.8",
+                               "EMULATOR_ROUND_MEMORY_MIB": "6000"}).read(0).total_mib

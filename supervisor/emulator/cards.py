@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import json
+import math
 import os
 import sys
 import time
@@ -41,7 +42,7 @@ def curve(spec: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in spec.split(",")) if spec.strip() else (1.0,)
     except ValueError:
         values = ()
-    if not values or not all(v > 0 for v in values):
+    if not values or not all(0 < v < math.inf for v in values):
         raise ValueError(f"EMULATOR_GPU_CURVE={spec!r}: expected positive numbers F1,F2,...")
     return values
 
@@ -102,7 +103,11 @@ class Card:
         self.path = self.folder / f"{os.getpid()}.json"
         self.curve = curve(env.get("EMULATOR_GPU_CURVE", ""))
         self.size_mib = int(env.get("EMULATOR_GPU_MEMORY_MIB", "") or DEFAULT_CARD_MIB)
-        self.round_mib = int(env.get("EMULATOR_ROUND_MEMORY_MIB", "") or 0)
+        footprint = env.get("EMULATOR_ROUND_MEMORY_MIB", "") or "0"
+        if not footprint.isdigit():
+            raise ValueError(f"EMULATOR_ROUND_MEMORY_MIB={footprint!r}: expected MiB, "
+                             f"e.g. 6000")
+        self.round_mib = int(footprint)
         self.delay_s = float(env.get("EMULATOR_MEMORY_DELAY_S", "") or 0.1)
         self.record = {"mib": CONTEXT_MIB, "iterating": False}
         self._speed, self._checked = 1.0, -1.0

@@ -9,6 +9,7 @@ the rounds see it, and ``EMULATOR_GPU_MEMORY_MIB``).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,8 +42,12 @@ class EmulatorProbe:
         if not size.isdigit() or int(size) <= 0:
             raise GpuError(f"EMULATOR_GPU_MEMORY_MIB = {size!r}: expected a card's size in "
                            f"MiB, e.g. \"40000\"")
+        footprint = env.get("EMULATOR_ROUND_MEMORY_MIB", "") or "0"
+        if not footprint.isdigit():  # else every round would fail with a traceback
+            raise GpuError(f"EMULATOR_ROUND_MEMORY_MIB = {footprint!r}: expected what one "
+                           f"round takes on its card in MiB, e.g. \"6000\"")
         try:
-            if not all(float(f) > 0 for f in curve.split(",")):
+            if not all(0 < float(f) < math.inf for f in curve.split(",")):
                 raise ValueError
         except ValueError:
             raise GpuError(f"EMULATOR_GPU_CURVE = {curve!r}: expected positive numbers "
