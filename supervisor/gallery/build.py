@@ -140,15 +140,17 @@ def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
     drawn = draw(view_of(config), config.exp_dir, jobs)
     folder.mkdir(parents=True, exist_ok=True)
     cache = Cache(config.exp_dir)
-    _shared(folder, drawn, get_plotlyjs())
+    written = _shared(folder, drawn, get_plotlyjs())
     blocks, pictures = [], 0
     for job in drawn.jobs:
         whys = job.whys
+        written.add(f"{job.code}.html")
         atomic_write_bytes(folder / f"{job.code}.html",
                            page.build(drawn, job, whys, None, False).encode())
         cells = []
         for n, png in enumerate(_pictures(cache, drawn, job)):
             name = f"{job.code}-{n}.png"
+            written.add(name)
             atomic_write_bytes(folder / name, png)
             pictures += 1
             energy = float(job.data["energy"][job.rows[n]])
@@ -161,6 +163,7 @@ def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
         blocks.append(f'<div class="gallery-object"><h3><a href="{GALLERY_DIR}/'
                       f'{_url(job.code + ".html")}">{html.escape(job.code)}</a></h3>'
                       f'{notes}<div class="gallery-row">{"".join(cells)}</div></div>')
+    _prune(folder, written)
     head = f'<p class="note">{html.escape(drawn.note)}</p>' if drawn.note else ""
     tail = "".join(f'<p class="note">not drawn: {html.escape(s)}</p>' for s in skipped)
     problems = [f"{j.code}: {j.notes[0]}" for j in drawn.jobs if j.notes] + skipped
@@ -173,9 +176,24 @@ def _url(name: str) -> str:
     return html.escape(quote(name))
 
 
-def _shared(folder: Path, drawn: Drawn, plotly_js: str) -> None:
+def _shared(folder: Path, drawn: Drawn, plotly_js: str) -> set[str]:
+    """The files every page uses; returns their names."""
     target = folder / page.PLOTLY_FILE
     if not target.exists() or target.stat().st_size != len(plotly_js.encode()):
         atomic_write_bytes(target, plotly_js.encode())
-    if drawn.hands is not None and not (folder / page.hands_file(drawn)).exists():
+    if drawn.hands is None:
+        return {page.PLOTLY_FILE}
+    if not (folder / page.hands_file(drawn)).exists():
         atomic_write_bytes(folder / page.hands_file(drawn), page.hands_script(drawn).encode())
+    return {page.PLOTLY_FILE, page.hands_file(drawn)}
+
+
+def _prune(folder: Path, written: set[str]) -> None:
+    """Pages, pictures and hand scripts of an earlier report that this one did not write
+    (an object no longer drawn, fewer grasps per object, another checkout's hands) go:
+    nothing links to them. Other files are the user's and stay."""
+    for path in folder.iterdir():
+        ours = path.suffix in (".html", ".png") or (path.name.startswith("hands-")
+                                                     and path.suffix == ".js")
+        if ours and path.is_file() and path.name not in written:
+            path.unlink(missing_ok=True)
