@@ -178,9 +178,10 @@ class Dispatcher:
             started = True
         if not started and short and self._due(logged, "gpu"):
             self.log.info("gpu_wait", short=short, poll_interval_s=self.config.gpu.poll_interval_s)
-        if small and len(small) == len(readings) and \
+        if small and len(small) == len(readings) and not self.backend.dynamic and \
                 not any(self.pool.in_flight(g) for g in self.pool.gpus):
             # every card is too small and no round runs that could learn a smaller peak
+            # (on a cluster a node with larger cards may still join: it waits)
             self.merger.record(ev.NoCardFits(f"no GPU can take one round: "
                                              f"{self._too_small(', '.join(small))}"))
         return started
