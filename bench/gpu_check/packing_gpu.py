@@ -51,35 +51,49 @@ def one_round(python: str, name: str, seed: int, args, env, work: Path) -> subpr
     return proc
 
 
+def _bars(p: subprocess.Popen) -> list[tuple[str, str, str]]:
+    p.err.seek(0)
+    return BAR.findall(p.err.read().replace("\r", "\n"))
+
+
 def places(k: int, seconds: float, python: str, args, env, work: Path) -> dict:
-    """k places on the card, each starting a new round as its last one ends, until
-    ``seconds`` have passed; rounds finished then are counted."""
-    t0, done, speeds, seed = time.monotonic(), 0, [], 0
+    """k places on the card, each starting a new round as its last one ends, for
+    ``seconds``; then the rounds still running are stopped and credited with the part of
+    their iterations their bar shows (so the budget holds and no tail of fewer places
+    bends the figure)."""
+    t0, done, speeds, seed = time.monotonic(), 0.0, [], 0
     running: list[subprocess.Popen] = []
     for _ in range(k):
         seed += 1
         running.append(one_round(python, f"a{k}_{seed}", seed, args, env, work))
-    while running:
-        for p in list(running):
-            if p.poll() is None:
-                continue
+    while time.monotonic() - t0 < seconds:
+        for p in [p for p in running if p.poll() is not None]:
             running.remove(p)
-            p.err.seek(0)
-            tail = p.err.read().replace("\r", "\n")
-            p.err.close()
-            bars = BAR.findall(tail)
+            bars = _bars(p)
             if p.returncode == 0:
                 done += 1
                 if bars:
                     speeds.append(float(bars[-1][2]))
             else:
-                print(f"  a round failed (exit {p.returncode}): {tail[-300:]}", flush=True)
-            if time.monotonic() - t0 < seconds:
-                seed += 1
-                running.append(one_round(python, f"a{k}_{seed}", seed, args, env, work))
+                p.err.seek(0)
+                print(f"  a round failed (exit {p.returncode}): {p.err.read()[-300:]}",
+                      flush=True)
+            p.err.close()
+            seed += 1
+            running.append(one_round(python, f"a{k}_{seed}", seed, args, env, work))
         time.sleep(0.05)
     wall = time.monotonic() - t0
-    return {"places": k, "rounds": done, "wall_s": round(wall, 1),
+    for p in running:
+        finished = p.poll() == 0  # ended since the last look
+        p.kill()
+        p.wait()
+        bars = _bars(p)
+        if finished:
+            done += 1
+        elif bars and int(bars[-1][1]) > 0:  # its last bar: n of total iterations
+            done += int(bars[-1][0]) / int(bars[-1][1])
+        p.err.close()
+    return {"places": k, "rounds": round(done, 2), "wall_s": round(wall, 1),
             "grasps_per_s": round(done * args.batch / wall, 3),
             "round_it_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None}
 
@@ -128,8 +142,14 @@ def supervised(seconds: float, python: str, args, env, work: Path, dry: bool) ->
     try:
         proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
+        # A drain waits for the rounds running; a second SIGINT stops them (they are run
+        # again on a resume), so the budget holds within about a minute.
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=max(60.0, 3 * seconds))
+        try:
+            proc.wait(timeout=20.0)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60.0)
     log.close()
     events = [json.loads(line) for line in open(work / "supervisor.jsonl")
               if line.startswith("{")]
