@@ -7,11 +7,12 @@ Only a final.npz that ``dataset.integrity`` finds to be its object's is drawn.
 from __future__ import annotations
 
 import html
+import re
 import time
 from urllib.parse import quote
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -134,6 +135,8 @@ def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
         if picked:
             jobs.append(Job(code, data, [r for r, _ in picked], [w for _, w in picked]))
     if not jobs or count == 0:
+        if folder.is_dir():  # an earlier report's pictures: nothing links to them now
+            _prune(folder, set(), state.objects)
         return Gallery('<p class="note">No grasps to draw yet.</p>' if count else
                        '<p class="note">Gallery off ([view] grasps_per_object = 0).</p>',
                        0, 0, time.monotonic() - started, 0, None)
@@ -163,7 +166,7 @@ def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
         blocks.append(f'<div class="gallery-object"><h3><a href="{GALLERY_DIR}/'
                       f'{_url(job.code + ".html")}">{html.escape(job.code)}</a></h3>'
                       f'{notes}<div class="gallery-row">{"".join(cells)}</div></div>')
-    _prune(folder, written)
+    _prune(folder, written, state.objects)
     head = f'<p class="note">{html.escape(drawn.note)}</p>' if drawn.note else ""
     tail = "".join(f'<p class="note">not drawn: {html.escape(s)}</p>' for s in skipped)
     problems = [f"{j.code}: {j.notes[0]}" for j in drawn.jobs if j.notes] + skipped
@@ -188,12 +191,15 @@ def _shared(folder: Path, drawn: Drawn, plotly_js: str) -> set[str]:
     return {page.PLOTLY_FILE, page.hands_file(drawn)}
 
 
-def _prune(folder: Path, written: set[str]) -> None:
+def _prune(folder: Path, written: set[str], codes: Collection[str]) -> None:
     """Pages, pictures and hand scripts of an earlier report that this one did not write
     (an object no longer drawn, fewer grasps per object, another checkout's hands) go:
-    nothing links to them. Other files are the user's and stay."""
+    nothing links to them. Only names a report gives (``CODE.html``, ``CODE-N.png`` for
+    the experiment's object codes, ``hands-FINGERPRINT.js``); other files are the user's."""
+    ours = re.compile(r"hands-[0-9a-f]{16}\.js")
     for path in folder.iterdir():
-        ours = path.suffix in (".html", ".png") or (path.name.startswith("hands-")
-                                                     and path.suffix == ".js")
-        if ours and path.is_file() and path.name not in written:
+        stem, _, n = path.stem.rpartition("-")
+        mine = (path.suffix == ".html" and path.stem in codes) or ours.fullmatch(path.name) \
+            or (path.suffix == ".png" and n.isdigit() and stem in codes)
+        if mine and path.is_file() and path.name not in written:
             path.unlink(missing_ok=True)
