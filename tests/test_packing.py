@@ -14,7 +14,7 @@ from supervisor.core import events as ev, packing
 from supervisor.core.records import GpuRecord, RoundStatus as R
 from supervisor.core.state import Log, Policy, State, StopRun
 from supervisor.core.transitions import apply
-from supervisor.gpus.meter import Meter, Sample
+from supervisor.gpus.meter import HOLD, Meter, Sample
 
 T = 1000.0
 
@@ -44,6 +44,7 @@ class Card:
         self.count = 0
         self.done = 0  # rounds finished
         self.foreign = 0  # another user's job, iterating like this many rounds
+        self.even = False  # rounds of one length even with start-ups (places stay in step)
 
     def fill(self, level: int, code: str) -> None:
         for name in [n for n, r in self.rounds.items() if r[1] >= r[2]]:
@@ -51,7 +52,7 @@ class Card:
             self.done += 1
         while len(self.rounds) < level:
             self.count += 1
-            vary = self.random.uniform(0.8, 1.2) if self.startup else 1.0
+            vary = self.random.uniform(0.8, 1.2) if self.startup and not self.even else 1.0
             self.rounds[f"r{self.count}"] = [code, 1.0, 30 * self.speeds[code] * vary,
                                              self.startup * vary]
 
@@ -75,29 +76,38 @@ class Card:
 def settle(curve: tuple[float, ...], objects=("a",), seconds=600.0, fits=lambda t: 99,
            state: State | None = None, foreign=lambda t: 0,
            startup: float = 0.0, speeds: dict[str, float] | None = None,
-           noise: float = 0.0) -> tuple[State, list[dict]]:
-    """Run the meter and the policy on one card; the object due changes every 100 s;
-    ``fits(t)`` rounds fit in memory, another job iterates like ``foreign(t)`` rounds."""
+           noise: float = 0.0, every_s: float = 100.0, even: bool = False,
+           holds: bool = True) -> tuple[State, list[dict]]:
+    """Run the meter and the policy on one card, with the packer's holds (a place waits
+    after a step up, and when the meter asks, unless not ``holds``); the object due
+    changes every ``every_s``; ``fits(t)`` rounds fit in memory, another job iterates
+    like ``foreign(t)`` rounds; ``even``: rounds of one length (places stay in step)."""
     state = state or new()
     card = Card(curve, speeds or {"a": 40.0, "b": 9.0}, startup)
-    card.noise = noise
+    card.noise, card.even = noise, even
     meter = Meter(batch_size=4, window_s=10.0)
-    changes, now = [], 0.0
+    changes, now, held_until = [], 0.0, 0.0
     while now < seconds:
-        code = objects[int(now // 100) % len(objects)]
+        code = objects[int(now // every_s) % len(objects)]
         card.foreign = foreign(now)
         for _ in range(5):
-            card.fill(min(state.gpus[0].level or 1, fits(now)), code)
+            level = (state.gpus[0].level or 1) - (now < held_until)
+            card.fill(min(level, fits(now)), code)
             card.step(0.2)
             now += 0.2
-        m = meter.observe(0, now, card.samples(now), list(card.rounds),
-                          state.gpus[0].level)
+        before = state.gpus[0].level
+        m = meter.observe(0, now, card.samples(now), list(card.rounds), before)
+        wait = meter.apart(0)
+        if wait is not None and holds:
+            held_until = now + wait
         if m is not None:
             room = len(card.rounds) < fits(now)
             effects = apply(state, ev.PackingMeasured(0, m.level, m.gain, m.grasps_per_s,
                                                       room, m.round_s, T + now, m.held,
                                                       m.sharing))
             changes += [e.fields for e in effects if isinstance(e, Log)]
+            if holds and (state.gpus[0].level or 0) > (before or 0):
+                held_until = now + HOLD * m.round_s
     return state, changes
 
 
@@ -178,6 +188,25 @@ def test_objects_never_seen_alone_do_not_make_the_sharing_figures_drift() -> Non
     assert set(rec.sharing) >= {1, 2, 3}, rec
     for k, value in rec.sharing.items():
         assert value == pytest.approx(curve[k - 1], rel=0.05), (k, rec.sharing)
+
+
+def test_places_in_step_are_set_apart_so_each_level_is_judged() -> None:
+    """Found by a tester: many objects of a few rounds each, rounds of one length. A step
+    up starts the new place with the round that just started, so the two ran in step for
+    ever, no round was seen with one fewer iterating, and the card held two rounds it
+    never judged (on a curve where two halve the card's output)."""
+    codes = tuple(f"o{i}" for i in range(40))
+    speeds = {c: 20.0 + i for i, c in enumerate(codes)}
+    common = dict(objects=codes, speeds=speeds, seconds=1500.0, startup=3.0,
+                  every_s=40.0, even=True, state=None)
+    stuck, _ = settle((1.0, 1.8, 2.4, 2.5), **{**common, "state": new(pack_retest_s=1e4)},
+                      holds=False)
+    assert stuck.gpus[0].level == 2 and set(stuck.gpus[0].gains) == {1}  # the defect
+    found, changes = settle((1.0, 1.8, 2.4, 2.5), **{**common,
+                                                     "state": new(pack_retest_s=1e4)})
+    assert found.gpus[0].level >= 3 and {1, 2, 3} <= set(found.gpus[0].gains), changes
+    worse, changes = settle((1.0, 0.5), **{**common, "state": new(pack_retest_s=1e4)})
+    assert worse.gpus[0].level == 1 and 2 in worse.gpus[0].gains, changes
 
 
 def test_memory_that_admits_no_more_keeps_the_level() -> None:

@@ -27,6 +27,13 @@ the iterating peak wins when start-ups are long. A window runs from one round's 
 another's, over whole cycles (a multiple of L starts: every place went through its
 start-up as often as the window is long) and at least ``window_s``; a window that began or
 ended anywhere in a cycle would be judged by where, not by the level.
+
+Places must not run in step: rounds of one length that start together end together, so
+no round is ever seen with one fewer iterating and g[k] / g[k - 1] cannot be told from
+what the objects cost (found with many objects of a few rounds each: a card held a
+level it never judged). A step up starts places together, so the new place waits
+``HOLD`` of a round first (the packer holds it back); a window that is complete but cannot
+be judged for that reason asks for the same wait once (``apart``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ CYCLES = 2  # start-ups per place in a window: one alone leaves a judgement 5-8 
 RECENT = 8  # objects whose k / k - 1 comparison makes a ratio (the newest)
 OBJECTS = 64  # objects whose speeds a card keeps (the newest)
 GAP_S = 30.0  # a longer pause between two looks (a stopped supervisor) counts for nothing
+HOLD = 0.1  # of a round's time: how long one place waits, to set the card's places apart
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,7 @@ class _Window:
     seconds: float = 0.0
     busy: dict[int, float] = field(default_factory=dict)  # k iterating -> seconds
     rounds: float = 0.0  # the rounds' progress: iterations done over each one's total
+    apart: bool = False  # a place was held back once to set the places apart
 
 
 @dataclass
@@ -146,6 +155,18 @@ class Meter:
         card.last_n = {s.name: s.n for s in samples}
         self._interval(card, now, running)
         return result
+
+    def apart(self, gpu: GpuKey) -> float | None:
+        """Seconds one place of ``gpu`` should wait before its next round, when its window
+        is complete but cannot be judged: no round was seen with one fewer iterating (the
+        places run in step). Once per window."""
+        card = self.cards.get(gpu)
+        w = card.window if card is not None else None
+        if w is None or w.level < 2 or w.apart or w.seconds < self.window_s \
+                or w.starts < CYCLES * w.level or card.log_g(w.level) is not None:
+            return None
+        w.apart = True
+        return HOLD * w.level * w.seconds / w.starts
 
     def _account(self, gpu: GpuKey, card: _Card, now: float, samples: Sequence[Sample],
                  started: int, level: int, held: int) -> Measurement | None:

@@ -4,6 +4,7 @@ round's memory once; which process group a GPU process belongs to.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -69,6 +70,9 @@ class GpuPool:
         # what a round is expected to take (a fixed max_rounds_per_gpu too), so a card
         # that another job fills is not fed the same OOM again and again
         self.tight: dict[GpuKey, int] = {}
+        # "auto": until when (monotonic) a card takes one round fewer than its level, so
+        # that its places do not run in step (supervisor.gpus.meter.HOLD)
+        self.held_back: dict[GpuKey, float] = {}
 
     def add(self, gpu: GpuKey) -> None:
         """A cluster GPU that joined."""
@@ -88,8 +92,14 @@ class GpuPool:
         limit = self.settings.max_rounds_per_gpu
         if limit == "auto":
             level = self.level_of(gpu)
+            if level is not None and time.monotonic() < self.held_back.get(gpu, 0.0):
+                level -= 1
             return level is None or self.in_flight(gpu) < level
         return self.in_flight(gpu) < int(limit)
+
+    def hold_back(self, gpu: GpuKey, seconds: float) -> None:
+        """One place of ``gpu`` waits ``seconds`` before its next round."""
+        self.held_back[gpu] = time.monotonic() + seconds
 
     def take(self, gpu: GpuKey, name: str) -> None:
         rounds = self.rounds.setdefault(gpu, {})

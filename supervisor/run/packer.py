@@ -15,7 +15,7 @@ from supervisor.backends.job import RoundJob
 from supervisor.config.schema import Config
 from supervisor.core import events as ev
 from supervisor.core.state import State
-from supervisor.gpus.meter import Meter, Sample
+from supervisor.gpus.meter import HOLD, Meter, Sample
 from supervisor.gpus.pool import GpuPool
 from supervisor.run.merger import Merger
 from supervisor.run.rounds import LineSink
@@ -48,6 +48,9 @@ class Packer:
             held = list(self.pool.rounds.get(gpu, {}))
             m = self.meter.observe(gpu, time.monotonic(), samples, held,
                                    self.pool.level_of(gpu))
+            wait = self.meter.apart(gpu)  # places in step: set them apart
+            if wait is not None:
+                self.pool.hold_back(gpu, wait)
             if m is None:
                 continue
             before = self.state.gpus[gpu].level if gpu in self.state.gpus else None
@@ -55,7 +58,11 @@ class Packer:
                 gpu, m.level, round(m.gain, 4), round(m.grasps_per_s, 4),
                 self.pool.room(gpu), round(m.round_s, 3), round(time.time(), 3),
                 m.held, round(m.sharing, 4)))
-            if self.state.gpus.get(gpu) and self.state.gpus[gpu].level != before:
+            after = self.state.gpus[gpu].level if gpu in self.state.gpus else None
+            if after is not None and before is not None and after > before:
+                # a step up: the new place would start with the round that just started
+                self.pool.hold_back(gpu, HOLD * m.round_s)
+            if after != before:
                 self.changed()
 
     async def run(self) -> None:
