@@ -91,6 +91,7 @@ JOURNAL_EVENTS = {
     "PackingMeasured": ["gpu", "level", "gain", "grasps_per_s", "room", "round_s", "at",
                         "held", "sharing"],
     "GpuLost": ["gpu", "reason"],
+    "NoCardFits": ["reason"],
     "GpuAdded": ["gpu"],
     "DatasetWritten": ["code", "used", "rows", "final_bytes", "final_mtime_ns", "digest"],
     "ObjectReloaded": ["code", "in_final", "from_folders", "missing", "final_bytes",
