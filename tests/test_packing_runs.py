@@ -132,9 +132,16 @@ def test_cards_too_small_for_one_round_stop_the_run_with_one_clear_error(
     assert "lower [gpu] round_memory_mib" in stopped[0]["reason"]
     assert [e["gpu"] for e in events(logs, "gpu_too_small")] == [0]
     assert not events(logs, "round_started")
-    # Fixed: the same experiment runs on.
-    settings["gpu"]["round_memory_mib"] = 3_000
+    # Fixed: the same experiment runs on (sampled often: these rounds last a second).
+    settings["gpu"].update(round_memory_mib=3_000, sample_interval_s=0.1)
     assert run(layout.config(target_count_per_object=8, **settings)) == 0
+    learned = layout.manifest()["gpus"]["0"]["footprint_mib"]
+    assert 3_000 <= learned < 4_000
+    # A resumed run admits by what rounds were seen to take (found by a tester: it went
+    # back to round_memory_mib, and stopped again).
+    settings["gpu"]["round_memory_mib"] = 5_000
+    assert run(layout.config(target_count_per_object=16, **settings)) == 0
+    assert layout.manifest()["gpus"]["0"]["footprint_mib"] >= learned
 
 
 def test_another_users_job_on_a_card_sends_the_work_elsewhere_not_round_and_round(

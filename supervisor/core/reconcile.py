@@ -42,10 +42,13 @@ def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
     state.stats.clear()
     state.failure_kinds.clear()
     state.run_ok, state.fail_streak = 0, []
-    # Health is per run; what packing learned of a card stays (a resumed run starts there).
+    # Health is per run; what packing learned of a card stays (a resumed run starts there),
+    # and so does the largest memory a round took there.
     learned = state.gpus
     state.gpus = {g: GpuRecord(g, slots.node(g)) for g in e.gpus}
     for g, rec in state.gpus.items():
+        if g in learned:  # the footprint a round was seen to take there stays too
+            rec.footprint_mib = learned[g].footprint_mib
         if g in learned and state.policy.packing:
             old = learned[g]
             rec.level, rec.gains, rec.rates = old.level, dict(old.gains), dict(old.rates)

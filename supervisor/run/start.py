@@ -47,6 +47,9 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
     with ExperimentLock(config.exp_dir):
         state = open_experiment(config)
         store, effects, orphans = start(config, state, pool.gpus)
+        # What rounds were seen to take (a run before's too): the pool's estimate.
+        seen = [r.footprint_mib for r in store.state.gpus.values() if r.footprint_mib]
+        pool.footprint_mib = max(seen) if seen else None
         accs, reloaded, leftovers = load_grasps(config, store)
         log = logs.get_logger()
         for name, pid in orphans:
