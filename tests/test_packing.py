@@ -356,6 +356,24 @@ def test_the_record_keeps_what_packing_learned() -> None:
     assert text == "GPU 2: 3 rounds at once, 2.40x the grasps/s of one"
 
 
+def test_a_level_being_measured_shows_what_the_one_below_made() -> None:
+    """Found by a tester: a card trying 3 showed no gain at all though 2 had measured
+    1.79x (and at a run's end a card is often trying a level)."""
+    from supervisor.commands.report.data import packing_text
+    from supervisor.run.supervisor import _tag
+
+    rec = GpuRecord(0, level=3, gains={1: 0.8, 2: 1.5})
+    assert packing.describe("GPU 0", packing.summary(rec)) == \
+        "GPU 0: 3 rounds at once, measuring (2: 1.88x)"
+    assert _tag(rec) == "3 at once, measuring (2: 1.88x)"
+    assert packing_text({"gpus": {"0": rec.to_json()}}) == \
+        "GPU 0: 3 at once, measuring (2: 1.88x)"
+    rec.level, rec.gains = 2, {1: 0.8}
+    assert packing.describe("GPU 0", packing.summary(rec)) == "GPU 0: 2 rounds at once, measuring"
+    rec.gains[2] = 1.5
+    assert _tag(rec) == "2 at once, 1.88x"
+
+
 def test_what_is_shown_is_relative_to_one_round_in_wall_time() -> None:
     """With start-ups, one round iterates 80 % of its time (gain 0.8); three at once make
     2.0: shown as 2.50x the grasps/s of one, and the sharing figures kept for a resume."""

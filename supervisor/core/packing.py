@@ -161,10 +161,24 @@ def out_of_memory(state: State, rec: GpuRecord, at: float, round_s: float) -> li
                 f"CUDA out of memory with {_at_once(rec.level)}")
 
 
+def shown(gains: Mapping[Any, float], level: int | None) -> str:
+    """What a card's level has made, for status, the live view and the report: ``2.40x``
+    (relative to one round), ``measuring (2: 1.79x)`` while the level stepped up to is
+    measured, or "" for one round or nothing measured."""
+    if level is None or level <= 1:
+        return ""
+    gain = relative(gains, level)
+    if gain is not None:
+        return f"{gain:.2f}x"
+    below = relative(gains, level - 1) if level > 2 else None
+    return "measuring" + (f" ({level - 1}: {below:.2f}x)" if below is not None else "")
+
+
 def summary(rec: GpuRecord) -> dict[str, Any]:
     """What status and the report show of a card's packing."""
     gain = relative(rec.gains, rec.level)
     return {"level": rec.level, "gain": None if gain is None else round(gain, 3),
+            "shown": shown(rec.gains, rec.level),
             "gains": {str(k): round(v, 3) for k, v in sorted(rec.gains.items())},
             "grasps_per_s": {str(k): round(v, 3) for k, v in sorted(rec.rates.items())},
             "sharing": {str(k): round(v, 3) for k, v in sorted(rec.sharing.items())}}
@@ -172,9 +186,13 @@ def summary(rec: GpuRecord) -> dict[str, Any]:
 
 def describe(gpu_label: str, info: dict[str, Any]) -> str:
     """``GPU 2: 3 rounds at once, 2.40x the grasps/s of one``."""
-    level, gain = info.get("level"), info.get("gain")
+    level, text = info.get("level"), info.get("shown")
     if level is None:
         return ""
-    text = f"{gpu_label}: {_at_once(level)}"
-    return text + (f", {gain:.2f}x the grasps/s of one" if gain is not None and level > 1
-                   else "")
+    if text is None:  # a summary from before "shown"
+        gain = info.get("gain")
+        text = f"{gain:.2f}x" if gain is not None and level > 1 else ""
+    line = f"{gpu_label}: {_at_once(level)}"
+    if text.endswith("x"):
+        return f"{line}, {text} the grasps/s of one"
+    return f"{line}, {text}" if text else line

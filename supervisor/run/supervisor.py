@@ -50,8 +50,8 @@ def _tag(rec: GpuRecord | None) -> str:
         return rec.status.value
     if rec.level is None:
         return ""
-    gain = packing.relative(rec.gains, rec.level)
-    return f"{rec.level} at once" + (f", {gain:.2f}x" if gain and rec.level > 1 else "")
+    text = packing.shown(rec.gains, rec.level)
+    return f"{rec.level} at once" + (f", {text}" if text else "")
 # After the second signal the process exits within grace_s + this, whatever a child or
 # NVML does (a child stuck in the kernel ignores even SIGKILL).
 EXIT_MARGIN_S = 4.5

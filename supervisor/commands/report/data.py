@@ -243,9 +243,9 @@ def packing_text(m: dict[str, Any]) -> str | None:
         level, gains = gpu.get("level"), gpu.get("gains") or {}
         if level is None:
             continue
-        gain = packing.relative(gains, level)
+        text = packing.shown(gains, level)
         parts.append(f"{row_label(slots.parse(key), gpu.get('node'))}: {level} at once"
-                     + (f" ({gain:.2f}x)" if gain and level > 1 else ""))
+                     + (f" ({text})" if text.endswith("x") else f", {text}" if text else ""))
     return "; ".join(parts) or None
 
 
