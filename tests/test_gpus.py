@@ -175,6 +175,9 @@ def test_a_cluster_gpu_that_leaves_and_comes_back_is_in_the_pool_again() -> None
     ("EMULATOR_GPU_CURVE", "1,nan", "positive numbers"),
     ("EMULATOR_GPU_CURVE", "1,-2", "positive numbers"),
     ("EMULATOR_ROUND_MEMORY_MIB", "lots", "what one round takes on its card"),
+    ("EMULATOR_ROUND_MEMORY_MIB", "\u00b2", "what one round takes on its card"),
+    ("EMULATOR_GPU_MEMORY_MIB", "\u00b2", "a card's size in MiB"),
+    ("EMULATOR_MEMORY_DELAY_S", "x", "seconds before a round's memory appears"),
 ])
 def test_the_emulator_probe_names_a_bad_card_setting_before_any_round(
         tmp_path, key, value, named) -> None:

@@ -104,7 +104,7 @@ class Card:
         self.curve = curve(env.get("EMULATOR_GPU_CURVE", ""))
         self.size_mib = int(env.get("EMULATOR_GPU_MEMORY_MIB", "") or DEFAULT_CARD_MIB)
         footprint = env.get("EMULATOR_ROUND_MEMORY_MIB", "") or "0"
-        if not footprint.isdigit():
+        if not (footprint.isascii() and footprint.isdigit()):
             raise ValueError(f"EMULATOR_ROUND_MEMORY_MIB={footprint!r}: expected MiB, "
                              f"e.g. 6000")
         self.round_mib = int(footprint)

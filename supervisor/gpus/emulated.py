@@ -39,13 +39,20 @@ class EmulatorProbe:
         self.indices = list(gpus)
         size = env.get("EMULATOR_GPU_MEMORY_MIB", "") or str(DEFAULT_CARD_MIB)
         curve = env.get("EMULATOR_GPU_CURVE", "") or "1"
-        if not size.isdigit() or int(size) <= 0:
+        if not (size.isascii() and size.isdigit()) or int(size) <= 0:
             raise GpuError(f"EMULATOR_GPU_MEMORY_MIB = {size!r}: expected a card's size in "
                            f"MiB, e.g. \"40000\"")
         footprint = env.get("EMULATOR_ROUND_MEMORY_MIB", "") or "0"
-        if not footprint.isdigit():  # else every round would fail with a traceback
+        if not (footprint.isascii() and footprint.isdigit()):  # else every round fails
             raise GpuError(f"EMULATOR_ROUND_MEMORY_MIB = {footprint!r}: expected what one "
                            f"round takes on its card in MiB, e.g. \"6000\"")
+        delay = env.get("EMULATOR_MEMORY_DELAY_S", "") or "0.1"
+        try:
+            if not 0 <= float(delay) < math.inf:
+                raise ValueError
+        except ValueError:
+            raise GpuError(f"EMULATOR_MEMORY_DELAY_S = {delay!r}: expected seconds before a "
+                           f"round's memory appears, e.g. \"0.1\"") from None
         try:
             if not all(0 < float(f) < math.inf for f in curve.split(",")):
                 raise ValueError
