@@ -3,7 +3,8 @@ python bench/packing_long.py [--hours H]
 
 bench/packing.py runs the real supervisor, so its runs last minutes and exploring is much
 of them; a lab's run lasts hours. Here the meter and the policy themselves
-(``supervisor.gpus.meter``, ``supervisor.core.packing``, as the packer calls them) drive
+(``supervisor.gpus.meter``, ``supervisor.core.packing``, as the packer calls them, its
+holds included) drive
 one simulated card (tests/test_packing.py's ``Card``: k rounds iterating each go at
 curve[k] / k of their object's speed; a round first starts for ``startup`` seconds, then
 makes 30 s of its object's iterations alone, lengths varying by up to 20 %), with 16
@@ -28,7 +29,7 @@ from test_packing import Card, T, new  # noqa: E402
 
 from supervisor.core import events as ev  # noqa: E402
 from supervisor.core.transitions import apply  # noqa: E402
-from supervisor.gpus.meter import Meter  # noqa: E402
+from supervisor.gpus.meter import HOLD, Meter  # noqa: E402
 
 CURVES = {
     "peak at 1": (1, 0.9, 0.85, 0.8),
@@ -47,23 +48,28 @@ def made(curve: tuple[float, ...], level: int | str, startup: float, ends: list[
     card, codes = Card(curve, speeds, startup), sorted(speeds)
     state = new(pack_retest_s=6 * ROUND_S) if level == "auto" else None
     meter = Meter(batch_size=4, window_s=ROUND_S / 5)
-    counts, now, look = [], 0.0, 0.0
+    counts, now, look, held_until = [], 0.0, 0.0, 0.0
     for end in ends:
         while now < end:
             code = codes[int(now // 100) % len(codes)]
-            at = min(FITS, state.gpus[0].level or 1) if state else int(level)
+            at = min(FITS, state.gpus[0].level or 1) - (now < held_until) if state \
+                else int(level)
             card.fill(at, code)
             card.step(STEP_S)
             now += STEP_S
             if state is None or now - look < LOOK_S:
                 continue
-            look = now
-            m = meter.observe(0, now, card.samples(now), list(card.rounds),
-                              state.gpus[0].level)
+            look, before = now, state.gpus[0].level
+            m = meter.observe(0, now, card.samples(now), list(card.rounds), before)
+            wait = meter.apart(0)  # as the packer: places in step are set apart
+            if wait is not None:
+                held_until = now + wait
             if m is not None:
                 apply(state, ev.PackingMeasured(0, m.level, m.gain, m.grasps_per_s,
                                                 len(card.rounds) < FITS, m.round_s,
                                                 T + now, m.held, m.sharing))
+                if (state.gpus[0].level or 0) > (before or 0):  # a step up: the new
+                    held_until = now + HOLD * m.round_s  # place waits, as in the packer
         counts.append(card.done)
     return counts
 
