@@ -132,6 +132,16 @@ def test_a_refused_change_names_the_key_as_the_toml_file_does(layout: Layout) ->
                                   filter={"max_E_pen": 0.002})
     proc = run_cli(str(changed))
     assert proc.returncode == 2 and "filter.max_E_pen = 0.002 differs from 0.0015" in proc.stderr
+    assert f"{changed}: filter" in proc.stderr  # the file's
+    # A value from the command line is said to be (found by a tester: the file was named).
+    path = layout.write_config(object_code_list=["obj_a"], target_count_per_object=4,
+                               filter={"max_E_pen": 0.0015})
+    proc = run_cli(str(path), "--target_count_per_object", "2")
+    assert proc.returncode == 2 and f"{path}, with --target_count_per_object on the " \
+        "command line: target_count_per_object = 2 is lower than 4" in proc.stderr
+    proc = run_cli(str(path), "--seed_base", "7")
+    assert proc.returncode == 2 and "with --seed_base on the command line: seed_base = 7 " \
+        "differs from" in proc.stderr
 
 
 def test_auto_packing_without_memory_figures_runs_one_round_per_gpu() -> None:

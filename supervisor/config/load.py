@@ -18,7 +18,7 @@ from supervisor.config.schema import (
     PLACEHOLDERS, REQUIRED_PLACEHOLDERS, SECTIONS, FILTER_KEYS, Config, DedupSettings,
     MainSettings, ViewSettings,
 )
-from supervisor.config.toml import ConfigError, Reader, check_name, read_settings
+from supervisor.config.toml import ConfigError, Reader, check_name, read_settings, source
 from supervisor.core.plan import MAX_SEED, SEED_STRIDE
 
 if sys.version_info >= (3, 11):
@@ -201,8 +201,8 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Confi
         if key not in overrides:
             raise
         # The value came from the command line, not the file: say so.
-        raise ConfigError(f"{path}, with --{key} on the command line", exc.key, exc.value,
-                          exc.expected) from None
+        raise ConfigError(source(path, key, True), exc.key, exc.value, exc.expected) \
+            from None
     return replace(config, overrides=_as_args(overrides))
 
 

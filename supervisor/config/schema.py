@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from supervisor.config.toml import ConfigError
+from supervisor.config.toml import ConfigError, source as value_source
 
 PLACEHOLDERS = frozenset({
     "name", "object_code", "batch_size", "num_iterations", "seed", "gpu", "python",
@@ -184,6 +184,10 @@ class Config:
     view: ViewSettings = field(default_factory=ViewSettings)
     object_code_source: str = "object_code_list"
     overrides: tuple[str, ...] = ()  # the command line's overrides, for hints to repeat
+
+    def source(self, key: str) -> str:
+        """Where ``key``'s value came from: the file, or the command line over it."""
+        return value_source(self.path, key, f"--{key}" in self.overrides)
 
     def command(self, sub: str = "") -> str:
         """The command that reaches this experiment again: ``python -m supervisor [sub]

@@ -21,6 +21,11 @@ class ConfigError(ValueError):
         super().__init__(one_line(f"{source}: {key} = {_show(value)}: expected {expected}"))
 
 
+def source(path: object, key: str, on_command_line: bool) -> str:
+    """Where a key's value came from, for an error: the file, or the command line."""
+    return f"{path}, with --{key} on the command line" if on_command_line else str(path)
+
+
 def one_line(message: str) -> str:
     """Escape control characters, so that a hostile value cannot break the line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)

@@ -65,7 +65,7 @@ def open_experiment(config: Config) -> State:
         if key in state.identity and state.identity[key] != value:
             name, now, before = _changed(key, value, state.identity[key])
             raise RefusedError(
-                f"{config.path}: {name} = {toml_value(now)} differs from "
+                f"{config.source(key)}: {name} = {toml_value(now)} differs from "
                 f"{toml_value(before)} used so far in "
                 f"{path}; it would change which grasps are in the datasets. Restore it, or "
                 f"pick a new exp_name")
@@ -73,7 +73,8 @@ def open_experiment(config: Config) -> State:
         obj = state.objects.get(code)
         if obj is not None and config.target_count_per_object < obj.target:
             raise RefusedError(
-                f"{config.path}: target_count_per_object = {config.target_count_per_object} "
+                f"{config.source('target_count_per_object')}: target_count_per_object = "
+                f"{config.target_count_per_object} "
                 f"is lower than {obj.target} used so far for {code!r}; datasets are never "
                 f"shrunk. Raise it, or pick a new exp_name")
     state.identity, state.config = config.identity(), config.snapshot()
