@@ -186,12 +186,9 @@ def summary(rec: GpuRecord) -> dict[str, Any]:
 
 def describe(gpu_label: str, info: dict[str, Any]) -> str:
     """``GPU 2: 3 rounds at once, 2.40x the grasps/s of one``."""
-    level, text = info.get("level"), info.get("shown")
+    level, text = info.get("level"), info.get("shown", "")
     if level is None:
         return ""
-    if text is None:  # a summary from before "shown"
-        gain = info.get("gain")
-        text = f"{gain:.2f}x" if gain is not None and level > 1 else ""
     line = f"{gpu_label}: {_at_once(level)}"
     if text.endswith("x"):
         return f"{line}, {text} the grasps/s of one"

@@ -47,10 +47,10 @@ def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
     learned = state.gpus
     state.gpus = {g: GpuRecord(g, slots.node(g)) for g in e.gpus}
     for g, rec in state.gpus.items():
-        if g in learned:  # the footprint a round was seen to take there stays too
-            rec.footprint_mib = learned[g].footprint_mib
-        if g in learned and state.policy.packing:
-            old = learned[g]
+        old = learned.get(g)
+        if old is not None:
+            rec.footprint_mib = old.footprint_mib
+        if old is not None and state.policy.packing:
             rec.level, rec.gains, rec.rates = old.level, dict(old.gains), dict(old.rates)
             rec.sharing = dict(old.sharing)
             rec.retest_at, rec.backoffs = old.retest_at, old.backoffs

@@ -160,23 +160,35 @@ class GpuPool:
             return f"{self.in_flight(gpu)} round(s), max_rounds_per_gpu reached"
         return self._memory_shortage(gpu, reading)
 
-    def need_mib(self) -> tuple[int, str]:
-        """What a card must have free to take a round, and what says so: with "auto" the
-        round's expected peak (packing admits by memory), with a fixed number only
-        ``min_free_mib``."""
+    def _need(self) -> tuple[int, str, str]:
+        """What a card must have free to take a round, what says so, and what to change:
+        with "auto" the round's expected peak (packing admits by memory), with a fixed
+        number only ``min_free_mib``."""
         s = self.settings
         estimate = self.estimate_mib()
         if s.max_rounds_per_gpu != "auto" or s.min_free_mib >= estimate:
-            return s.min_free_mib, f"[gpu] min_free_mib = {s.min_free_mib}"
+            return (s.min_free_mib, f"[gpu] min_free_mib = {s.min_free_mib}",
+                    "lower [gpu] min_free_mib")
         if self.footprint_mib is None and estimate == s.round_memory_mib:
-            return estimate, (f"[gpu] round_memory_mib = {estimate}, what one round is "
-                              f"expected to take at its peak")
-        return estimate, f"the largest peak of a round so far ({estimate} MiB)"
+            return (estimate, f"[gpu] round_memory_mib = {estimate}, what one round is "
+                              f"expected to take at its peak",
+                    "lower [gpu] round_memory_mib if rounds take less, or round_batch_size")
+        return (estimate, f"the largest peak of a round so far ({estimate} MiB)",
+                "lower round_batch_size")
+
+    def need_mib(self) -> tuple[int, str]:
+        """What a card must have free to take a round, and what says so."""
+        need, why, _ = self._need()
+        return need, why
+
+    def need(self) -> str:
+        """``a round needs 6000 MiB free (why): what to change``, for a card too small."""
+        need, why, fix = self._need()
+        return f"a round needs {need} MiB free ({why}): {fix}"
 
     def too_small(self, gpu: GpuKey, reading: Reading) -> str | None:
         """``GPU 1 has 40000 MiB in all``, when even empty it could not take a round."""
-        need, _ = self.need_mib()
-        if reading.total_mib is None or reading.total_mib >= need:
+        if reading.total_mib is None or reading.total_mib >= self._need()[0]:
             return None
         return f"{slots.label(gpu)} has {reading.total_mib} MiB in all"
 
@@ -195,7 +207,7 @@ class GpuPool:
         estimate = self.estimate_mib()
         rounds = self.rounds.get(gpu, {})
         reserved = sum(max(0, estimate - seen.get(name, 0)) for name in rounds)
-        need, _ = self.need_mib()
+        need = self._need()[0]
         if gpu in self.tight:
             need = max(need, estimate, self.tight[gpu] + 1)
         available = reading.free_mib - reserved

@@ -187,11 +187,7 @@ class Dispatcher:
         return started
 
     def _too_small(self, cards: str) -> str:
-        need, why = self.pool.need_mib()
-        fix = ("lower [gpu] min_free_mib" if "min_free_mib" in why else
-               "lower [gpu] round_memory_mib if rounds take less, or round_batch_size"
-               if "round_memory_mib" in why else "lower round_batch_size")
-        return f"{cards}, and a round needs {need} MiB free ({why}): {fix}, or use larger cards"
+        return f"{cards}, and {self.pool.need()}, or use larger cards"
 
     def _start(self, pick: plan.Pick, gpu: GpuKey, send: MemoryObjectSendStream[Any],
                rounds_tg: TaskGroup) -> None:

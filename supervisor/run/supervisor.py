@@ -143,6 +143,7 @@ class Supervisor:
     def _summary(self, code: int) -> None:
         s, by = self.state, self.state.objects_by_status
         gone = [removed(s.objects[c]) for c in s.order]
+        grasps = self._grasps()
         # Done means delivered: an object decided done whose final.npz could not be
         # written (a full disk) is not.
         unwritten = sum(1 for c in s.order if s.objects[c].status == ObjectStatus.DONE
@@ -155,7 +156,7 @@ class Supervisor:
             objects_failed=by[ObjectStatus.FAILED],
             objects_exhausted=by[ObjectStatus.EXHAUSTED],
             objects_unfinished=by[ObjectStatus.ACTIVE] + unwritten,
-            grasps=self._grasps(), grasps_this_run=max(0, self._grasps() - self.grasps_before),
+            grasps=grasps, grasps_this_run=max(0, grasps - self.grasps_before),
             removed_by_filter=sum(f for f, _ in gone),
             removed_as_duplicates=sum(d for _, d in gone),
             grasps_target=sum(s.objects[c].target for c in s.order),
