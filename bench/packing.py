@@ -65,14 +65,13 @@ def run(curve: str, level: int | str, quick: bool, resumed: bool = False) -> dic
     them once found), and that second run's figures are returned beside."""
     target = 16 if quick else 48
     with tempfile.TemporaryDirectory() as tmp:
-        first = _run(config(Path(tmp), curve, level, target), 0)
+        first = _run(config(Path(tmp), curve, level, target))
         if resumed:
-            first["resumed"] = _run(config(Path(tmp), curve, level, 2 * target),
-                                    first["grasps"])
+            first["resumed"] = _run(config(Path(tmp), curve, level, 2 * target))
     return first
 
 
-def _run(path: Path, grasps_before: int) -> dict:
+def _run(path: Path) -> dict:
     proc = subprocess.run([sys.executable, "-m", "supervisor", str(path)],
                           env=cli_env(), capture_output=True, text=True, timeout=3600)
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -85,9 +84,9 @@ def _run(path: Path, grasps_before: int) -> dict:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
     wall = summary["wall_s"]
-    made = summary["grasps"] - grasps_before  # the experiment's, less a run before's
-    return {"exit": proc.returncode, "grasps": summary["grasps"],
-            "grasps_per_card_hour": made / (wall * CARDS / 3600), "wall_s": wall,
+    return {"exit": proc.returncode,  # this run's grasps (a resumed one's too), per card-hour
+            "grasps_per_card_hour": summary["grasps_this_run"] / (wall * CARDS / 3600),
+            "wall_s": wall,
             "settled_s": max((t(c["timestamp"]) - t(started) for c in changes), default=0.0),
             "levels": sorted({c["to"] for c in changes}),
             "oom": sum(e["event"] == "round_out_of_memory" for e in events),
