@@ -98,6 +98,7 @@ JOURNAL_EVENTS = {
                        "final_mtime_ns", "digest"],
     "ObjectRecovered": ["code", "index", "target", "in_final", "from_folders", "folders"],
     "DatasetLost": ["code", "reason"],
+    "RunStuck": ["reason"],
 }
 
 

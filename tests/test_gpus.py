@@ -92,12 +92,38 @@ def test_a_card_smaller_than_what_a_round_needs_is_named_with_the_setting_to_cha
     assert p.release(1, "a") == 30_000  # learned: a round takes 30 GB, GPU 0 fits now
     assert p.too_small(0, p.probe.read(0)) is None
     assert p.need_mib()[1] == "the largest peak of a round so far (30000 MiB)"
-    # A fixed number admits by min_free_mib alone.
+    # A fixed number: min_free_mib when it is above what a round takes.
     fixed = pool({0: 4_000}, min_free_mib=8_000)
     fixed.probe.total = {0: 6_000}
     assert fixed.too_small(0, fixed.probe.read(0)) == "GPU 0 has 6000 MiB in all"
     assert fixed.need_mib() == (8_000, "[gpu] min_free_mib = 8000")
     assert pool({0: 4_000}).too_small(0, Reading(4_000, None)) is None  # unknown: no claim
+
+
+def test_a_fixed_level_admits_by_the_learned_footprint_and_a_full_card_is_closed() -> None:
+    """Found by a tester: with max_rounds_per_gpu = 2 a second round started at 2986 MiB
+    free beside a round NVML showed at 6014 MiB, because only min_free_mib was asked."""
+    p = pool({0: 9_000, 1: 5_000}, max_rounds_per_gpu=2, min_free_mib=500,
+             round_memory_mib=2_000)
+    p.probe.total = {0: 9_000, 1: 9_000}
+    p.take(0, "a")
+    p.started(0, "a", 4242)
+    p.probe.processes[0], p.probe.free[0] = {4242: 6_014}, 2_986
+    assert p.shortage(0, p.probe.read(0)) is not None  # 6014 > 2000: the peak so far
+    assert p.release(0, "a") == 6_014
+    p.probe.processes[0], p.probe.free[0] = {}, 9_000
+    assert p.shortage(0, p.probe.read(0)) is None
+    p.take(0, "b")  # not seen yet: 6014 reserved, 2986 left
+    assert "< 6014 needed" in p.shortage(0, p.probe.read(0))
+    # GPU 1: another user's 4000 MiB: even empty of our rounds it cannot take one
+    assert not p.closed(1)  # not read yet: open
+    p.observe(1, p.probe.read(1))
+    assert p.closed(1) and not p.closed(0)
+    # GPU 0 full of our own round is not closed: it frees when the round ends
+    p.started(0, "b", 4343)
+    p.probe.processes[0], p.probe.free[0] = {4343: 6_014}, 2_986
+    p.observe(0, p.probe.read(0))
+    assert not p.closed(0)
 
 
 def test_a_first_sighting_does_not_end_the_reservation() -> None:

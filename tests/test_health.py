@@ -229,3 +229,17 @@ def test_a_cluster_that_lost_every_gpu_waits_for_a_node_to_join(layout: Layout) 
     waits = [e for e in logs if e["event"] == "gpu_wait"]
     assert "waiting for a node" in waits[0]["reason"]
     assert len(layout.final("obj_a")["energy"]) == 10
+
+
+def test_a_run_that_can_never_go_on_says_so_and_stops(layout: Layout, monkeypatch) -> None:
+    """Nothing runs and the plan has a round for no GPU, though objects are unfinished:
+    nothing would ever wake the dispatcher. It stops with one line instead of a silent
+    hang (here the plan is made to offer nothing; in a run that is a bug)."""
+    from supervisor.core import plan
+
+    monkeypatch.setattr(plan, "pick", lambda *args, **kwargs: None)
+    with capture_logs() as logs:
+        assert run_in_process(layout.config(), timeout_s=30) == 1
+    stopped = names(logs, "run_stopped")
+    assert len(stopped) == 1 and stopped[0]["reason"].startswith(
+        "no round can start on any GPU and none is running, with 3 object(s) unfinished")

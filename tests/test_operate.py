@@ -177,3 +177,15 @@ def test_dataset_load_api(demo: Path) -> None:
     data = dataset.load(demo / "demo/experiments/demo/final/Curver_Storage_Bin_Black_Small"
                         / "final.npz")
     assert data["qpos_left"].shape == (50, 28) and data["seed"].dtype == np.int64
+
+
+def test_status_of_a_live_run_with_no_round_running_gives_no_eta(demo: Path) -> None:
+    """Found by a tester: a run waiting for ever showed an ETA of seconds."""
+    from supervisor.commands.status import render
+
+    data = json.loads(run_cli("status", "config.example.toml", "--json", cwd=demo).stdout)
+    data["per_object"][0]["status"] = "active"
+    data.update(objects_done=data["objects"] - 1, eta_s=4.0)
+    assert "ETA 0h00m04s" in render(data)
+    waiting = render({**data, "run_live": True, "rounds_running": 0})
+    assert "no ETA: no round is running now" in waiting and "0h00m04s" not in waiting

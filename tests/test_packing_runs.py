@@ -164,3 +164,62 @@ def test_another_users_job_on_a_card_sends_the_work_elsewhere_not_round_and_roun
     assert not events(logs, "round_failed") and not events(logs, "run_stopped")
     started = events(logs, "round_started")
     assert sum(e["gpu"] == 0 for e in started) <= 2  # the card waits for its memory
+
+
+def _foreign(layout: Layout, gpu: int, mib: int) -> None:
+    card = layout.root / "cards" / f"gpu{gpu}"
+    card.mkdir(parents=True, exist_ok=True)
+    (card / "foreign-job.json").write_text(f'{{"mib": {mib}, "load": 0}}')
+
+
+def test_a_retry_never_waits_for_a_card_another_users_job_fills(layout: Layout) -> None:
+    """Found by a tester: a round that ran out of memory on GPU 1 had to go to GPU 0, the
+    other healthy card it had not failed on, though another user's job held GPU 0's
+    memory: the run waited for ever, saying nothing. Both rounds start on GPU 1 (the
+    estimate is below what they take), one runs out of memory; its retry must go back to
+    GPU 1 once that card admits rounds again."""
+    settings = cards(layout, "1", card_mib=40_000, round_mib=6_000, round_memory_mib=5_000,
+                     max_rounds_per_gpu=2)
+    settings["gpus"] = [0, 1]
+    settings["object_code_list"] = ["obj_a"]
+    settings["env"]["EMULATOR_MEMORY_DELAY_S"] = "0.4"  # both have started by then
+    _foreign(layout, 0, 36_000)  # 4000 free: never a round
+    _foreign(layout, 1, 30_000)  # 10000 free: one round at a time
+    with capture_logs() as logs:
+        assert run_in_process_limited(layout.config(target_count_per_object=8, **settings)) == 0
+    ooms = events(logs, "round_out_of_memory")
+    assert [e["gpu"] for e in ooms] == [1], ooms
+    assert all(e["gpu"] == 1 for e in events(logs, "round_started"))
+    assert not events(logs, "run_stopped")
+    # While it waits for GPU 1's memory, the log says so (not only once at the start).
+    after = logs[logs.index(ooms[0]):]
+    assert [e for e in after if e["event"] == "gpu_wait" and "1" in e["short"]], after
+
+
+def test_a_fixed_level_admits_by_the_footprint_rounds_were_seen_to_take(
+        layout: Layout) -> None:
+    """Found by a tester: cards of 9000 MiB, max_rounds_per_gpu = 2, round_memory_mib =
+    2000, another user's 4000 MiB on one card. A second round was admitted beside one that
+    NVML showed at 6014 MiB (2986 free, above min_free_mib): 21 out-of-memory errors in
+    75 s, then a hang. Rounds here take 6000 MiB: once that is seen, one at a time."""
+    settings = cards(layout, "1", card_mib=9_000, round_mib=6_000, round_memory_mib=2_000,
+                     max_rounds_per_gpu=2, sample_interval_s=0.05)
+    settings["gpus"] = [0, 1]
+    settings["object_code_list"] = ["obj_a"]
+    _foreign(layout, 0, 4_000)
+    with capture_logs() as logs:
+        assert run_in_process_limited(layout.config(target_count_per_object=24,
+                                                    **settings)) == 0
+    ooms = events(logs, "round_out_of_memory")
+    # the first rounds, before any round was seen whole, may run out; none after that
+    first_ok = min(i for i, e in enumerate(logs) if e["event"] == "round_finished")
+    assert not [e for e in logs[first_ok:] if e["event"] == "round_out_of_memory"], ooms
+    assert layout.manifest()["gpus"]["1"]["footprint_mib"] >= 6_000
+
+
+def run_in_process_limited(config) -> int:
+    """A hang fails the test in half a minute, not two."""
+    from supervisor.gpus.choose import make_probe
+
+    probe, _ = make_probe(config.gpu.probe, config.gpus, config.main.env)
+    return run_in_process(config, probe, timeout_s=40.0)

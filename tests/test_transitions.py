@@ -67,6 +67,30 @@ def test_retry_waits_for_another_healthy_gpu_rather_than_its_failed_one() -> Non
     assert plan.pick(state, 1) == plan.Pick("a", 0, new=False)
 
 
+def test_a_retry_does_not_wait_for_a_card_that_cannot_take_a_round() -> None:
+    """GPU 1 is "closed" (another user's job holds its memory, GpuPool.closed): the retry
+    of a round that failed on GPU 0 may run there again rather than wait for ever."""
+    state = new(gpus=(0, 1), target=4)
+    start(state, "a", 0, 0)
+    fail(state, "a", 0, 0)
+    assert plan.pick(state, 0) is None  # waits for GPU 1...
+    assert plan.pick(state, 1) == plan.Pick("a", 0, new=False)
+    assert plan.pick(state, 0, closed={1}) == plan.Pick("a", 0, new=False)  # ...unless closed
+    assert plan.pick(state, 0, closed={0}) is None  # its own card closed: still GPU 1
+
+
+def test_stuck_only_when_nothing_runs_and_no_gpu_has_a_round() -> None:
+    state = new(gpus=(0, 1), target=4)
+    assert plan.stuck(state, [0, 1]) is None  # a round for either GPU
+    start(state, "a", 0, 0)
+    assert plan.stuck(state, []) is None  # a round runs: its end changes things
+    fail(state, "a", 0, 0)
+    assert plan.stuck(state, [0, 1]) is None
+    assert plan.stuck(state, []) == (
+        "no round can start on any GPU and none is running, with 1 object(s) unfinished "
+        "(waiting: a r0): this is a bug; the experiment resumes where it stopped")
+
+
 def test_failures_on_a_gpu_that_is_quarantined_do_not_count_against_objects() -> None:
     state = new(codes=("a", "b", "c"), target=100, quarantine_after=3, max_attempts=1,
                 max_consecutive_failed_rounds=2)

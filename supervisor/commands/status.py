@@ -236,4 +236,7 @@ def _eta(s: dict[str, Any]) -> str:
         return "all done"
     if not any(o["status"] in ("active", "not started") for o in s["per_object"]):
         return "no ETA: nothing left that can finish"
+    if s["run_live"] and not s["rounds_running"]:
+        # a run waiting (another user's job holds the cards' memory) is not seconds away
+        return "no ETA: no round is running now (the log's gpu_wait says what it waits for)"
     return f"ETA {duration(s['eta_s'])}"

@@ -145,6 +145,13 @@ class NoCardFits:
 
 
 @dataclass(frozen=True)
+class RunStuck:
+    """Nothing runs and no healthy GPU has a round to take, though objects are
+    unfinished: the run would wait for ever. ``reason`` says so; the run stops."""
+    reason: str
+
+
+@dataclass(frozen=True)
 class GpuAdded:
     """A cluster GPU that joined while the run goes on (a new node, a replaced worker)."""
     gpu: GpuKey
@@ -197,12 +204,12 @@ class DatasetLost:
 Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarted
          | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted
          | RoundOutOfMemory | PackingMeasured | GpuLost | NoCardFits | GpuAdded
-         | DatasetWritten | ObjectReloaded | ObjectRecovered | DatasetLost)
+         | DatasetWritten | RunStuck | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
     RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, RoundOutOfMemory,
     PackingMeasured, GpuLost, NoCardFits, GpuAdded, DatasetWritten, ObjectReloaded,
-    ObjectRecovered, DatasetLost,
+    ObjectRecovered, DatasetLost, RunStuck,
 )}
 # JSON turns int keys and tuples into strings and lists: these fields are restored.
 _INT_KEYED = ("in_final", "from_folders", "missing", "used")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 from supervisor.core import slots
-from supervisor.core.events import NoCardFits
+from supervisor.core.events import NoCardFits, RunStuck
 from supervisor.core.records import (
     GpuRecord, GpuStatus, ObjectStatus, RoundRecord, RoundStatus,
 )
@@ -126,9 +126,10 @@ def nothing_fits(state: State, reason: str) -> list[Effect]:
                     f"round alone on it: {reason}")]
 
 
-def no_card_fits(state: State, e: NoCardFits) -> list[Effect]:
-    """No card could take one round even when empty: stop the run (it would wait for
-    ever), with the reason the dispatcher found."""
+def no_card_fits(state: State, e: NoCardFits | RunStuck) -> list[Effect]:
+    """No card could take one round even when empty, or no GPU has a round to take and
+    nothing runs: stop the run (it would wait for ever), with the reason the dispatcher
+    found."""
     if state.stats["run_stopped"]:
         return []
     state.stats["run_stopped"] = 1

@@ -9,8 +9,10 @@ that wants a round (the ones before it already have every round they can use).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection
 
 from supervisor.core.health import suspect
+from supervisor.core.slots import GpuKey
 from supervisor.core.records import HAS_GRASPS, GpuStatus, ObjectRecord, RoundStatus
 from supervisor.core.state import State
 
@@ -85,12 +87,15 @@ class Pick:
     new: bool
 
 
-def allowed_on(state: State, failed_on: set[int], gpu: int) -> bool:
-    """A retry goes to a GPU it has not failed on whenever a healthy one exists, even if
-    that means waiting for it."""
+def allowed_on(state: State, failed_on: set[int], gpu: int,
+               closed: Collection[GpuKey] = ()) -> bool:
+    """A retry goes to a GPU it has not failed on whenever a healthy one exists that can
+    take a round, even if that means waiting for our own rounds there to end; never for
+    one that cannot (``closed``: another user's job holds its memory), which may be for
+    ever."""
     if gpu not in failed_on:
         return True
-    return not any(g not in failed_on for g in state.healthy_gpus())
+    return not any(g not in failed_on and g not in closed for g in state.healthy_gpus())
 
 
 def failed_on(state: State, code: str, round_id: int) -> set[int]:
@@ -99,11 +104,12 @@ def failed_on(state: State, code: str, round_id: int) -> set[int]:
             and f.get("kind", "failed") in ("failed", "oom")}
 
 
-def pick(state: State, gpu: int) -> Pick | None:
+def pick(state: State, gpu: GpuKey, closed: Collection[GpuKey] = ()) -> Pick | None:
     """The next round to start on ``gpu``: objects in list order, retries first.
 
     Earlier objects get every round their remaining quota can use; later ones fill GPUs
-    the earlier ones cannot use.
+    the earlier ones cannot use. ``closed``: GPUs that could not take a round even once
+    our rounds there end (``GpuPool.closed``): a retry does not wait for them.
     """
     if state.gpus.get(gpu) and state.gpus[gpu].status != GpuStatus.HEALTHY:
         return None
@@ -111,12 +117,26 @@ def pick(state: State, gpu: int) -> Pick | None:
         return None
     for code in state.active:
         for rid in sorted(state.tally[code].waiting):
-            if allowed_on(state, failed_on(state, code, rid), gpu):
+            if allowed_on(state, failed_on(state, code, rid), gpu, closed):
                 return Pick(code, rid, new=False)
         rid = state.next_round_id(code)
         if rid < state.policy.max_rounds and state.new_rounds_wanted(code) > 0:
             return Pick(code, rid, new=True)
     return None
+
+
+def stuck(state: State, gpus: Collection[GpuKey], closed: Collection[GpuKey] = ()) -> str | None:
+    """Why the run can never go on: no round of ours runs (nothing will change) and no
+    GPU of ``gpus`` (the healthy ones) has a round to take, though objects are unfinished;
+    else None. A safety net: in a run it means a bug."""
+    if state.running or state.settled() or any(pick(state, g, closed) for g in gpus):
+        return None
+    waiting = [f"{code} r{rid}" for code in state.active
+               for rid in sorted(state.tally[code].waiting)][:5]
+    return (f"no round can start on any GPU and none is running, with "
+            f"{len(state.active)} object(s) unfinished"
+            + (f" (waiting: {', '.join(waiting)})" if waiting else "")
+            + ": this is a bug; the experiment resumes where it stopped")
 
 
 def rounds_to_go(state: State, code: str) -> int:

@@ -228,6 +228,7 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.PackingMeasured: packing.measured,
     ev.GpuLost: gpu_lost,
     ev.NoCardFits: health.no_card_fits,
+    ev.RunStuck: health.no_card_fits,
     ev.GpuAdded: gpu_added,
     ev.DatasetWritten: dataset_written,
     ev.ObjectReloaded: reconcile.object_reloaded,

@@ -33,6 +33,12 @@ def round_memory(processes: Mapping[int, int], rounds: Mapping[int, Any]) -> dic
     return out
 
 
+def wait_cause(reason: str) -> str:
+    """A shortage's reason without its figures (``MiB available ( free) <  needed``):
+    what a wait is for, which changes less often than the figures do."""
+    return "".join(c for c in reason if not c.isdigit() and c != "-")
+
+
 class GpuPool:
     """Rounds in flight per GPU and free-memory admission that counts memory once.
 
@@ -144,15 +150,29 @@ class GpuPool:
         not only from those taken while a round waits to start."""
         self._seen(gpu, reading)
 
-    def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
-        """MiB NVML shows per round of ``gpu`` (by process group), learning peaks."""
-        self.last[gpu] = reading
+    def _ours(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
+        """MiB NVML shows per round of ``gpu`` (by process group)."""
         groups = {pgid: name for name, pgid in self.rounds.get(gpu, {}).items() if pgid}
-        seen = {groups[pgid]: mib for pgid, mib in round_memory(reading.processes,
+        return {groups[pgid]: mib for pgid, mib in round_memory(reading.processes,
                                                                 groups).items()}
+
+    def _seen(self, gpu: GpuKey, reading: Reading) -> dict[str, int]:
+        """MiB NVML shows per round of ``gpu``, learning peaks."""
+        self.last[gpu] = reading
+        seen = self._ours(gpu, reading)
         for name, mib in seen.items():
             self.peak_mib[name] = max(self.peak_mib.get(name, 0), mib)
         return seen
+
+    def closed(self, gpu: GpuKey) -> bool:
+        """``gpu`` could not take a round even once our rounds there have ended (another
+        user's job holds its memory, or it is too small), by its latest reading; a card
+        not read yet, or without memory figures, is open. A retry does not wait for it."""
+        reading = self.last.get(gpu)
+        if reading is None or reading.free_mib is None:
+            return False
+        ours = sum(self._ours(gpu, reading).values())
+        return reading.free_mib + ours < self._need()[0]
 
     def shortage(self, gpu: GpuKey, reading: Reading) -> str | None:
         """Why ``gpu`` cannot take one more round now, or None if it can."""
@@ -162,11 +182,12 @@ class GpuPool:
 
     def _need(self) -> tuple[int, str, str]:
         """What a card must have free to take a round, what says so, and what to change:
-        with "auto" the round's expected peak (packing admits by memory), with a fixed
-        number only ``min_free_mib``."""
+        ``min_free_mib``, and at least what a round is expected to take at its peak (the
+        learned footprint once a round has ended), with a fixed max_rounds_per_gpu too: a
+        round started with less runs out of memory."""
         s = self.settings
         estimate = self.estimate_mib()
-        if s.max_rounds_per_gpu != "auto" or s.min_free_mib >= estimate:
+        if s.min_free_mib >= estimate:
             return (s.min_free_mib, f"[gpu] min_free_mib = {s.min_free_mib}",
                     "lower [gpu] min_free_mib")
         if self.footprint_mib is None and estimate == s.round_memory_mib:

@@ -26,7 +26,7 @@ from supervisor.core.records import GpuStatus, now
 from supervisor.core.packing import is_capacity
 from supervisor.core.slots import GpuKey
 from supervisor.core.state import State
-from supervisor.gpus.pool import GpuPool
+from supervisor.gpus.pool import GpuPool, wait_cause
 from supervisor.gpus.probe import ProbeError
 from supervisor.gpus.reads import read_gpus
 from supervisor.logs import get_logger
@@ -80,6 +80,7 @@ class Dispatcher:
         self.watch: dict[str, tuple[RoundJob, LineSink]] = {}  # for the live view
         self.no_gpus = False  # every GPU was lost or quarantined
         self.small_warned: set[GpuKey] = set()  # cards said to be too small for a round
+        self.waiting_for: dict[str, str] = {}  # card -> why rounds wait for it, as said
 
     def stop(self) -> None:
         """Start no more rounds, from now on, whatever the dispatcher was awaiting."""
@@ -99,13 +100,18 @@ class Dispatcher:
             with self.scope:
                 await self._dispatch_loop(send, rounds_tg)
 
+    def _closed(self) -> set[GpuKey]:
+        """Cards that could not take a round even once our rounds there end: a retry
+        does not wait for them (``GpuPool.closed``)."""
+        return {g for g in self.pool.gpus if self.pool.closed(g)}
+
     def _candidates(self) -> list[GpuKey]:
         """Healthy GPUs with a free slot, when the plan has a round for one of them (all
         are read: a card that fell off the bus is noticed even while nothing suits it)."""
-        gpus = self.state.gpus
+        gpus, closed = self.state.gpus, self._closed()
         free = [g for g in self.pool.gpus if gpus[g].status == GpuStatus.HEALTHY
                 and self.pool.has_slot(g)]
-        return free if any(plan.pick(self.state, g) is not None for g in free) else []
+        return free if any(plan.pick(self.state, g, closed) is not None for g in free) else []
 
     async def _dispatch_loop(self, send: MemoryObjectSendStream[Any],
                              rounds_tg: TaskGroup) -> None:
@@ -129,7 +135,13 @@ class Dispatcher:
                 return
             candidates = self._candidates()
             if not candidates:
-                await self.changes.wait()
+                stuck = None if self.controls else plan.stuck(
+                    self.state, [g for g in self.state.healthy_gpus() if g in self.pool.gpus],
+                    self._closed())
+                if stuck is not None:
+                    self.merger.record(ev.RunStuck(stuck))
+                    return
+                await self.changes.wait(poll_s)
                 continue
             short = await anyio.to_thread.run_sync(cleanup.short_of_space, self.config,
                                                    abandon_on_cancel=True)
@@ -156,6 +168,10 @@ class Dispatcher:
         short: dict[str, str] = {}
         small: list[str] = []  # cards that could not take a round even when empty
         started = False
+        for gpu, reading in readings.items():  # every card's latest reading, first
+            if not isinstance(reading, ProbeError):
+                self.pool.observe(gpu, reading)
+        closed = self._closed()
         for gpu in sorted(readings, key=lambda g: (self.pool.in_flight(g), g)):
             reading = readings[gpu]
             if isinstance(reading, ProbeError):
@@ -169,15 +185,14 @@ class Dispatcher:
                     self.log.warning("gpu_too_small", **slots.fields(gpu),
                                      reason=self._too_small(too_small))
             reason = self.pool.shortage(gpu, reading)
-            pick = plan.pick(self.state, gpu)
+            pick = plan.pick(self.state, gpu, closed)
             if reason is not None or pick is None:
-                if reason:
+                if reason and pick is not None:
                     short[str(gpu)] = reason
                 continue
             self._start(pick, gpu, send, rounds_tg)
             started = True
-        if not started and short and self._due(logged, "gpu"):
-            self.log.info("gpu_wait", short=short, poll_interval_s=self.config.gpu.poll_interval_s)
+        self._say_wait(short if not started else {}, logged)
         if small and len(small) == len(readings) and not self.backend.dynamic and \
                 not any(self.pool.in_flight(g) for g in self.pool.gpus):
             # every card is too small and no round runs that could learn a smaller peak
@@ -185,6 +200,20 @@ class Dispatcher:
             self.merger.record(ev.NoCardFits(f"no GPU can take one round: "
                                              f"{self._too_small(', '.join(small))}"))
         return started
+
+    def _say_wait(self, short: dict[str, str], logged: dict[str, float]) -> None:
+        """``gpu_wait`` when rounds wait for cards' memory: at once when what they wait
+        for changes (other cards, another cause), then every WAIT_LOG_INTERVAL_S."""
+        cause = {gpu: wait_cause(reason) for gpu, reason in short.items()}
+        if not short:
+            self.waiting_for = {}
+            return
+        if cause != self.waiting_for:
+            self.waiting_for = cause
+            logged["gpu"] = -math.inf
+        if self._due(logged, "gpu"):
+            self.log.info("gpu_wait", short=short,
+                          poll_interval_s=self.config.gpu.poll_interval_s)
 
     def _too_small(self, cards: str) -> str:
         return f"{cards}, and {self.pool.need()}, or use larger cards"
