@@ -152,8 +152,9 @@ def test_manifest_and_final_npz_keep_their_fields(layout: Layout) -> None:
     assert sorted(m["gpus"]["0"]) == ["backoffs", "drifts", "footprint_mib", "gains", "gpu", "held_until",
                                       "level",
                                       "node", "ooms_alone", "rates", "reason", "reasons",
-                                      "retest_at", "rounds_failed", "rounds_ok", "sharing",
-                                      "status", "streak", "streak_rounds"]
+                                      "retest_at", "retest_from", "rounds_failed",
+                                      "rounds_ok", "sharing", "status", "streak",
+                                      "streak_rounds", "worse"]
     with np.load(layout.experiments / "t/final/obj_a/final.npz") as npz:
         arrays = {k: (npz[k].dtype.str, npz[k].shape) for k in npz.files}
     assert arrays == {

@@ -439,3 +439,67 @@ def test_an_older_manifest_s_gains_are_sharing_figures_and_are_not_compared() ->
     assert rec.level == 3 and rec.gains == {3: 1.3}
     back = GpuRecord.from_json(rec.to_json())  # written again: read as it is
     assert back.gains == {3: 1.3} and back.sharing == {1: 1.0, 2: 1.85, 3: 2.1}
+
+
+def test_a_retest_shows_the_level_held_and_quotes_one_figure_per_measurement() -> None:
+    """Found by a tester: a card that measured 2 worse (0.70x) and spent most of the run
+    at 1 ended with status and the report saying "2 rounds at once, measuring"; the step
+    back said 0.70x and the re-test's reason 0.74x for the same measurement (one round's
+    own figure had moved since)."""
+    from supervisor.commands.report.data import packing_text
+    from supervisor.run.supervisor import _tag
+
+    state = new()
+    apply(state, ev.PackingMeasured(0, 1, 0.8, 10.0, True, 60.0, T, 1, 1.0))
+    back = apply(state, ev.PackingMeasured(0, 2, 0.56, 7.0, True, 60.0, T + 60, 2, 0.7))
+    assert "2 rounds at once measured 0.70x the grasps/s of one" in back[0].fields["why"]
+    apply(state, ev.PackingMeasured(0, 1, 0.76, 9.5, True, 60.0, T + 200, 1, 1.0))
+    rec = state.gpus[0]
+    assert rec.level == 1 and packing.describe("GPU 0", packing.summary(rec)) == \
+        "GPU 0: 1 round at once"
+    retest = apply(state, ev.PackingMeasured(0, 1, 0.76, 9.5, True, 60.0, T + 400, 1, 1.0))
+    assert "re-testing 2 rounds at once (it measured 0.70x" in retest[0].fields["why"]
+    assert rec.level == 2 and rec.retest_from == 1
+    assert packing.describe("GPU 0", packing.summary(rec)) == \
+        "GPU 0: 1 round at once, re-testing 2 (it measured 0.70x the grasps/s of one)"
+    assert _tag(rec) == "1 at once, re-testing 2 (it measured 0.70x)"
+    assert packing_text({"gpus": {"0": rec.to_json()}}) == \
+        "GPU 0: 1 at once, re-testing 2 (it measured 0.70x)"
+    back = GpuRecord.from_json(rec.to_json())
+    assert (back.retest_from, back.worse) == (1, {2: 0.7})
+    # The re-test loses again: back to one, no re-test shown.
+    apply(state, ev.PackingMeasured(0, 2, 0.6, 7.5, True, 60.0, T + 500, 2, 0.75))
+    assert rec.level == 1 and rec.retest_from is None
+    assert packing.describe("GPU 0", packing.summary(rec)) == "GPU 0: 1 round at once"
+    # A re-test that pays holds the level: it is no longer a re-test.
+    state.gpus[0].retest_at = 0
+    apply(state, ev.PackingMeasured(0, 1, 0.76, 9.5, True, 60.0, T + 4000, 1, 1.0))
+    assert rec.level == 2 and rec.retest_from == 1
+    apply(state, ev.PackingMeasured(0, 2, 1.4, 17.0, True, 60.0, T + 4100, 2, 1.75))
+    assert rec.retest_from is None and 2 not in rec.worse
+    assert packing.describe("GPU 0", packing.summary(rec)).startswith(
+        "GPU 0: 3 rounds at once, measuring (2: 1.84x)")
+
+
+@pytest.mark.anyio
+async def test_the_packer_journals_a_measurement_at_once_not_with_the_next_round() -> None:
+    """Found by a tester: status lagged the log by seconds on a packing change, since the
+    packer's events waited in memory for the merger's next write (a round's start or end)."""
+    import anyio
+
+    from supervisor.run.packer import Packer
+
+    committed = anyio.Event()
+
+    class Merger:
+        async def commit(self) -> None:
+            committed.set()
+
+    packer = Packer.__new__(Packer)
+    packer.merger, packer.tick_s = Merger(), 0.01
+    packer.tick = lambda: True  # type: ignore[method-assign]  # a measurement recorded
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(packer.run)
+            await committed.wait()
+            tg.cancel_scope.cancel()

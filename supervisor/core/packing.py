@@ -58,6 +58,8 @@ def _x(rec: GpuRecord, gain: float) -> str:
 
 def _set(rec: GpuRecord, level: int, why: str) -> list[Effect]:
     before, rec.level = rec.level, level
+    if rec.retest_from is not None and level != rec.retest_from + 1:
+        rec.retest_from = None  # back to the level held, or the card changed
     if before == level:
         return []
     return [Log("packing_changed", {
@@ -80,6 +82,8 @@ def start(state: State, rec: GpuRecord) -> None:
     while measured < rec.level and measured + 1 in rec.sharing:
         measured += 1
     rec.level = measured
+    if held(rec.level, rec.retest_from) == rec.level:
+        rec.retest_from = None  # no re-test goes on: the level is held
 
 
 def _retest_after(state: State, rec: GpuRecord, e: PackingMeasured) -> float:
@@ -110,7 +114,7 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
             return []  # once may be noise: wait for the next measurement
         # Twice in a row: the card changed (another user's job came or went), and what
         # was measured at the other levels no longer holds. Measure again from one up.
-        rec.drifts, rec.backoffs = 0, 0
+        rec.drifts, rec.backoffs, rec.worse = 0, 0, {}
         rec.gains, rec.rates = {k: e.gain}, {k: e.grasps_per_s}
         rec.sharing = {k: e.sharing} if e.sharing > 0 else {}
         if k > 1:
@@ -127,8 +131,11 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
     if below is not None and e.gain < below:
         rec.backoffs += 1
         rec.retest_at = _retest_after(state, rec, e)
-        return _set(rec, k - 1, f"{_at_once(k)} measured {_x(rec, e.gain)} the grasps/s "
+        rec.worse[k] = round(_over_one(rec.gains, e.gain), 3)  # the figure said, kept
+        return _set(rec, k - 1, f"{_at_once(k)} measured {rec.worse[k]:.2f}x the grasps/s "
                                 f"of one, less than the {_x(rec, below)} of {k - 1}")
+    rec.retest_from = None  # a re-test that did not lose: the level is held now
+    rec.worse.pop(k, None)
     paid = below is None or e.gain >= below * (1 + state.policy.pack_gain)
     if not e.room or e.at < rec.held_until:
         return []
@@ -140,8 +147,10 @@ def measured(state: State, e: PackingMeasured) -> list[Effect]:
     if above is not None and e.at >= rec.retest_at:
         rec.gains.pop(k + 1, None)  # measured again from scratch
         rec.retest_at = _retest_after(state, rec, e)
-        return _set(rec, k + 1, f"re-testing {_at_once(k + 1)} (it measured "
-                                f"{_x(rec, above)}, {k} measures {_x(rec, e.gain)})")
+        rec.retest_from = k
+        was = rec.worse.get(k + 1, _over_one(rec.gains, above))
+        return _set(rec, k + 1, f"re-testing {_at_once(k + 1)} (it measured {was:.2f}x, "
+                                f"{k} measures {_x(rec, e.gain)})")
     return []
 
 
@@ -161,11 +170,13 @@ def out_of_memory(state: State, rec: GpuRecord, at: float, round_s: float) -> li
                 f"CUDA out of memory with {_at_once(rec.level)}")
 
 
-def shown(gains: Mapping[Any, float], level: int | None) -> str:
-    """What a card's level has made, for status, the live view and the report: ``2.40x``
-    (relative to one round), ``measuring (2: 1.79x)`` while the level stepped up to is
-    measured, or "" for one round or nothing measured."""
-    if level is None or level <= 1:
+def held(level: int | None, retest_from: int | None) -> int | None:
+    """The level a card holds: during a re-test of the level above, the one below it."""
+    return retest_from if retest_from is not None and level == retest_from + 1 else level
+
+
+def _level_text(gains: Mapping[Any, float], level: int) -> str:
+    if level <= 1:
         return ""
     gain = relative(gains, level)
     if gain is not None:
@@ -174,22 +185,59 @@ def shown(gains: Mapping[Any, float], level: int | None) -> str:
     return "measuring" + (f" ({level - 1}: {below:.2f}x)" if below is not None else "")
 
 
+def shown(gains: Mapping[Any, float], level: int | None, retest_from: int | None = None,
+          worse: Mapping[Any, float] | None = None) -> str:
+    """What a card's level has made, for status, the live view and the report, beside
+    the level it holds (``held``): ``2.40x`` (relative to one round), ``measuring (2:
+    1.79x)`` while the level stepped up to is measured, ``re-testing 2 (it measured
+    0.70x)`` while the level above the one held is tried again, or "" for one round or
+    nothing measured."""
+    if level is None:
+        return ""
+    base = held(level, retest_from)
+    assert base is not None
+    text = _level_text(gains, base)
+    if base == level:
+        return text
+    was = {int(k): v for k, v in (worse or {}).items()}.get(level)
+    retest = f"re-testing {level}" + (f" (it measured {was:.2f}x)" if was is not None else "")
+    return f"{text}, {retest}" if text else retest
+
+
+def shown_of(info: Mapping[str, Any]) -> tuple[int | None, str]:
+    """The level held and what it made, from a GpuRecord's JSON (the manifest's gpus)."""
+    level, retest_from = info.get("level"), info.get("retest_from")
+    return held(level, retest_from), shown(info.get("gains") or {}, level, retest_from,
+                                           info.get("worse"))
+
+
 def summary(rec: GpuRecord) -> dict[str, Any]:
     """What status and the report show of a card's packing."""
-    gain = relative(rec.gains, rec.level)
-    return {"level": rec.level, "gain": None if gain is None else round(gain, 3),
-            "shown": shown(rec.gains, rec.level),
+    gain, base = relative(rec.gains, rec.level), held(rec.level, rec.retest_from)
+    return {"level": rec.level, "held": base,
+            "retesting": rec.level if base != rec.level else None,
+            "gain": None if gain is None else round(gain, 3),
+            "shown": shown(rec.gains, rec.level, rec.retest_from, rec.worse),
+            "made": "" if base is None else _level_text(rec.gains, base),
             "gains": {str(k): round(v, 3) for k, v in sorted(rec.gains.items())},
             "grasps_per_s": {str(k): round(v, 3) for k, v in sorted(rec.rates.items())},
-            "sharing": {str(k): round(v, 3) for k, v in sorted(rec.sharing.items())}}
+            "sharing": {str(k): round(v, 3) for k, v in sorted(rec.sharing.items())},
+            "worse": {str(k): v for k, v in sorted(rec.worse.items())}}
 
 
 def describe(gpu_label: str, info: dict[str, Any]) -> str:
-    """``GPU 2: 3 rounds at once, 2.40x the grasps/s of one``."""
-    level, text = info.get("level"), info.get("shown", "")
-    if level is None:
+    """``GPU 2: 3 rounds at once, 2.40x the grasps/s of one``; during a re-test, the
+    level held and the one tried: ``GPU 0: 1 round at once, re-testing 2 (it measured
+    0.70x the grasps/s of one)``."""
+    level, base = info.get("level"), info.get("held")
+    if level is None or base is None:
         return ""
-    line = f"{gpu_label}: {_at_once(level)}"
-    if text.endswith("x"):
-        return f"{line}, {text} the grasps/s of one"
-    return f"{line}, {text}" if text else line
+    made = info.get("made", "")
+    parts = [f"{gpu_label}: {_at_once(base)}"]
+    if made:
+        parts.append(made + (" the grasps/s of one" if made.endswith("x") else ""))
+    if info.get("retesting") is not None:
+        was = info.get("worse", {}).get(str(level))
+        parts.append(f"re-testing {level}" + ("" if was is None else
+                                              f" (it measured {was:.2f}x the grasps/s of one)"))
+    return ", ".join(parts)

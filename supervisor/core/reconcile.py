@@ -54,6 +54,7 @@ def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
             rec.level, rec.gains, rec.rates = old.level, dict(old.gains), dict(old.rates)
             rec.sharing = dict(old.sharing)
             rec.retest_at, rec.backoffs = old.retest_at, old.backoffs
+            rec.retest_from, rec.worse = old.retest_from, dict(old.worse)
         packing.start(state, rec)
     orphans = []
     for code, obj in state.objects.items():

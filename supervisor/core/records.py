@@ -194,6 +194,10 @@ class GpuRecord:
     ooms_alone: int = 0
     drifts: int = 0  # measurements in a row far from the level's own earlier one
     backoffs: int = 0  # steps back since the card last changed: each doubles the re-test wait
+    # while the level above one it held is re-tested: the level held; and what each level
+    # stepped back from measured then (over one round), the one figure quoted for it
+    retest_from: int | None = None
+    worse: dict[int, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"gpu": self.gpu, "node": self.node, "status": self.status.value,
@@ -206,7 +210,8 @@ class GpuRecord:
                 "sharing": {str(k): v for k, v in sorted(self.sharing.items())},
                 "held_until": self.held_until, "retest_at": self.retest_at,
                 "ooms_alone": self.ooms_alone, "drifts": self.drifts,
-                "backoffs": self.backoffs}
+                "backoffs": self.backoffs, "retest_from": self.retest_from,
+                "worse": {str(k): v for k, v in sorted(self.worse.items())}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GpuRecord:
@@ -225,4 +230,6 @@ class GpuRecord:
                    retest_at=float(data.get("retest_at", 0.0)),
                    ooms_alone=int(data.get("ooms_alone", 0)),
                    drifts=int(data.get("drifts", 0)),
-                   backoffs=int(data.get("backoffs", 0)))
+                   backoffs=int(data.get("backoffs", 0)),
+                   retest_from=data.get("retest_from"),
+                   worse={int(k): float(v) for k, v in data.get("worse", {}).items()})

@@ -47,6 +47,9 @@ class Merger:
         self.judges: dict[str, Judge] = {}  # [dedup]: per object, rounds judged in order
         self.to_clean: list[CleanRounds] = []
         self.write_error: str | None = None
+        # the packer commits its measurements too: appends stay in order, and none falls
+        # between a snapshot's encoding and the journal's truncation
+        self.journal_lock = anyio.Lock()
 
     # -- effects -------------------------------------------------------------------------
     def record(self, event: ev.Event) -> None:
@@ -144,9 +147,11 @@ class Merger:
 
     # -- writing -------------------------------------------------------------------------
     async def commit(self) -> None:
-        lines = self.store.take_queued()
-        if lines:
-            await anyio.to_thread.run_sync(self.store.journal.append, lines)
+        """Append what was recorded since the last commit to the journal (fsync)."""
+        async with self.journal_lock:
+            lines = self.store.take_queued()
+            if lines:
+                await anyio.to_thread.run_sync(self.store.journal.append, lines)
 
     async def flush(self, drain: bool = False, snapshot: bool = False) -> None:
         """Journal, then datasets (each recorded by an event), journal, cleanup, snapshot.
@@ -165,10 +170,11 @@ class Merger:
             crash_point("flush.after_datasets")
             await self.commit()
             if snapshot or drain or self.store.snapshot_due():
-                data = self.store.encode_snapshot()
-                await anyio.to_thread.run_sync(self.store.write_snapshot, data)
+                async with self.journal_lock:
+                    data = self.store.encode_snapshot()
+                    await anyio.to_thread.run_sync(self.store.write_snapshot, data)
         except OSError as exc:
-            self._write_failed(exc)
+            self.write_failed(exc)
             return
         if not self.config.keep_intermediate:
             for clean in self.to_clean:
@@ -204,7 +210,7 @@ class Merger:
                 "not saved by every round of this object: kept as NaN where missing"))
         acc.partial_keys.clear()
 
-    def _write_failed(self, exc: OSError) -> None:
+    def write_failed(self, exc: OSError) -> None:
         first = self.write_error is None
         self.write_error = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
         self.log.error("write_failed", error=self.write_error, errno=exc.errno,

@@ -38,7 +38,9 @@ class Packer:
             card.seed.update({k: math.log(g / k) for k, g in learned.items() if g > 0})
         pool.level_of = lambda gpu: state.gpus[gpu].level if gpu in state.gpus else None
 
-    def tick(self) -> None:
+    def tick(self) -> bool:
+        """One look at every card; True when a measurement was recorded."""
+        recorded = False
         for gpu in list(self.pool.gpus):
             samples = [Sample(name, job.object_code, sink.latest_at, sink.latest.n,
                               sink.latest.total)
@@ -54,6 +56,7 @@ class Packer:
             if m is None:
                 continue
             before = self.state.gpus[gpu].level if gpu in self.state.gpus else None
+            recorded = True
             self.merger.record(ev.PackingMeasured(
                 gpu, m.level, round(m.gain, 4), round(m.grasps_per_s, 4),
                 self.pool.room(gpu), round(m.round_s, 3), round(time.time(), 3),
@@ -64,8 +67,13 @@ class Packer:
                 self.pool.hold_back(gpu, HOLD * m.round_s)
             if after != before:
                 self.changed()
+        return recorded
 
     async def run(self) -> None:
         while True:
-            self.tick()
+            if self.tick():  # journaled now: status shows a level change as it is logged
+                try:
+                    await self.merger.commit()
+                except OSError as exc:  # a full disk: the run drains, as for any write
+                    self.merger.write_failed(exc)
             await anyio.sleep(self.tick_s)

@@ -50,8 +50,8 @@ def _tag(rec: GpuRecord | None) -> str:
         return rec.status.value
     if rec.level is None:
         return ""
-    text = packing.shown(rec.gains, rec.level)
-    return f"{rec.level} at once" + (f", {text}" if text else "")
+    text = packing.shown(rec.gains, rec.level, rec.retest_from, rec.worse)
+    return f"{packing.held(rec.level, rec.retest_from)} at once" + (f", {text}" if text else "")
 # After the second signal the process exits within grace_s + this, whatever a child or
 # NVML does (a child stuck in the kernel ignores even SIGKILL).
 EXIT_MARGIN_S = 4.5

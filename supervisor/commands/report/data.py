@@ -240,10 +240,9 @@ def packing_text(m: dict[str, Any]) -> str | None:
     gpus = m.get("gpus", {})
     for key in sorted(gpus, key=lambda k: slots.order(slots.parse(k))):
         gpu = gpus[key]
-        level, gains = gpu.get("level"), gpu.get("gains") or {}
+        level, text = packing.shown_of(gpu)
         if level is None:
             continue
-        text = packing.shown(gains, level)
         parts.append(f"{row_label(slots.parse(key), gpu.get('node'))}: {level} at once"
                      + (f" ({text})" if text.endswith("x") else f", {text}" if text else ""))
     return "; ".join(parts) or None
