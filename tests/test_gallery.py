@@ -241,6 +241,8 @@ def test_helpers_leave_no_temporary_folder(tmp_path: Path) -> None:
     empty.mkdir()
     draw(view(tmp_path, empty), tmp_path, jobs(1))  # the helper refuses at once
     draw(view(tmp_path, STANDIN_FAULT="crash", workers=1), tmp_path / "b", jobs(1))
+    gone = draw(view(tmp_path, tmp_path / "moved"), tmp_path / "c", jobs(1))  # no checkout
+    assert "[view] cwd" in gone.note and "is not a folder" in gone.note
     assert folders() == before
 
 

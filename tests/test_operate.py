@@ -177,3 +177,31 @@ def test_dataset_load_api(demo: Path) -> None:
     data = dataset.load(demo / "demo/experiments/demo/final/Curver_Storage_Bin_Black_Small"
                         / "final.npz")
     assert data["qpos_left"].shape == (50, 28) and data["seed"].dtype == np.int64
+
+
+def test_the_read_only_commands_work_without_the_checkout(demo: Path) -> None:
+    """Found by a tester (#25): with the checkout moved (or the dataset copied to a
+    laptop), status, export, report and show refused the config for its [main] cwd."""
+    text = (demo / "config.example.toml").read_text()
+    assert text.count('cwd = "demo/BimanGrasp-Optimization"') == 1
+    (demo / "moved.toml").write_text(text.replace('cwd = "demo/BimanGrasp-Optimization"',
+                                                  'cwd = "moved/BimanGrasp-Optimization"'))
+    status = run_cli("status", "moved.toml", cwd=demo)
+    assert status.returncode == 0 and "objects 3/3 done" in status.stdout, status.stderr
+    export = run_cli("export", "moved.toml", "--out", str(demo / "moved-export"), cwd=demo)
+    assert export.returncode == 0 and len(list((demo / "moved-export").glob("*.npy"))) == 3
+    report = run_cli("report", "moved.toml", "--out", "moved-report/report.html", cwd=demo)
+    assert report.returncode == 0, report.stderr
+    why = f"[view] cwd {demo / 'moved/BimanGrasp-Optimization'} is not a folder"
+    assert report.stdout.count(why) == 1 and "Traceback" not in report.stderr
+    assert "wrists only" in (demo / "moved-report" / "gallery" /
+                             "Curver_Storage_Bin_Black_Small.html").read_text()
+    show = run_cli("show", "moved.toml", "Curver_Storage_Bin_Black_Small", "--no-open",
+                   "--out", "moved-show.html", cwd=demo)
+    assert show.returncode == 0 and show.stderr.count(why) == 1, show.stderr
+    assert (demo / "moved-show.html").exists()
+    # A run needs the checkout: the run, --dry-run and recover still refuse it.
+    for args in (["moved.toml"], ["moved.toml", "--dry-run"], ["recover", "moved.toml"]):
+        proc = run_cli(*args, cwd=demo)
+        assert proc.returncode == 2 and "main.cwd" in proc.stderr \
+            and "an existing folder" in proc.stderr, (args, proc.stderr)

@@ -44,7 +44,7 @@ def main(argv: Sequence[str]) -> int:
         p.error("--best must be at least 1")
     if args.index and args.best is not None:
         p.error("give --index or --best, not both")
-    config = load_config(args.config, overrides_from(args))
+    config = load_config(args.config, overrides_from(args), reading=True)
     if not paths.manifest(config.exp_dir).exists():
         raise RefusedError(f"{paths.manifest(config.exp_dir)}: no manifest; experiment "
                            f"{config.exp_name!r} has not started (run: {config.command()})")
