@@ -284,3 +284,25 @@ def test_odd_object_codes_are_links_that_work() -> None:
     from supervisor.gallery.build import _url
 
     assert _url("x#y?z%20w&<-0.png") == "x%23y%3Fz%2520w%26%3C-0.png"
+
+
+def test_a_cache_that_cannot_be_written_keeps_what_was_drawn(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Found by a tester (#25): a read-only gallery-cache/ made the drawing report
+    "grasps not drawn" or fail to start the hands. (Tests run as root, where chmod does
+    not stop a write: the cache's write fails as it would there.)"""
+    from supervisor.gallery import cache as cache_module
+
+    def refuse(path: Path, payload: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", refuse)
+    drawn = draw(view(tmp_path), tmp_path, jobs(2))
+    assert drawn.note is None and drawn.hands is not None
+    assert all(m is not None for j in drawn.jobs for m in j.motions)
+    assert all(j.mesh is not None and j.mesh[2] == "checkout" and not j.notes
+               for j in drawn.jobs)
+    assert drawn.cache.problem is not None and "\n" not in drawn.cache.problem
+    assert "gallery cache not written" in drawn.cache.problem
+    assert "Permission denied" in drawn.cache.problem
+    assert Cache(tmp_path).describe()["files"] == 0

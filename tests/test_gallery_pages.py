@@ -213,3 +213,37 @@ def test_the_reports_gallery_shows_its_pictures_in_chromium(demo: Path, reported
     result = shots.check_page(chromium, probe, probe.parent)
     assert result["errors"] == [] and result["rendered"] == result["plots"]
     assert 'data-pictures="12"' in result["dom"]
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_gallery(demo: Path, tmp_path: Path,
+                                                                monkeypatch, capsys) -> None:
+    """Found by a tester (#25): with gallery-cache/ read-only, the report's pictures (and
+    hands) were lost to the failing cache writes. Now drawn anyway, said once."""
+    from supervisor.commands import cli
+    from supervisor.gallery import cache as cache_module
+    from supervisor.gallery.cache import Cache
+
+    def refuse(path: Path, payload: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", refuse)
+    shutil.copytree(demo / "demo/experiments/demo", tmp_path / "copy" / "demo",
+                    ignore=shutil.ignore_patterns("gallery*", "show", "report.html"))
+    assert cli.main(["report", str(demo / "config.example.toml"), "--experiments_dir",
+                     str(tmp_path / "copy")]) == 0
+    out = capsys.readouterr().out
+    exp = tmp_path / "copy" / "demo"
+    report = (exp / "report.html").read_text()
+    assert len(re.findall(r'<img src="gallery/([^"]+\.png)"', report)) == 12
+    assert len(list((exp / "gallery").glob("*.png"))) == 12
+    assert report.count("gallery cache not written") == 1 and "Permission denied" in report
+    assert out.count("gallery cache not written") == 1
+    assert "not drawn" not in report and Cache(exp).describe()["files"] == 0
+    page = (exp / "gallery" / f"{CODE}.html").read_text()
+    assert re.search(r'<script src="hands-[0-9a-f]{16}\.js">', page)  # the hands drawn
+    assert "wrists only" not in page
+    assert cli.main(["show", str(demo / "config.example.toml"), CODE, "--no-open",
+                     "--experiments_dir", str(tmp_path / "copy")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: gallery cache not written") == 1 and err.count("\n") == 1, err
+    assert "hands not drawn" not in (exp / "show" / f"{CODE}.html").read_text()

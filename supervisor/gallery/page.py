@@ -120,7 +120,7 @@ def build(drawn: Drawn, job: Job, whys: list[str], plotly_js: str | None,
                                        in enumerate(zip(job.rows, whys))]}
     if job.mesh is not None:
         page["object"] = {"v": b64(job.mesh[0], "<f4"), "f": b64(job.mesh[1], "<u4")}
-    notes = ([drawn.note] if drawn.note else []) + job.notes
+    notes = [n for n in (drawn.note, drawn.cache and drawn.cache.problem) if n] + job.notes
     if job.mesh is None:
         notes.append("no object mesh: neither the checkout nor data/meshdata/"
                      f"{job.code} gave one")
