@@ -151,6 +151,26 @@ def test_gpus_all_without_nvml_fails_clearly(layout: Layout, capsys, monkeypatch
     assert 'gpus = "all" needs NVML' in err and not (layout.root / "exp").exists()
 
 
+@pytest.mark.parametrize("gpus", [[0, 1], "all"])
+def test_probe_nvml_without_nvml_names_the_probe(layout: Layout, capsys, monkeypatch,
+                                                 gpus) -> None:
+    """Found by a tester (#25): with a list of GPUs, the error talked of gpus = "all"."""
+    from supervisor.gpus.nvml import NvmlProbe
+    from supervisor.gpus.probe import ProbeError
+
+    def no_nvml() -> None:
+        raise ProbeError("NVML did not start (no driver)")
+
+    monkeypatch.setattr(NvmlProbe, "__init__", lambda self: no_nvml())
+    path = layout.write_config(gpus=gpus, gpu={"probe": "nvml"})
+    assert cli.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '[gpu] probe = "nvml" needs NVML' in err[0], err
+    assert 'probe = "auto"' in err[0] and 'gpus = "all" needs' not in err[0]
+    assert ('"static"' in err[0]) == (gpus != "all")  # static needs a list of GPUs
+    assert not (layout.root / "exp").exists()
+
+
 def test_unwritable_experiments_folder_is_one_line(layout: Layout, capsys) -> None:
     blocker = layout.root / "exp"
     blocker.write_text("a file where the experiments folder should be")
