@@ -73,6 +73,16 @@ def test_show_refuses_in_one_line(demo: Path, args: list[str], expected: str) ->
     assert "Traceback" not in proc.stderr
 
 
+def test_show_refuses_an_out_file_in_a_missing_folder(demo: Path) -> None:
+    """Found by a tester (#25): show --out a/b/c.html made a/b/ (a typo became folders)."""
+    proc = run_cli("show", "config.example.toml", CODE, "--no-open", "--out",
+                   "no-such/folder/page.html", cwd=demo)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert f"{demo / 'no-such/folder'} does not exist" in proc.stderr
+    assert not (demo / "no-such").exists()
+
+
 def test_show_never_draws_another_objects_grasps(demo: Path, tmp_path: Path) -> None:
     final = demo / "demo/experiments/demo/final"
     a, b = final / CODE / "final.npz", next(p for p in final.glob("*/final.npz")
