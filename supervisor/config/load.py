@@ -107,7 +107,10 @@ def _sections(r: Reader) -> dict[str, Any]:
     sections = {name: read_settings(r.table_of(name), cls) for name, cls in SECTIONS.items()}
     t = r.table_of("filter")
     known = tuple(f"max_{k}" for k in FILTER_KEYS)
-    sections["filter"] = {k[4:]: t.number(k, None, minimum=float("-inf"))
+    # Any finite threshold; +-inf and nan are refused: leaving the key out is "no
+    # threshold", and -inf (or nan, which compares false) would drop every grasp.
+    sections["filter"] = {k[4:]: t.number(k, None, minimum=None,
+                                          hint=f" (leave {k} out for no threshold)")
                           for k in known if t.has(k)}
     t.finish(known)
     table = r.raw("dedup", {})
