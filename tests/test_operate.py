@@ -205,3 +205,28 @@ def test_the_read_only_commands_work_without_the_checkout(demo: Path) -> None:
         proc = run_cli(*args, cwd=demo)
         assert proc.returncode == 2 and "main.cwd" in proc.stderr \
             and "an existing folder" in proc.stderr, (args, proc.stderr)
+
+
+def test_status_lines_up_object_codes_of_wide_characters(demo: Path) -> None:
+    """Found by a tester (#25): object codes are users' file names; a CJK or emoji code
+    took two columns a character and pushed its row's columns right."""
+    import unicodedata
+
+    from supervisor.commands.status import render
+
+    def columns(text: str) -> int:  # as a terminal draws it
+        return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Cf")
+                   else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    data = json.loads(run_cli("status", "config.example.toml", "--json", cwd=demo).stdout)
+    codes = ["杯子_01", "cafe\u0301_cup", "🍵" * 25]  # CJK; a combining accent; cut at 40
+    for obj, code in zip(data["per_object"], codes):
+        obj["object_code"] = code
+    lines = render(data).splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("object "))
+    rows = lines[header + 1:header + 4]
+    assert [r.split(" ", 1)[0] for r in rows] == ["杯子_01", "cafe\u0301_cup", "🍵" * 20]
+    for row, obj in zip(rows, data["per_object"]):
+        code_field = row[:row.index(f" {obj['status']} ")]
+        assert columns(code_field) == 40, row
+        assert columns(row) == columns(lines[header]), row
