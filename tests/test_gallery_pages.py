@@ -20,7 +20,8 @@ from conftest import ROOT, run_cli
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin-checkout"
 CODE = "Curver_Storage_Bin_Black_Small"
-HAND_RGB = (119, 136, 153)  # lightslategray, as visualization.py draws the hands
+HAND_RGB = (119, 136, 153)  # lightslategray, as visualization.py draws the hands: the left
+RIGHT_HAND_RGB = (214, 128, 48)  # and the right one orange (#25: which hand is which)
 
 
 def bench(name: str):
@@ -110,6 +111,9 @@ def test_the_report_has_a_gallery_that_a_second_report_reuses(demo: Path, report
     report = (exp / "report.html").read_text()
     pictures = re.findall(r'<img src="gallery/([^"]+\.png)"', report)
     assert len(pictures) == 12  # 3 objects x 4 grasps
+    key = re.findall(r"&#9632;</span> left hand, <span[^>]*>&#9632;</span> right hand "
+                     r"\(left hand grey-blue, right hand orange\)", report)
+    assert len(key) == 1  # which hand is which, once above the pictures (#25)
     for name in pictures:
         assert (exp / "gallery" / name).read_bytes()[:4] == b"\x89PNG"
     assert (exp / "gallery" / "plotly.min.js").exists()
@@ -142,6 +146,7 @@ def test_without_a_checkout_the_gallery_says_so_and_shows_the_wrists(demo: Path)
     assert "hands not drawn: no BimanGrasp checkout in" in proc.stdout
     page = (demo / "other" / "gallery" / f"{CODE}.html").read_text()
     assert "wrists only (position and axes): no hand drawn" in page
+    assert '"name": "left wrist", "mark": true' in page  # each wrist marked, named
     assert "hands-" not in page  # no hand model's script: nothing made up
 
 
@@ -207,7 +212,11 @@ def test_a_gallery_page_draws_its_3d_views_in_chromium(demo: Path, reported, chr
     shots.screenshot(chromium, page, png, tmp_path, size=(960, 640))
     image = pixels(png)
     hand = np.all(np.abs(image - HAND_RGB) < 40, axis=2)
-    assert hand[80:440, :460].sum() > 200  # the first view shows the hands' grey
+    assert hand[80:440, :460].sum() > 200  # the first view shows the left hand's grey...
+    right = np.all(np.abs(image - RIGHT_HAND_RGB) < 40, axis=2)
+    assert right[80:440, :460].sum() > 200  # ...and the right hand's orange
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', result["dom"])
+    assert legend.count("left hand") == legend.count("right hand") == 4, legend
 
 
 def test_the_reports_gallery_shows_its_pictures_in_chromium(demo: Path, reported,
