@@ -104,6 +104,25 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(
     assert sorted(p for p in layout.root.rglob("*")) == before
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_filter_threshold_is_a_finite_number(layout: Layout, value: str) -> None:
+    """Found by a tester (#25): the message said "a finite number >= -inf", and -inf
+    was taken: a threshold that drops every grasp, so no object could ever finish."""
+    data = layout.config_data(filter={"max_E_pen": float(value), "max_energy": -2.5})
+    path = write_toml(layout.root / "c.toml", data)
+    assert f"max_E_pen = {value}\n" in path.read_text()  # TOML's own spelling
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"filter.max_E_pen = {value}: expected a finite number (leave max_E_pen out " \
+           f"for no threshold)" in str(info.value)
+    data["filter"] = {"max_energy": -2.5, "max_E_pen": 0}  # any finite number, as before
+    assert load_config(write_toml(path, data)).filter == {"energy": -2.5, "E_pen": 0.0}
+    data["filter"], data["timeouts"] = {}, {"grace_s": float("nan")}
+    with pytest.raises(ConfigError, match=r"timeouts.grace_s = nan: expected a finite "
+                                          r"number >= 0$"):
+        load_config(write_toml(path, data))
+
+
 def test_config_error_names_file_key_value_and_expectation(layout: Layout) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(layout.write_config(round_batch_size=0))
@@ -149,6 +168,26 @@ def test_gpus_all_without_nvml_fails_clearly(layout: Layout, capsys, monkeypatch
     assert cli.main([str(path)]) == 2
     err = capsys.readouterr().err
     assert 'gpus = "all" needs NVML' in err and not (layout.root / "exp").exists()
+
+
+@pytest.mark.parametrize("gpus", [[0, 1], "all"])
+def test_probe_nvml_without_nvml_names_the_probe(layout: Layout, capsys, monkeypatch,
+                                                 gpus) -> None:
+    """Found by a tester (#25): with a list of GPUs, the error talked of gpus = "all"."""
+    from supervisor.gpus.nvml import NvmlProbe
+    from supervisor.gpus.probe import ProbeError
+
+    def no_nvml() -> None:
+        raise ProbeError("NVML did not start (no driver)")
+
+    monkeypatch.setattr(NvmlProbe, "__init__", lambda self: no_nvml())
+    path = layout.write_config(gpus=gpus, gpu={"probe": "nvml"})
+    assert cli.main([str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '[gpu] probe = "nvml" needs NVML' in err[0], err
+    assert 'probe = "auto"' in err[0] and 'gpus = "all" needs' not in err[0]
+    assert ('"static"' in err[0]) == (gpus != "all")  # static needs a list of GPUs
+    assert not (layout.root / "exp").exists()
 
 
 def test_unwritable_experiments_folder_is_one_line(layout: Layout, capsys) -> None:

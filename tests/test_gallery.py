@@ -97,22 +97,31 @@ def test_decimation_keeps_the_shape_within_the_budget() -> None:
     assert df.max() < len(dv)
 
 
-def test_a_picture_is_a_small_png_that_shows_its_meshes() -> None:
-    box = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
-    faces = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+BOX = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], float)
+BOX_FACES = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
                       [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
-    png = picture.render([(box, faces, "object"), (box + 2, faces, "hand")])
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 10_000
+
+
+def materials_of(png: bytes) -> tuple[np.ndarray, set[int]]:
+    """A picture's palette indices, and the materials (colour names' indices) in it."""
     width, height = struct.unpack(">II", png[16:24])
     start = png.index(b"IDAT") + 4
     length = struct.unpack(">I", png[start - 8:start - 4])[0]
     raw = zlib.decompress(png[start:start + length])
     pixels = np.frombuffer(raw, np.uint8).reshape(height, width + 1)[:, 1:]
-    materials = set(((pixels[pixels > 0] - 1) // picture.SHADES).tolist())  # 0: background
+    return pixels, set(((pixels[pixels > 0] - 1) // picture.SHADES).tolist())  # 0: background
+
+
+def test_a_picture_is_a_small_png_that_shows_its_meshes() -> None:
+    box, faces = BOX, BOX_FACES
+    png = picture.render([(box, faces, "object"), (box + 2, faces, "left hand")])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) < 10_000
+    width, height = struct.unpack(">II", png[16:24])
+    pixels, materials = materials_of(png)
     assert (width, height) == (picture.WIDTH, picture.HEIGHT)
     names = list(picture.COLOURS)
     assert (pixels > 0).mean() > 0.05 and materials == {names.index("object"),
-                                                         names.index("hand")}
+                                                         names.index("left hand")}
 
 
 # the helper against the stand-in checkout
@@ -241,6 +250,8 @@ def test_helpers_leave_no_temporary_folder(tmp_path: Path) -> None:
     empty.mkdir()
     draw(view(tmp_path, empty), tmp_path, jobs(1))  # the helper refuses at once
     draw(view(tmp_path, STANDIN_FAULT="crash", workers=1), tmp_path / "b", jobs(1))
+    gone = draw(view(tmp_path, tmp_path / "moved"), tmp_path / "c", jobs(1))  # no checkout
+    assert "[view] cwd" in gone.note and "is not a folder" in gone.note
     assert folders() == before
 
 
@@ -282,3 +293,79 @@ def test_odd_object_codes_are_links_that_work() -> None:
     from supervisor.gallery.build import _url
 
     assert _url("x#y?z%20w&<-0.png") == "x%23y%3Fz%2520w%26%3C-0.png"
+
+
+def test_a_cache_that_cannot_be_written_keeps_what_was_drawn(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Found by a tester (#25): a read-only gallery-cache/ made the drawing report
+    "grasps not drawn" or fail to start the hands. (Tests run as root, where chmod does
+    not stop a write: the cache's write fails as it would there.)"""
+    from supervisor.gallery import cache as cache_module
+
+    def refuse(path: Path, payload: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", refuse)
+    drawn = draw(view(tmp_path), tmp_path, jobs(2))
+    assert drawn.note is None and drawn.hands is not None
+    assert all(m is not None for j in drawn.jobs for m in j.motions)
+    assert all(j.mesh is not None and j.mesh[2] == "checkout" and not j.notes
+               for j in drawn.jobs)
+    assert drawn.cache.problem is not None and "\n" not in drawn.cache.problem
+    assert "gallery cache not written" in drawn.cache.problem
+    assert "Permission denied" in drawn.cache.problem
+    assert Cache(tmp_path).describe()["files"] == 0
+
+
+# which hand is which (found by a tester, #25: both hands were the same grey, unnamed)
+
+def test_a_picture_tells_the_left_hand_from_the_right(tmp_path: Path) -> None:
+    from supervisor.gallery.build import _parts
+
+    names = list(picture.COLOURS)
+    left, right = (picture.render([(BOX, BOX_FACES, f"{s} hand")]) for s in meshes.SIDES)
+    assert left != right and picture.COLOURS["left hand"] != picture.COLOURS["right hand"]
+    drawn = draw(view(tmp_path), tmp_path, jobs(1))
+    job = drawn.jobs[0]
+    parts = _parts(drawn, job, 0, job.rows[0])
+    assert [c for _, _, c in parts] == ["object", "left hand", "right hand"]
+    assert materials_of(picture.render(parts))[1] == {
+        names.index("object"), names.index("left hand"), names.index("right hand")}
+    empty = tmp_path / "none" / "BimanGrasp-Optimization"
+    empty.mkdir(parents=True)
+    wrists = draw(view(tmp_path, empty), tmp_path / "none", jobs(1))
+    colours = [c for _, _, c in _parts(wrists, wrists.jobs[0], 0, wrists.jobs[0].rows[0])]
+    assert {"left hand", "right hand"} <= set(colours)  # each wrist marked by its side
+    assert "left" in picture.KEY and "right" in picture.KEY  # the report's key
+
+
+def test_the_3d_views_name_each_hand(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from supervisor.gallery import page
+
+    drawn = draw(view(tmp_path), tmp_path, jobs(1))
+    job = drawn.jobs[0]
+    html = page.build(drawn, job, ["a", "b", "c"], "", True)
+    data = json.loads(html.split('id="grasps">', 1)[1].split("</script>", 1)[0]
+                      .replace("<\\/", "</"))
+    assert {s: data["sides"][s]["name"] for s in meshes.SIDES} == {
+        "left": "left hand", "right": "right hand"}
+    assert data["sides"]["left"]["color"] != data["sides"]["right"]["color"]
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no node: the page's script is not run (the Chromium test runs it)")
+    (tmp_path / "script.js").write_text(page.SCRIPT)
+    (tmp_path / "hands.js").write_text(page.hands_script(drawn))
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    proc = subprocess.run([node, str(ROOT / "tests/fixtures/gallery-page-harness.js"),
+                           *(str(tmp_path / n) for n in ("script.js", "hands.js", "data.json"))],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    views = json.loads(proc.stdout)
+    assert len(views) == 3 and all(v["legend"] for v in views)
+    hands = [t for t in views[0]["traces"] if t["type"] == "mesh3d" and t["name"] != "object"]
+    assert [(t["name"], t["legend"], t["hover"]) for t in hands] == [
+        ("left hand", True, "name"), ("right hand", True, "name")]
+    assert hands[0]["color"] != hands[1]["color"]

@@ -20,7 +20,8 @@ from conftest import ROOT, run_cli
 
 STANDIN = ROOT / "tests" / "fixtures" / "standin-checkout"
 CODE = "Curver_Storage_Bin_Black_Small"
-HAND_RGB = (119, 136, 153)  # lightslategray, as visualization.py draws the hands
+HAND_RGB = (119, 136, 153)  # lightslategray, as visualization.py draws the hands: the left
+RIGHT_HAND_RGB = (214, 128, 48)  # and the right one orange (#25: which hand is which)
 
 
 def bench(name: str):
@@ -73,6 +74,16 @@ def test_show_refuses_in_one_line(demo: Path, args: list[str], expected: str) ->
     assert "Traceback" not in proc.stderr
 
 
+def test_show_refuses_an_out_file_in_a_missing_folder(demo: Path) -> None:
+    """Found by a tester (#25): show --out a/b/c.html made a/b/ (a typo became folders)."""
+    proc = run_cli("show", "config.example.toml", CODE, "--no-open", "--out",
+                   "no-such/folder/page.html", cwd=demo)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert f"{demo / 'no-such/folder'} does not exist" in proc.stderr
+    assert not (demo / "no-such").exists()
+
+
 def test_show_never_draws_another_objects_grasps(demo: Path, tmp_path: Path) -> None:
     final = demo / "demo/experiments/demo/final"
     a, b = final / CODE / "final.npz", next(p for p in final.glob("*/final.npz")
@@ -100,6 +111,9 @@ def test_the_report_has_a_gallery_that_a_second_report_reuses(demo: Path, report
     report = (exp / "report.html").read_text()
     pictures = re.findall(r'<img src="gallery/([^"]+\.png)"', report)
     assert len(pictures) == 12  # 3 objects x 4 grasps
+    key = re.findall(r"&#9632;</span> left hand, <span[^>]*>&#9632;</span> right hand "
+                     r"\(left hand grey-blue, right hand orange\)", report)
+    assert len(key) == 1  # which hand is which, once above the pictures (#25)
     for name in pictures:
         assert (exp / "gallery" / name).read_bytes()[:4] == b"\x89PNG"
     assert (exp / "gallery" / "plotly.min.js").exists()
@@ -132,6 +146,7 @@ def test_without_a_checkout_the_gallery_says_so_and_shows_the_wrists(demo: Path)
     assert "hands not drawn: no BimanGrasp checkout in" in proc.stdout
     page = (demo / "other" / "gallery" / f"{CODE}.html").read_text()
     assert "wrists only (position and axes): no hand drawn" in page
+    assert '"name": "left wrist", "mark": true' in page  # each wrist marked, named
     assert "hands-" not in page  # no hand model's script: nothing made up
 
 
@@ -197,7 +212,11 @@ def test_a_gallery_page_draws_its_3d_views_in_chromium(demo: Path, reported, chr
     shots.screenshot(chromium, page, png, tmp_path, size=(960, 640))
     image = pixels(png)
     hand = np.all(np.abs(image - HAND_RGB) < 40, axis=2)
-    assert hand[80:440, :460].sum() > 200  # the first view shows the hands' grey
+    assert hand[80:440, :460].sum() > 200  # the first view shows the left hand's grey...
+    right = np.all(np.abs(image - RIGHT_HAND_RGB) < 40, axis=2)
+    assert right[80:440, :460].sum() > 200  # ...and the right hand's orange
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', result["dom"])
+    assert legend.count("left hand") == legend.count("right hand") == 4, legend
 
 
 def test_the_reports_gallery_shows_its_pictures_in_chromium(demo: Path, reported,
@@ -213,3 +232,37 @@ def test_the_reports_gallery_shows_its_pictures_in_chromium(demo: Path, reported
     result = shots.check_page(chromium, probe, probe.parent)
     assert result["errors"] == [] and result["rendered"] == result["plots"]
     assert 'data-pictures="12"' in result["dom"]
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_gallery(demo: Path, tmp_path: Path,
+                                                                monkeypatch, capsys) -> None:
+    """Found by a tester (#25): with gallery-cache/ read-only, the report's pictures (and
+    hands) were lost to the failing cache writes. Now drawn anyway, said once."""
+    from supervisor.commands import cli
+    from supervisor.gallery import cache as cache_module
+    from supervisor.gallery.cache import Cache
+
+    def refuse(path: Path, payload: bytes) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", refuse)
+    shutil.copytree(demo / "demo/experiments/demo", tmp_path / "copy" / "demo",
+                    ignore=shutil.ignore_patterns("gallery*", "show", "report.html"))
+    assert cli.main(["report", str(demo / "config.example.toml"), "--experiments_dir",
+                     str(tmp_path / "copy")]) == 0
+    out = capsys.readouterr().out
+    exp = tmp_path / "copy" / "demo"
+    report = (exp / "report.html").read_text()
+    assert len(re.findall(r'<img src="gallery/([^"]+\.png)"', report)) == 12
+    assert len(list((exp / "gallery").glob("*.png"))) == 12
+    assert report.count("gallery cache not written") == 1 and "Permission denied" in report
+    assert out.count("gallery cache not written") == 1
+    assert "not drawn" not in report and Cache(exp).describe()["files"] == 0
+    page = (exp / "gallery" / f"{CODE}.html").read_text()
+    assert re.search(r'<script src="hands-[0-9a-f]{16}\.js">', page)  # the hands drawn
+    assert "wrists only" not in page
+    assert cli.main(["show", str(demo / "config.example.toml"), CODE, "--no-open",
+                     "--experiments_dir", str(tmp_path / "copy")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: gallery cache not written") == 1 and err.count("\n") == 1, err
+    assert "hands not drawn" not in (exp / "show" / f"{CODE}.html").read_text()

@@ -155,7 +155,7 @@ def test_export_is_main_py_format_and_reimports_bit_for_bit(demo: Path) -> None:
         assert type(items[0]["E_pen"]) is float
         final = dataset.load(demo / "demo/experiments/demo/final" / code / "final.npz")
         back = from_legacy(out / f"{code}.npy")
-        assert set(back) == set(final) - {"qpos_names"}
+        assert set(back) == set(final)  # qpos_names too, as dataset.load gives (#25)
         for key, value in back.items():
             assert value.dtype == final[key].dtype
             assert value.tobytes() == final[key].tobytes(), key
@@ -189,3 +189,55 @@ def test_status_of_a_live_run_with_no_round_running_gives_no_eta(demo: Path) -> 
     assert "ETA 0h00m04s" in render(data)
     waiting = render({**data, "run_live": True, "rounds_running": 0})
     assert "no ETA: no round is running now" in waiting and "0h00m04s" not in waiting
+
+def test_the_read_only_commands_work_without_the_checkout(demo: Path) -> None:
+    """Found by a tester (#25): with the checkout moved (or the dataset copied to a
+    laptop), status, export, report and show refused the config for its [main] cwd."""
+    text = (demo / "config.example.toml").read_text()
+    assert text.count('cwd = "demo/BimanGrasp-Optimization"') == 1
+    (demo / "moved.toml").write_text(text.replace('cwd = "demo/BimanGrasp-Optimization"',
+                                                  'cwd = "moved/BimanGrasp-Optimization"'))
+    status = run_cli("status", "moved.toml", cwd=demo)
+    assert status.returncode == 0 and "objects 3/3 done" in status.stdout, status.stderr
+    export = run_cli("export", "moved.toml", "--out", str(demo / "moved-export"), cwd=demo)
+    assert export.returncode == 0 and len(list((demo / "moved-export").glob("*.npy"))) == 3
+    report = run_cli("report", "moved.toml", "--out", "moved-report/report.html", cwd=demo)
+    assert report.returncode == 0, report.stderr
+    why = f"[view] cwd {demo / 'moved/BimanGrasp-Optimization'} is not a folder"
+    assert report.stdout.count(why) == 1 and "Traceback" not in report.stderr
+    assert "wrists only" in (demo / "moved-report" / "gallery" /
+                             "Curver_Storage_Bin_Black_Small.html").read_text()
+    show = run_cli("show", "moved.toml", "Curver_Storage_Bin_Black_Small", "--no-open",
+                   "--out", "moved-show.html", cwd=demo)
+    assert show.returncode == 0 and show.stderr.count(why) == 1, show.stderr
+    assert (demo / "moved-show.html").exists()
+    # A run needs the checkout: the run, --dry-run and recover still refuse it.
+    for args in (["moved.toml"], ["moved.toml", "--dry-run"], ["recover", "moved.toml"]):
+        proc = run_cli(*args, cwd=demo)
+        assert proc.returncode == 2 and "main.cwd" in proc.stderr \
+            and "an existing folder" in proc.stderr, (args, proc.stderr)
+
+
+def test_status_lines_up_object_codes_of_wide_characters(demo: Path) -> None:
+    """Found by a tester (#25): object codes are users' file names; a CJK or emoji code
+    took two columns a character and pushed its row's columns right."""
+    import unicodedata
+
+    from supervisor.commands.status import render
+
+    def columns(text: str) -> int:  # as a terminal draws it
+        return sum(0 if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Cf")
+                   else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    data = json.loads(run_cli("status", "config.example.toml", "--json", cwd=demo).stdout)
+    codes = ["杯子_01", "cafe\u0301_cup", "🍵" * 25]  # CJK; a combining accent; cut at 40
+    for obj, code in zip(data["per_object"], codes):
+        obj["object_code"] = code
+    lines = render(data).splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("object "))
+    rows = lines[header + 1:header + 4]
+    assert [r.split(" ", 1)[0] for r in rows] == ["杯子_01", "cafe\u0301_cup", "🍵" * 20]
+    for row, obj in zip(rows, data["per_object"]):
+        code_field = row[:row.index(f" {obj['status']} ")]
+        assert columns(code_field) == 40, row
+        assert columns(row) == columns(lines[header]), row

@@ -74,7 +74,8 @@ def command_main(command: str, argv: Sequence[str]) -> int:
         from supervisor.commands import dataset_info
         return dataset_info.main(list(argv))
     args = _parser(command).parse_args(argv)
-    config = load_config(args.config, overrides_from(args))
+    # status and export only read: they need no checkout ([main] cwd may be gone).
+    config = load_config(args.config, overrides_from(args), reading=command != "recover")
     if command == "recover":
         from supervisor.storage.lock import ExperimentLock
         from supervisor.commands.recover import check_experiment, recover

@@ -22,6 +22,18 @@ def _desktop() -> bool:
                                             or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def _check_out(out: Path | None) -> None:
+    """A file the user named goes in a folder that exists: a typo makes no folders."""
+    if out is None:
+        return
+    if not out.parent.is_dir():
+        raise RefusedError(f"--out {out}: the folder {out.parent.absolute()} does not exist; "
+                           f"create it, or name a file in an existing folder")
+    if out.is_dir():
+        raise RefusedError(f"--out {out} is a folder; name the HTML file to write, e.g. "
+                           f"{out / 'show.html'}")
+
+
 def main(argv: Sequence[str]) -> int:
     from supervisor.gallery.build import GalleryError, show
 
@@ -36,7 +48,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--best", type=int, default=None, metavar="N",
                    help="the N lowest-energy grasps")
     p.add_argument("--out", type=Path, default=None,
-                   help="the HTML file (default: {exp_dir}/show/{object_code}.html)")
+                   help="the HTML file, in an existing folder (default: "
+                   "{exp_dir}/show/{object_code}.html)")
     p.add_argument("--no-open", action="store_true", help="never open a browser")
     add_overrides(p)
     args = p.parse_args(argv)
@@ -44,13 +57,15 @@ def main(argv: Sequence[str]) -> int:
         p.error("--best must be at least 1")
     if args.index and args.best is not None:
         p.error("give --index or --best, not both")
-    config = load_config(args.config, overrides_from(args))
+    _check_out(args.out)
+    config = load_config(args.config, overrides_from(args), reading=True)
     if not paths.manifest(config.exp_dir).exists():
         raise RefusedError(f"{paths.manifest(config.exp_dir)}: no manifest; experiment "
                            f"{config.exp_name!r} has not started (run: {config.command()})")
     state = open_state(config)
     out = args.out or config.exp_dir / "show" / f"{args.object_code}.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out is None:
+        out.parent.mkdir(parents=True, exist_ok=True)  # the default's folder is ours
     try:
         written, lines = show(config, state, args.object_code, out, args.index, args.best)
     except GalleryError as exc:

@@ -22,6 +22,7 @@ from supervisor.storage.lock import live_holder
 from supervisor.core.records import HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus, removed
 from supervisor.run.live import duration
 from supervisor.core.state import State
+from supervisor.commands.width import fit
 
 R = RoundStatus
 
@@ -216,7 +217,7 @@ def render(summary: dict[str, Any]) -> str:
         speed = "-" if o["grasps_per_gpu_hour"] is None else f"{o['grasps_per_gpu_hour']:.0f}"
         hourly = "-" if o["grasps_per_hour"] is None else f"{o['grasps_per_hour']:.0f}"
         have = "-" if o["status"] == "broken" else o["collected"]  # not what was delivered
-        lines.append(f"{o['object_code'][:40]:40} {o['status']:11} "
+        lines.append(f"{fit(o['object_code'], 40)} {o['status']:11} "
                      f"{have:>6}/{o['target']:<6} {o['rounds_merged']:>6} "
                      f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} "
                      f"{o['removed_by_filter']:>8} {o['removed_as_duplicates']:>6} "

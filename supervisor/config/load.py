@@ -64,11 +64,11 @@ def _command(r: Reader) -> tuple[str, ...]:
     return tuple(command)
 
 
-def _main(r: Reader, base: Path) -> MainSettings:
+def _main(r: Reader, base: Path, reading: bool) -> MainSettings:
     m = r.table_of("main")
     command = _command(m)
     cwd = resolve(base, m.text("cwd", "."))
-    if not cwd.is_dir():
+    if not reading and not cwd.is_dir():
         raise m.error("cwd", str(cwd), "an existing folder (main.py's BimanGrasp-Optimization/)")
     env = m.raw("env", {})
     if not isinstance(env, dict) or not all(
@@ -81,14 +81,14 @@ def _main(r: Reader, base: Path) -> MainSettings:
     return MainSettings(command, cwd, env, output_dir, threads)
 
 
-def _view(r: Reader, base: Path) -> ViewSettings:
+def _view(r: Reader, base: Path, reading: bool) -> ViewSettings:
     v = r.table_of("view")
     command = v.raw("command", [])
     if not isinstance(command, list) or not all(isinstance(c, str) and c for c in command):
         raise v.error("command", command, 'a list of strings, e.g. ["conda", "run", "-n", '
                                           '"bimangrasp", "python"] (BimanGrasp\'s Python)')
     cwd = resolve(base, v.text("cwd", "")) if v.has("cwd") else None
-    if cwd is not None and not cwd.is_dir():
+    if cwd is not None and not reading and not cwd.is_dir():
         raise v.error("cwd", str(cwd), "an existing folder (the checkout's "
                                        "BimanGrasp-Optimization/)")
     env = v.raw("env", {})
@@ -107,7 +107,10 @@ def _sections(r: Reader) -> dict[str, Any]:
     sections = {name: read_settings(r.table_of(name), cls) for name, cls in SECTIONS.items()}
     t = r.table_of("filter")
     known = tuple(f"max_{k}" for k in FILTER_KEYS)
-    sections["filter"] = {k[4:]: t.number(k, None, minimum=float("-inf"))
+    # Any finite threshold; +-inf and nan are refused: leaving the key out is "no
+    # threshold", and -inf (or nan, which compares false) would drop every grasp.
+    sections["filter"] = {k[4:]: t.number(k, None, minimum=None,
+                                          hint=f" (leave {k} out for no threshold)")
                           for k in known if t.has(k)}
     t.finish(known)
     table = r.raw("dedup", {})
@@ -127,8 +130,12 @@ TOP_KEYS = (
 )
 
 
-def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None) -> Config:
-    """Validate a parsed TOML document; relative paths resolve against ``path``'s folder."""
+def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None,
+                 reading: bool = False) -> Config:
+    """Validate a parsed TOML document; relative paths resolve against ``path``'s folder.
+    ``reading``: for a command that only reads the experiment (status, export, report,
+    show), which needs no checkout: ``[main] cwd`` and ``[view] cwd`` may be missing (a
+    moved checkout, the dataset copied to a laptop)."""
     source = source or str(path)
     base = path.parent
     r = Reader(source, data)
@@ -155,8 +162,8 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None)
         resume=r.flag("resume", DEFAULTS["resume"]),
         keep_intermediate=r.flag("keep_intermediate", DEFAULTS["keep_intermediate"]),
         gpus=_gpus(r),
-        main=_main(r, base),
-        view=_view(r, base),
+        main=_main(r, base, reading),
+        view=_view(r, base, reading),
         **_sections(r),
     )
     r.finish(TOP_KEYS)
@@ -184,8 +191,10 @@ def load_toml(path: Path) -> dict[str, Any]:
                           f"valid TOML ({str(exc).splitlines()[0]})") from None
 
 
-def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Read, merge command-line overrides (already typed), validate."""
+def load_config(path: Path, overrides: Mapping[str, Any] | None = None,
+                reading: bool = False) -> Config:
+    """Read, merge command-line overrides (already typed), validate. ``reading``: see
+    ``parse_config`` (a run, ``--dry-run`` and ``recover`` need the checkout)."""
     data = load_toml(path)
     overrides = overrides or {}
     if overrides:
@@ -195,7 +204,7 @@ def load_config(path: Path, overrides: Mapping[str, Any] | None = None) -> Confi
         if "object_code_file" in overrides:
             data.pop("object_code_list", None)
     try:
-        config = parse_config(data, path.resolve(), str(path))
+        config = parse_config(data, path.resolve(), str(path), reading)
     except ConfigError as exc:
         key = re.split(r"[.\[ ]", exc.key, maxsplit=1)[0]
         if key not in overrides:

@@ -6,6 +6,7 @@ bad value and the expected form, e.g.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import fields
 from typing import Any, Mapping
@@ -81,12 +82,15 @@ class Reader:
             raise self.error(key, value, f"an integer{bounds}" + (' or "auto"' if auto else ""))
         return value
 
-    def number(self, key: str, default: float | None, minimum: float = 0.0) -> float:
+    def number(self, key: str, default: float | None, minimum: float | None = 0.0,
+               hint: str = "") -> float:
+        """A finite number (TOML also spells nan and +-inf), at least ``minimum``
+        (None: any); ``hint`` ends the error's expected form."""
         value = self.table.pop(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-            value >= minimum and value != float("inf")
-        ):
-            raise self.error(key, value, f"a finite number >= {minimum:g}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or (minimum is not None and value < minimum):
+            bound = "" if minimum is None else f" >= {minimum:g}"
+            raise self.error(key, value, f"a finite number{bound}{hint}")
         return float(value)
 
     def flag(self, key: str, default: bool) -> bool:

@@ -45,14 +45,16 @@ def to_legacy(columns: Columns, object_code: str) -> np.ndarray:
     return arr
 
 
-def from_legacy(path: Path) -> Columns:
-    """Read a legacy file back into dataset columns (provenance from ``__meta__``)."""
+def from_legacy(path: Path) -> dict[str, np.ndarray]:
+    """Read a legacy file back into the arrays ``dataset.load`` gives for a final.npz:
+    the columns, the provenance (from ``__meta__``) and ``qpos_names`` (the qpos dicts'
+    keys, which ``to_columns`` checks are the 28 joint names in order)."""
     items = load_items(path)
     columns = to_columns(items, None)
     for key in PROVENANCE_KEYS:
         columns[key] = np.array([item.get(META_KEY, {}).get(key, -1) for item in items],
                                 dtype=np.int64)
-    return columns
+    return {**columns, "qpos_names": np.array(QPOS_NAMES)}  # as final.write stores them
 
 
 def export(config: Config, state: State, out: Path,

@@ -75,7 +75,7 @@ def show(config: Config, state: State, code: str, out: Path, indices: Sequence[i
             enumerate(rows)]
     drawn = draw(view_of(config), config.exp_dir, [Job(code, data, rows)])
     job = drawn.jobs[0]
-    lines += ([drawn.note] if drawn.note else []) + job.notes
+    lines += [n for n in (drawn.note, drawn.cache and drawn.cache.problem) if n] + job.notes
     atomic_write_bytes(out, page.build(drawn, job, whys, get_plotlyjs(), True).encode())
     return out, lines
 
@@ -94,7 +94,8 @@ class Gallery:
 def _pictures(cache: Cache, drawn: Drawn, job: Job) -> list[bytes]:
     out = []
     for n, row in enumerate(job.rows):
-        name = f"{drawn.fingerprint or 'wrists'}-{job.keys[n]}-{picture.WIDTH}"
+        name = f"{drawn.fingerprint or 'wrists'}-{job.keys[n]}-{picture.WIDTH}-" \
+            f"v{picture.VERSION}"
         png = cache.picture(job.code, name)
         if png is None:
             png = picture.render(_parts(drawn, job, n, row))
@@ -111,12 +112,20 @@ def _parts(drawn: Drawn, job: Job, n: int, row: int) -> list[tuple[Any, Any, str
     if drawn.hands is not None and motion is not None:
         for side in meshes.SIDES:
             v, f = meshes.posed(drawn.hands, side, motion[side])
-            parts.append((v, f, "hand"))
+            parts.append((v, f, f"{side} hand"))
         return parts
-    for _, axis, start, end in meshes.wrist_axes(job.data, row):
-        v, f = picture.stick(start, end, 0.003)
-        parts.append((v, f, axis))
+    for side, axis, start, end in meshes.wrist_axes(job.data, row):
+        if axis == "x":  # the wrist itself, in its hand's colour
+            parts.append((*picture.cube(start, 0.012), f"{side} hand"))
+        parts.append((*picture.stick(start, end, 0.003), axis))
     return parts
+
+
+def _key() -> str:
+    """Which hand is which, once above the pictures."""
+    swatches = ", ".join(f'<span style="color:{picture.hex_colour(f"{side} hand")}">'
+                         f'&#9632;</span> {side} hand' for side in meshes.SIDES)
+    return f'<p class="note">{swatches} ({html.escape(picture.KEY)})</p>'
 
 
 def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
@@ -140,9 +149,9 @@ def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
         return Gallery('<p class="note">No grasps to draw yet.</p>' if count else
                        '<p class="note">Gallery off ([view] grasps_per_object = 0).</p>',
                        0, 0, time.monotonic() - started, 0, None)
-    drawn = draw(view_of(config), config.exp_dir, jobs)
-    folder.mkdir(parents=True, exist_ok=True)
     cache = Cache(config.exp_dir)
+    drawn = draw(view_of(config), config.exp_dir, jobs, cache)
+    folder.mkdir(parents=True, exist_ok=True)
     written = _shared(folder, drawn, get_plotlyjs())
     blocks, pictures = [], 0
     for job in drawn.jobs:
@@ -167,11 +176,13 @@ def report_gallery(config: Config, state: State, folder: Path) -> Gallery:
                       f'{_url(job.code + ".html")}">{html.escape(job.code)}</a></h3>'
                       f'{notes}<div class="gallery-row">{"".join(cells)}</div></div>')
     _prune(folder, written, state.objects)
-    head = f'<p class="note">{html.escape(drawn.note)}</p>' if drawn.note else ""
+    note = "; ".join(n for n in (drawn.note, cache.problem) if n) or None
+    head = "".join(f'<p class="note">{html.escape(n)}</p>' for n in (drawn.note, cache.problem)
+                   if n)
     tail = "".join(f'<p class="note">not drawn: {html.escape(s)}</p>' for s in skipped)
     problems = [f"{j.code}: {j.notes[0]}" for j in drawn.jobs if j.notes] + skipped
-    return Gallery(head + "".join(blocks) + tail, len(drawn.jobs), pictures,
-                   time.monotonic() - started, drawn.helpers, drawn.note, problems)
+    return Gallery(head + _key() + "".join(blocks) + tail, len(drawn.jobs), pictures,
+                   time.monotonic() - started, drawn.helpers, note, problems)
 
 
 def _url(name: str) -> str:

@@ -2,7 +2,8 @@
 hand model's reference pose (one file per model, named by its fingerprint), and per object
 its mesh at scale 1 and, per grasp, the links' motions and the picture. A grasp is named
 by seed, round, item and a digest of its qpos, so a second ``report`` of a live run draws
-only the grasps it has not drawn before. Every file is written atomically.
+only the grasps it has not drawn before. Every file is written atomically, and only if it
+can be: a cache that cannot be written keeps what was drawn in memory (``problem``).
 """
 
 from __future__ import annotations
@@ -59,10 +60,19 @@ def checkout_stamp(cwd: Path, command: list[str]) -> str:
 class Cache:
     def __init__(self, experiment_dir: Path) -> None:
         self.root = experiment_dir / CACHE_DIR
+        self.problem: str | None = None  # the first write that failed, in one line
 
     def _write(self, path: Path, payload: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, payload)
+        """Best effort: a cache that cannot be written (read-only, a full disk) costs the
+        next report the time to draw again, never this drawing; ``problem`` says why."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, payload)
+        except OSError as exc:
+            if self.problem is None:
+                why = exc.strerror or str(exc) or type(exc).__name__
+                self.problem = (f"gallery cache not written ({why}: {exc.filename or path}): "
+                                f"drawn anyway, and drawn again by the next report")
 
     # the hand model
     def hands_for(self, stamp: str) -> tuple[str, Hands] | None:

@@ -53,12 +53,12 @@ class Helper:
     def __init__(self, command: Sequence[str], cwd: Path, env: dict[str, str],
                  timeout_s: float) -> None:
         self.timeout_s = timeout_s
-        self.out_dir = Path(tempfile.mkdtemp(prefix="supervisor-gallery-"))
         self.cwd = cwd
         full = dict(os.environ, **env, CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-        if not cwd.is_dir():
+        if not cwd.is_dir():  # a moved checkout: the read-only commands still load
             raise HelperError(f"[view] cwd {cwd} is not a folder: point it (or [main] cwd) "
                               f"at the checkout's BimanGrasp-Optimization")
+        self.out_dir = Path(tempfile.mkdtemp(prefix="supervisor-gallery-"))
         try:
             self.proc = subprocess.Popen(
                 helper_argv(command, self.out_dir), cwd=cwd, env=full, text=True,

@@ -61,6 +61,7 @@ class Drawn:
     jobs: list[Job]
     note: str | None  # one line for all objects (no hand model)
     helpers: int = 0
+    cache: Cache | None = None  # its ``problem``: one line when it could not be written
 
 
 def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -180,14 +181,15 @@ class _Helpers:
             helper.close()
 
 
-def draw(view: View, experiment_dir: Path, jobs: list[Job]) -> Drawn:
-    cache = Cache(experiment_dir)
+def draw(view: View, experiment_dir: Path, jobs: list[Job],
+         cache: Cache | None = None) -> Drawn:
+    cache = cache or Cache(experiment_dir)
     stamp = checkout_stamp(view.cwd, view.command)
     known = cache.hands_for(stamp)
     fingerprint, hands = known if known else (None, None)
     todo = [j for j in jobs if _from_cache(cache, fingerprint, j)]
     if not todo:
-        return Drawn(hands, fingerprint, jobs, None)
+        return Drawn(hands, fingerprint, jobs, None, cache=cache)
     names = [str(n) for n in jobs[0].data["qpos_names"]]
     pool = _Helpers(view, cache, stamp, hands, fingerprint, todo, names)
     count = max(1, min(view.workers or os.cpu_count() or 1, len(todo)))
@@ -203,4 +205,4 @@ def draw(view: View, experiment_dir: Path, jobs: list[Job]) -> Drawn:
         if pool.hands is not None and any(m is None for m in job.motions) and not job.notes:
             job.notes.append(f"grasps not drawn: {pool.error or 'the helper failed'}")
         _fallback(view, cache, job)
-    return Drawn(pool.hands, pool.fingerprint, jobs, note, count)
+    return Drawn(pool.hands, pool.fingerprint, jobs, note, count, cache)

@@ -1,6 +1,7 @@
 """A grasp's small picture for the report, drawn here with numpy (no browser, no GPU):
 the triangles seen from one fixed direction, each sampled into a depth buffer and shaded
-by how squarely it faces the viewer, written as a palette PNG of a few kilobytes.
+by how squarely it faces the viewer, written as a palette PNG of a few kilobytes. Each
+hand has its colour (``KEY`` says which), in the 3D views too.
 """
 
 from __future__ import annotations
@@ -11,9 +12,15 @@ import zlib
 import numpy as np
 
 WIDTH, HEIGHT = 200, 150
+VERSION = 2  # in the cached pictures' names: raise it when what a picture shows changes
 BACKGROUND = (226, 240, 217)  # visualization.py's paper colour
-COLOURS = {"hand": (119, 136, 153), "object": (238, 214, 196), "x": (214, 39, 40),
-           "y": (44, 160, 44), "z": (31, 119, 180)}  # lightslategray, seashell-ish, axes
+# The left hand as visualization.py draws both (lightslategray), the right one orange (a
+# pair told apart with any colour vision); the object seashell-ish; a wrist's axes.
+COLOURS = {"left hand": (119, 136, 153), "right hand": (214, 128, 48),
+           "object": (238, 214, 196), "x": (214, 39, 40), "y": (44, 160, 44),
+           "z": (31, 119, 180)}
+SIDE_COLOUR_NAMES = {"left hand": "grey-blue", "right hand": "orange"}
+KEY = ", ".join(f"{side} {colour}" for side, colour in SIDE_COLOUR_NAMES.items())
 SHADES = 12
 MAX_SAMPLES = 1_500_000
 
@@ -96,6 +103,18 @@ def _png(image: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes:
                                                              3, 0, 0, 0))
             + chunk(b"PLTE", plte) + chunk(b"IDAT", zlib.compress(raw, 9))
             + chunk(b"IEND", b""))
+
+
+def hex_colour(name: str) -> str:
+    return "#%02x%02x%02x" % COLOURS[name]
+
+
+def cube(centre: np.ndarray, half: float) -> tuple[np.ndarray, np.ndarray]:
+    """A small cube around ``centre``: a wrist's mark, in its hand's colour."""
+    v = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+    f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                  [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])
+    return centre + half * v, f
 
 
 def stick(start: np.ndarray, end: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,13 @@ def make_probe(kind: str, gpus: str | Sequence[int],
     try:
         return NvmlProbe(), None
     except ProbeError as exc:
-        if kind == "nvml" or gpus == "all":
+        if kind == "nvml":
+            hint = ('[gpu] probe = "nvml" needs NVML: install the NVIDIA driver, or use '
+                    + ('probe = "auto" (NVML if it starts, else the gpus list) or "static" '
+                       '(the gpus list, no memory checks)' if gpus != "all" else
+                       'probe = "auto" with a list of GPU indices, e.g. gpus = [0, 1]'))
+            raise GpuError(f"{exc}; {hint}") from None
+        if gpus == "all":
             hint = ('gpus = "all" needs NVML to find the GPUs: install the NVIDIA driver or '
                     'list the GPU indices, e.g. gpus = [0, 1]')
             raise GpuError(f"{exc}; {hint}") from None

@@ -169,7 +169,7 @@ def main(argv: Sequence[str]) -> int:
                    help="leave out the grasps' gallery (drawn with the checkout's hand model)")
     add_overrides(p)
     args = p.parse_args(argv)
-    config = load_config(args.config, overrides_from(args))
+    config = load_config(args.config, overrides_from(args), reading=True)
     if not paths.manifest(config.exp_dir).exists():
         raise RefusedError(f"{paths.manifest(config.exp_dir)}: no manifest; experiment "
                            f"{config.exp_name!r} has not started")
