@@ -190,6 +190,7 @@ def test_status_of_a_live_run_with_no_round_running_gives_no_eta(demo: Path) -> 
     waiting = render({**data, "run_live": True, "rounds_running": 0})
     assert "no ETA: no round is running now" in waiting and "0h00m04s" not in waiting
 
+
 def test_the_read_only_commands_work_without_the_checkout(demo: Path) -> None:
     """Found by a tester (#25): with the checkout moved (or the dataset copied to a
     laptop), status, export, report and show refused the config for its [main] cwd."""
