@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from conftest import Layout, run_in_process
 from supervisor.commands import cli
 from supervisor.core import events as ev
-from supervisor.config.schema import SECTIONS
+from supervisor.config.schema import SECTIONS, ValidateSettings
 from supervisor.config.load import TOP_KEYS
 from supervisor.gpus.samples import MAGIC, RECORD
 
@@ -64,7 +64,11 @@ def test_every_config_key_stays() -> None:
         "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
         "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
         "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
-        "backend", "view")
+        "backend", "view", "validate")
+    assert [f.name for f in fields(ValidateSettings)] == [
+        "kind", "command", "cwd", "env", "workers", "timeout_s", "max_attempts",
+        "object_mass_kg", "force_n", "max_translation_m", "max_rotation_deg",
+        "max_penetration_m", "friction", "torsional_friction"]
     sections = {name: [f.name for f in fields(cls)] for name, cls in SECTIONS.items()}
     assert sections == {
         "backend": ["kind", "address"],

@@ -271,11 +271,12 @@ def test_example_config_documents_every_key() -> None:
     text = (ROOT / "config.example.toml").read_text()
     for key in TOP_KEYS:
         if key not in ("main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk",
-                       "logs", "backend", "view"):
+                       "logs", "backend", "view", "validate"):
             assert re.search(rf"^(# )?{key} =|\({key} = ", text, re.M), key
     tables = {"gpu": "GpuSettings", "retry": "RetrySettings", "timeouts": "TimeoutSettings",
               "cleanup": "CleanupSettings", "disk": "DiskSettings", "logs": "LogSettings",
-              "dedup": "DedupSettings", "backend": "BackendSettings", "view": "ViewSettings"}
+              "dedup": "DedupSettings", "backend": "BackendSettings", "view": "ViewSettings",
+              "validate": "ValidateSettings"}
     for table, cls in tables.items():
         section = text.split(f"\n[{table}]\n", 1)[1].split("\n[", 1)[0]
         for f in dataclasses.fields(getattr(cfg, cls)):

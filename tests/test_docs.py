@@ -136,11 +136,12 @@ def test_the_configuration_page_lists_every_key() -> None:
 
     from supervisor.config.load import TOP_KEYS
     from supervisor.config.schema import (
-        FILTER_KEYS, SECTIONS, DedupSettings, MainSettings, ViewSettings,
+        FILTER_KEYS, SECTIONS, DedupSettings, MainSettings, ValidateSettings, ViewSettings,
     )
 
     text = (DOCS / "configuration.md").read_text()
-    tables = {**SECTIONS, "dedup": DedupSettings, "main": MainSettings, "view": ViewSettings}
+    tables = {**SECTIONS, "dedup": DedupSettings, "main": MainSettings, "view": ViewSettings,
+              "validate": ValidateSettings}
     keys = [f"`{k}`" for k in TOP_KEYS if k not in tables and k != "filter"]
     keys += [f"`[{t}] {f.name}`" for t, cls in tables.items() for f in fields(cls)]
     keys += [f"max_{k}" for k in FILTER_KEYS if k in ("energy", "E_joints")]

@@ -18,6 +18,7 @@ from supervisor.config.schema import (
     PLACEHOLDERS, REQUIRED_PLACEHOLDERS, SECTIONS, FILTER_KEYS, Config, DedupSettings,
     MainSettings, ViewSettings,
 )
+from supervisor.config.validate import read_validate
 from supervisor.config.toml import ConfigError, Reader, check_name, read_settings, source
 from supervisor.core.plan import MAX_SEED, SEED_STRIDE
 
@@ -126,7 +127,7 @@ TOP_KEYS = (
     "target_count_per_object", "round_batch_size", "num_iterations", "seed_base",
     "max_rounds", "merge_stride", "resume", "keep_intermediate", "gpus",
     "main", "gpu", "retry", "timeouts", "filter", "dedup", "cleanup", "disk", "logs",
-    "backend", "view",
+    "backend", "view", "validate",
 )
 
 
@@ -147,6 +148,7 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None,
                           "a name without '__' and not ending in '_' (round names use '__')")
     codes, code_source = object_codes(r, base)
     check_lengths(source, exp_name, codes, code_source)
+    main = _main(r, base, reading)
     config = Config(
         path=path,
         exp_name=exp_name,
@@ -162,8 +164,9 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None,
         resume=r.flag("resume", DEFAULTS["resume"]),
         keep_intermediate=r.flag("keep_intermediate", DEFAULTS["keep_intermediate"]),
         gpus=_gpus(r),
-        main=_main(r, base, reading),
+        main=main,
         view=_view(r, base, reading),
+        validate=read_validate(r, base, main.cwd, reading),
         **_sections(r),
     )
     r.finish(TOP_KEYS)

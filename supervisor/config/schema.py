@@ -22,6 +22,9 @@ FILTER_KEYS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
 CLEANUP_MODES = ("remove", "light")
 PROBES = ("auto", "nvml", "static", "emulator")
 BACKENDS = ("local", "ray")
+VALIDATORS = ("mujoco",)
+# a [validate] command's placeholders ({python} as in [main])
+VALIDATE_PLACEHOLDERS = frozenset({"results", "object_code", "out", "python", "seed", "name"})
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,55 @@ class BackendSettings:
     address: str = "auto"
 
 
+@dataclass(frozen=True)
+class ValidateSettings:
+    """``[validate]``: grasps counted only once they hold in a physics simulation.
+
+    ``kind = "mujoco"``: the built-in validator (``supervisor.validate``), DexGraspBench's
+    force-closure test adapted to two hands, with the parameters below (DexGraspBench's
+    values as defaults, docs/quality.md says where each comes from). Or ``command``: the
+    lab's own validator, an argv with ``{results}`` (the round's result file as main.py
+    wrote it), ``{object_code}``, ``{out}`` (an .npz it writes: ``passed``, one bool per
+    grasp in the file's order, and optionally other per-grasp arrays, kept as columns),
+    ``{seed}``, ``{name}`` (the round's), ``{python}``; run in ``cwd`` (default
+    ``[main] cwd``). Neither: validation is off and nothing changes.
+    """
+    kind: str | None = None
+    command: tuple[str, ...] = ()
+    cwd: Path | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    workers: int | str = _key("auto", min=1, auto=True)  # "auto": cores the rounds leave
+    timeout_s: float = _key(600.0, min=0.001)  # one validation task (grasps of one round)
+    max_attempts: int = _key(3, min=1)  # a task that crashes, hangs or writes junk
+    object_mass_kg: float = _key(0.1, min=1e-6)
+    force_n: float = _key(1.0, min=0.0)  # along each of the six axis directions in turn
+    max_translation_m: float = _key(0.05, min=0.0)
+    max_rotation_deg: float = _key(15.0, min=0.0)
+    max_penetration_m: float = _key(0.01, min=0.0)  # initial penetration: rejected above
+    friction: float = _key(0.6, min=0.0)  # sliding
+    torsional_friction: float = _key(0.02, min=0.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind is not None or bool(self.command)
+
+    def protocol(self) -> dict[str, float]:
+        """The built-in protocol's parameters."""
+        return {name: getattr(self, name) for name in PROTOCOL_KEYS}
+
+    def identity(self) -> dict[str, Any]:
+        """What decides which grasps pass: a resumed run must not change it."""
+        if not self.enabled:
+            return {"enabled": False}
+        if self.command:
+            return {"command": list(self.command)}
+        return {"kind": self.kind, **self.protocol()}
+
+
+PROTOCOL_KEYS = ("object_mass_kg", "force_n", "max_translation_m", "max_rotation_deg",
+                 "max_penetration_m", "friction", "torsional_friction")
+
+
 SECTIONS: dict[str, type] = {
     "backend": BackendSettings,
     "gpu": GpuSettings, "retry": RetrySettings, "timeouts": TimeoutSettings,
@@ -182,6 +234,7 @@ class Config:
     logs: LogSettings = field(default_factory=LogSettings)
     backend: BackendSettings = field(default_factory=BackendSettings)
     view: ViewSettings = field(default_factory=ViewSettings)
+    validate: ValidateSettings = field(default_factory=ValidateSettings)
     object_code_source: str = "object_code_list"
     overrides: tuple[str, ...] = ()  # the command line's overrides, for hints to repeat
 
@@ -210,6 +263,7 @@ class Config:
             "filter": dict(self.filter),
             # Tolerances of a disabled dedup cannot change a grasp: only "off" counts then.
             "dedup": self.dedup.to_json() if self.dedup.enabled else {"enabled": False},
+            "validate": self.validate.identity(),
         }
 
     def snapshot(self) -> dict[str, Any]:

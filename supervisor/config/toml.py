@@ -138,11 +138,21 @@ def check_name(source: str, key: str, value: Any) -> str:
 def read_settings(r: Reader, cls: type) -> Any:
     """A settings dataclass from its TOML table: defaults, types and bounds come from
     the dataclass fields, and so does the list of known keys."""
+    values = read_defaults(r, cls)
+    r.finish(tuple(f.name for f in fields(cls)))
+    return cls(**values)
+
+
+def read_defaults(r: Reader, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The values of ``cls``'s fields (but ``skip``) from ``r``, by their rules."""
     values = {}
     for f in fields(cls):
+        if f.name in skip:
+            continue
         rules, default = f.metadata, f.default
-        if rules.get("auto") and r.table.get(f.name) == "auto":
-            values[f.name] = r.raw(f.name)
+        if rules.get("auto"):
+            values[f.name] = r.integer(f.name, default, minimum=rules.get("min"),
+                                       maximum=rules.get("max"), auto=True)
         elif "choices" in rules:
             values[f.name] = r.text(f.name, default, rules["choices"])
         elif isinstance(default, str):
@@ -154,7 +164,6 @@ def read_settings(r: Reader, cls: type) -> Any:
                                        maximum=rules.get("max"), auto=rules.get("auto", False))
         else:
             values[f.name] = r.number(f.name, default, minimum=rules.get("min", 0.0))
-    r.finish(tuple(f.name for f in fields(cls)))
-    return cls(**values)
+    return values
 
 

@@ -51,6 +51,10 @@ def open_state(config: Config) -> State:
         raise RefusedError(f"{exc}; {recover_hint(config)}") from None
 
 
+# identity keys added since the first manifests, and what an experiment without them had
+IDENTITY_BEFORE: dict[str, Any] = {"validate": {"enabled": False}}
+
+
 def open_experiment(config: Config) -> State:
     """A new state, or the stored one checked against the config."""
     path = paths.manifest(config.exp_dir)
@@ -62,8 +66,10 @@ def open_experiment(config: Config) -> State:
             f"with --resume (resume = true), or pick a new exp_name; nothing was changed")
     state = open_state(config)
     for key, value in config.identity().items():
-        if key in state.identity and state.identity[key] != value:
-            name, now, before = _changed(key, value, state.identity[key])
+        # an experiment from before [validate] existed validated nothing
+        stored = state.identity.get(key, IDENTITY_BEFORE.get(key, value))
+        if stored != value:
+            name, now, before = _changed(key, value, stored)
             raise RefusedError(
                 f"{config.source(key)}: {name} = {toml_value(now)} differs from "
                 f"{toml_value(before)} used so far in "
