@@ -99,10 +99,12 @@ JOURNAL_EVENTS = {
     "GpuAdded": ["gpu"],
     "DatasetWritten": ["code", "used", "rows", "final_bytes", "final_mtime_ns", "digest"],
     "ObjectReloaded": ["code", "in_final", "from_folders", "missing", "final_bytes",
-                       "final_mtime_ns", "digest"],
+                       "final_mtime_ns", "digest", "validating"],
     "ObjectRecovered": ["code", "index", "target", "in_final", "from_folders", "folders"],
     "DatasetLost": ["code", "reason"],
     "RunStuck": ["reason"],
+    "RoundValidated": ["code", "round_id", "passed", "failed_by", "at"],
+    "ValidationStopped": ["code", "round_id", "reason"],
 }
 
 
@@ -150,9 +152,9 @@ def test_manifest_and_final_npz_keep_their_fields(layout: Layout) -> None:
                            "final_digest", "final_mtime_ns", "index", "reason", "rounds",
                            "status", "target"]
     assert sorted(obj["rounds"]["0"]) == [
-        "accepted", "attempts", "exit_code", "failures", "finished_at", "gpu", "name", "node",
-        "pid", "proc_start", "produced", "reason", "round_id", "seed", "started_at",
-        "status", "unique", "used"]
+        "accepted", "attempts", "exit_code", "failed_by", "failures", "finished_at", "gpu",
+        "name", "node", "passed", "pid", "proc_start", "produced", "reason", "round_id",
+        "seed", "started_at", "status", "unique", "used", "validated_at"]
     assert sorted(m["gpus"]["0"]) == ["backoffs", "drifts", "footprint_mib", "gains", "gpu", "held_until",
                                       "level",
                                       "node", "ooms_alone", "rates", "reason", "reasons",

@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from supervisor.core import events as ev, slots
 from supervisor.core.records import (
-    HAS_GRASPS, GpuRecord, GpuStatus, ObjectStatus, RoundRecord, RoundStatus,
+    HAS_GRASPS, GpuRecord, GpuStatus, ObjectRecord, ObjectStatus, RoundRecord, RoundStatus,
 )
-from supervisor.core.state import CleanRounds, Effect, Log, State
+from supervisor.core.state import CleanRounds, Effect, Log, State, StopRun
 
 from supervisor.core import health, packing, reconcile
 from supervisor.core.lifecycle import fields, new_round, settle
@@ -70,13 +70,45 @@ def round_produced(state: State, e: ev.RoundProduced) -> list[Effect]:
         return effects + [Log("round_discarded", {"reason": "object done",
                                                   **fields(state, e.code, rnd)}),
                           CleanRounds(e.code, (rnd.name,))]
-    state.set_round(e.code, rnd, R.FINISHED, **values)
+    obj.consecutive_failures = 0 if obj.status == O.ACTIVE else obj.consecutive_failures
+    if state.policy.validate:  # counted once validated (RoundValidated)
+        state.set_round(e.code, rnd, R.VALIDATING, passed=None, failed_by=None,
+                        validated_at=None, **values)
+        return effects + settle(state, obj)
+    return effects + _held(state, obj, rnd, values)
+
+
+def _held(state: State, obj: ObjectRecord, rnd: RoundRecord,
+          values: dict[str, Any]) -> list[Effect]:
+    """The round's grasps count now (produced; with [validate]: validated)."""
+    state.set_round(obj.code, rnd, R.FINISHED, **values)
     if obj.status != O.ACTIVE:  # kept: merged when the object is revived
-        return effects + [Log("round_kept", {"reason": f"object {obj.status}",
-                                             **fields(state, e.code, rnd)})]
-    obj.consecutive_failures = 0
-    state.unwritten[e.code] += 1
-    return effects + settle(state, obj)
+        return [Log("round_kept", {"reason": f"object {obj.status}",
+                                   **fields(state, obj.code, rnd)})]
+    state.unwritten[obj.code] += 1
+    return settle(state, obj)
+
+
+def round_validated(state: State, e: ev.RoundValidated) -> list[Effect]:
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    if rnd.status != R.VALIDATING:  # not needed any more (its object was done)
+        return []
+    values = dict(passed=e.passed, failed_by=dict(e.failed_by), validated_at=e.at)
+    failed = sum(e.failed_by.values())
+    effects: list[Effect] = [Log("round_validated", {
+        "validated": e.passed + failed, "passed": e.passed, "failed_by": dict(e.failed_by),
+        **fields(state, e.code, rnd)})]
+    if obj.status == O.DONE:
+        state.set_round(e.code, rnd, R.DISCARDED, used=0, **values)
+        return effects + [CleanRounds(e.code, (rnd.name,))]
+    return effects + _held(state, obj, rnd, values)
+
+
+def validation_stopped(state: State, e: ev.ValidationStopped) -> list[Effect]:
+    if state.stats["run_stopped"]:
+        return []
+    state.stats["run_stopped"] = 1
+    return [StopRun(e.reason)]
 
 
 def round_deduped(state: State, e: ev.RoundDeduped) -> list[Effect]:
@@ -229,6 +261,8 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.GpuLost: gpu_lost,
     ev.NoCardFits: health.no_card_fits,
     ev.RunStuck: health.no_card_fits,
+    ev.RoundValidated: round_validated,
+    ev.ValidationStopped: validation_stopped,
     ev.GpuAdded: gpu_added,
     ev.DatasetWritten: dataset_written,
     ev.ObjectReloaded: reconcile.object_reloaded,

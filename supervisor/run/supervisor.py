@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 from anyio.abc import TaskGroup
@@ -33,7 +33,8 @@ from supervisor.run.live import LiveView, Snapshot
 from supervisor.logs import get_logger
 from supervisor.run.merger import Merger, Message
 from supervisor.run.packer import Packer
-from supervisor.core.records import GpuRecord, GpuStatus, ObjectStatus, now
+from supervisor.run.validation import Validations
+from supervisor.core.records import GpuRecord, GpuStatus, ObjectStatus, RoundStatus, now
 from supervisor.run.rounds import Control, RoundJob
 from supervisor.gpus.sampler import Sampler
 from supervisor.core.records import removed
@@ -82,6 +83,10 @@ class Supervisor:
         self.packer = Packer(config, self.state, pool, self.merger, self.dispatcher.watch,
                              changes.notify) \
             if config.gpu.max_rounds_per_gpu == "auto" else None
+        self.validations = Validations(
+            config, self.state, len(pool.gpus) if self.backend.kind == "local" else 0) \
+            if config.validate.enabled else None
+        self.merger.validations = self.validations
 
     @property
     def watch(self) -> dict[str, tuple[RoundJob, rounds.LineSink]]:
@@ -120,7 +125,10 @@ class Supervisor:
             send, recv = anyio.create_memory_object_stream[Message](math.inf)
             async with anyio.create_task_group() as work:
                 work.start_soon(self.merger.consume, recv)
-                work.start_soon(self.dispatcher.run, send)
+                if self.validations is not None:
+                    work.start_soon(self.validations.run, send.clone())
+                    self._validate_held()
+                work.start_soon(self._dispatch, send)
             tg.cancel_scope.cancel()
         await self.merger.flush(drain=True)
         code = self._exit_code()
@@ -129,6 +137,21 @@ class Supervisor:
         code = self._exit_code()  # a failed last write makes it 1
         self._summary(code)
         return code
+
+    async def _dispatch(self, send: Any) -> None:
+        """Rounds until the state is settled or the run stops; then validation stops too
+        (what is left to validate is validated by the next run)."""
+        await self.dispatcher.run(send)
+        if self.validations is not None:
+            self.validations.finish()
+
+    def _validate_held(self) -> None:
+        """Rounds a run before produced and did not see validated (resume)."""
+        for code in self.state.order:
+            for rnd in list(self.state.objects[code].rounds.values()):
+                if rnd.status == RoundStatus.VALIDATING and code in self.merger.accs \
+                        and rnd.round_id in self.merger.accs[code].rounds:
+                    self.merger.to_validate(code, rnd.round_id, rnd.produced)
 
     def _exit_code(self) -> int:
         if self.merger.write_error is not None or self.stop_reason is not None:
