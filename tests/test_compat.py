@@ -36,7 +36,7 @@ COMMAND_FLAGS = {
     "export": {"--out", "--format", "--include-unlisted"},
     "recover": set(),
     "report": {"--out", "--no-gallery"},
-    "show": {"--index", "--best", "--out", "--no-open"},
+    "show": {"--index", "--best", "--out", "--no-open", "--failed"},
     "dataset-info": {"--help", "--json", "--threshold", "--joint_tol_rad",
                      "--rotation_tol_rad", "--translation_tol_m"},
 }

@@ -49,6 +49,30 @@ def test_the_quota_counts_grasps_that_passed_exactly_and_the_same_on_1_or_3_gpus
             [i for i in range(4) if (seed + i) % 3]
     validated = events(logs, "round_validated")
     assert validated and all(e["validated"] == 4 for e in validated)
+    summary = events(logs, "run_finished")[0]["validation"]
+    assert summary["passed"] + summary["failed_by"]["rule"] == summary["validated"]
+    assert summary["passed"] >= 20 and summary["rounds_to_validate"] == 0
+    from supervisor.commands.status import render, summarize
+    from supervisor.run.resume import open_state
+
+    config = layout.config(gpus=[0], **settings())
+    status = summarize(config, open_state(config))
+    assert status["validation"]["passed"] == summary["passed"]
+    assert status["per_object"][0]["validation"]["failed_by"] == {
+        "rule": summary["per_object"]["obj_a"]["failed_by"]["rule"]}
+    text = render(status)
+    assert f"validation: {summary['passed']} of {summary['validated']} validated grasps " \
+           f"passed" in text and "; to validate: 0 round(s), 0 grasps" in text
+    assert " passed " in text.splitlines()[-3]  # the table's column
+    from supervisor.commands.report import page
+
+    info = run_cli("dataset-info", str(config.exp_dir / "final"))
+    assert info.returncode == 0 and "validation figures (every grasp here passed):" in \
+        info.stdout and "  score " in info.stdout, info.stderr
+    report = page.build(config.exp_dir)
+    assert "<h2>Validation</h2>" in report and "passed validation" in report
+    assert f"Validation: {summary['passed']} of {summary['validated']} grasps passed; " \
+           f"failed: rule {summary['failed_by']['rule']}" in report
     m = layout.manifest()
     rounds = [r for o in m["objects"].values() for r in o["rounds"].values()]
     assert all(r["passed"] is not None for r in rounds if r["status"] == "merged")
@@ -179,3 +203,21 @@ def test_near_duplicates_are_judged_among_grasps_that_passed(layout: Layout) -> 
         assert len(one["energy"]) == 10
         for key in one:
             np.testing.assert_array_equal(one[key], three[key], err_msg=f"{code} {key}")
+
+
+def test_show_draws_a_failed_grasp_with_its_reason_from_a_kept_round_folder(
+        layout: Layout) -> None:
+    path = layout.write_config(keep_intermediate=True, **{**settings(),
+                                                          "object_code_list": ["obj_a"]})
+    assert run_cli(str(path)).returncode == 0
+    out = layout.root / "failed.html"
+    shown = run_cli("show", str(path), "obj_a", "--failed", "--index", "0", "--out",
+                    str(out), "--no-open")
+    assert shown.returncode == 0, shown.stderr
+    page = out.read_text()
+    assert "failed: rule (round 0, item" in page
+    gone = layout.write_config(exp_name="gone", **{**settings(), "object_code_list": ["obj_a"]})
+    assert run_cli(str(gone)).returncode == 0  # round folders cleaned up once done
+    refused = run_cli("show", str(gone), "obj_a", "--failed", "--no-open")
+    assert refused.returncode == 2 and "folders are gone (keep_intermediate = true keeps " \
+        "them)" in refused.stderr, refused.stderr

@@ -115,6 +115,7 @@ class State:
         # yield of an object without its own rounds yet, with [validate]), rounds validating
         self.yield_counts = [0, 0]
         self.validating = 0
+        self.validated_counts = [0, 0]  # [validate]: grasps passed, of those validated
 
     # -- the only assignment of statuses ------------------------------------------------
     def add_object(self, obj: ObjectRecord) -> None:
@@ -131,6 +132,9 @@ class State:
             t.produced += sign * (rnd.produced or 0)
             self.yield_counts[0] += sign * (self.grasps_of(rnd) or 0)
             self.yield_counts[1] += sign * (rnd.produced or 0)
+            if rnd.passed is not None:
+                self.validated_counts[0] += sign * rnd.passed
+                self.validated_counts[1] += sign * (rnd.accepted or 0)
         elif rnd.status == R.VALIDATING:
             self.validating += sign
         if rnd.status in TO_RUN:

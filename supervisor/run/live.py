@@ -40,6 +40,7 @@ class Snapshot:
     progress_target: int
     gpus: dict[Any, str]  # gpu -> "" (healthy) or its status
     running: list[tuple[int, str, Progress | None]] = field(default_factory=list)
+    validation: str = ""  # [validate]: what passed so far and the backlog
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -83,6 +84,8 @@ class LiveView:
             tag = f" ({s.gpus[gpu]})" if s.gpus.get(gpu) else ""
             lines.append(f"  {slots.label(gpu)}{tag}: "
                          + ("; ".join(running) if running else "idle"))
+        if s.validation:
+            lines.append(f"  validation: {s.validation}")
         return lines
 
     def draw(self) -> None:

@@ -37,7 +37,7 @@ from supervisor.run.validation import Validations
 from supervisor.core.records import GpuRecord, GpuStatus, ObjectStatus, RoundStatus, now
 from supervisor.run.rounds import Control, RoundJob
 from supervisor.gpus.sampler import Sampler
-from supervisor.core.records import removed
+from supervisor.core.records import removed, validated
 from supervisor.storage.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -186,8 +186,28 @@ class Supervisor:
             gpus_quarantined=[g for g, r in s.gpus.items()
                               if r.status == GpuStatus.QUARANTINED],
             wall_s=round(time.time() - self.started, 3), **self.merger.summary(),
+            **self._validation_summary(),
             **({"error": error} if error else {}),
         )
+
+    def _validation_summary(self) -> dict[str, Any]:
+        """[validate]: grasps validated, passed and failed by reason (the experiment's),
+        per object, and the rounds left to validate."""
+        if self.validations is None:
+            return {}
+        per_object = {}
+        for code in self.state.order:
+            checked, passed, reasons = validated(self.state.objects[code])
+            per_object[code] = {"validated": checked, "passed": passed, "failed_by": reasons}
+        reasons_all: dict[str, int] = {}
+        for o in per_object.values():
+            for k, n in o["failed_by"].items():
+                reasons_all[k] = reasons_all.get(k, 0) + n
+        return {"validation": {
+            "validated": sum(o["validated"] for o in per_object.values()),
+            "passed": sum(o["passed"] for o in per_object.values()),
+            "failed_by": dict(sorted(reasons_all.items())),
+            "rounds_to_validate": self.state.validating, "per_object": per_object}}
 
     def _grasps(self) -> int:
         """The experiment's grasps in final.npz files."""
@@ -201,7 +221,17 @@ class Supervisor:
             objects=len(s.order), objects_done=s.objects_by_status[ObjectStatus.DONE],
             progress=s.progress, progress_target=s.progress_target,
             gpus={g: _tag(s.gpus.get(g)) for g in self.pool.gpus},
-            running=[(job.gpu, job.name, sink.latest) for job, sink in self.watch.values()])
+            running=[(job.gpu, job.name, sink.latest) for job, sink in self.watch.values()],
+            validation=self._validation_line())
+
+    def _validation_line(self) -> str:
+        """``34 % of 1200 grasps passed; 3 rounds to validate``, with [validate]."""
+        if self.validations is None:
+            return ""
+        passed, checked = self.state.validated_counts
+        rate = f"{passed / checked:.0%} of {checked} grasps passed" if checked else \
+            "no grasp validated yet"
+        return f"{rate}; {self.state.validating} round(s) to validate"
 
     def _running_pids(self) -> dict[int, str]:
         return {pgid: name for rounds_ in self.pool.rounds.values()
