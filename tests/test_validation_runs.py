@@ -148,6 +148,9 @@ def test_an_object_whose_grasps_never_pass_stops_at_max_rounds_saying_why(
 
 def test_a_changed_validator_is_refused_on_resume(layout: Layout) -> None:
     path = layout.write_config(**settings())
+    dry = run_cli(str(path), "--dry-run")
+    assert dry.returncode == 0 and "Validation: the command {python} " in dry.stdout \
+        and "; 2 worker process(es); the quota counts grasps that pass" in dry.stdout
     assert run_cli(str(path)).returncode == 0
     changed = layout.write_config(**settings(command=[*COMMAND, "--strict"]))
     refused = run_cli(str(changed), "--target_count_per_object", "20")

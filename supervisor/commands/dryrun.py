@@ -88,6 +88,8 @@ def _dry_run(config: Config, probe: Probe, warning: str | None, out: TextIO | No
         have = min(state.collected(code), obj.target)
         write(f"  [{obj.index}] {code}: {obj.status}, {have}/{obj.target} collected, "
               f"about {plan.rounds_to_go(state, code)} more round(s)")
+    if config.validate.enabled:
+        write(_validator(config, len(pool.gpus) if config.backend.kind == "local" else 0))
     gpu_lines, admitted = _gpu_lines(pool, probe, config)
     if nodes is not None:
         write(f"Ray cluster at {config.backend.address!r}: {len(nodes)} node(s), "
@@ -99,6 +101,19 @@ def _dry_run(config: Config, probe: Probe, warning: str | None, out: TextIO | No
         write(line)
     _first_rounds(config, state, admitted, write)
     return 0
+
+
+def _validator(config: Config, local_gpus: int) -> str:
+    """[validate]: which validator, in how many processes (the count "auto" gives here)."""
+    from supervisor.run.validation import workers
+
+    v = config.validate
+    what = (f"the command {' '.join(v.command)} in {v.cwd or config.main.cwd}" if v.command
+            else "the built-in MuJoCo test (" + ", ".join(
+                f"{k} {val:g}" for k, val in v.protocol().items()) + ")")
+    count = workers(config, local_gpus)
+    return (f"Validation: {what}; {count} worker process(es); the quota counts grasps "
+            f"that pass")
 
 
 def _first_rounds(config: Config, state: State, admitted: list[GpuKey],
