@@ -36,6 +36,9 @@ class Policy:
     packing: bool = False
     pack_gain: float = 0.1
     pack_retest_s: float = 1800.0
+    # False where a GPU key is a scheduler's place, not a card (Slurm): a failing node is
+    # excluded by the backend instead (supervisor.backends.slurm.nodes)
+    quarantine: bool = True
 
 
 # -- effects ---------------------------------------------------------------------------
