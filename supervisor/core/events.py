@@ -64,7 +64,7 @@ class RoundPlaced:
     round_id: int
     job_id: str
     node: str | None = None
-    gpu: str | None = None
+    gpu: int | str | None = None  # "0,1" for a job given two
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from supervisor.backends.slurm.task import PREFIX
 
@@ -120,13 +121,13 @@ _STEP = re.compile(r"\*\*\* (?:STEP|JOB) \S+ ON (\S+) CANCELLED AT \S+(?: DUE TO
 _NODE_FAILURE = re.compile(r"srun: error: Node failure on (\S+)")
 
 
-def placed(line: str) -> dict[str, str] | None:
+def placed(line: str) -> dict[str, Any] | None:
     """``task``'s ``placed`` line: node, gpu (as the job sees it), job id, step, pid."""
     m = _PLACED.search(line)
     if not m:
         return None
     node, gpu, job, step, pid = m.groups()
-    return {"node": node, "gpu": gpu, "job_id": job if step == "batch" else f"{job}.{step}",
+    return {"node": node, "gpu": int(gpu) if gpu.isdigit() else gpu, "job_id": job if step == "batch" else f"{job}.{step}",
             "pid": pid or "0"}
 
 
