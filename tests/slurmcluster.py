@@ -90,13 +90,16 @@ class SlurmCluster:
         files = self._devices()
         ctld_port, *node_ports = _free_ports(1 + self.nodes)
         self._write_conf(ctld_port, node_ports, files)
-        daemon_env = {**os.environ, **self.env, MARKER: str(self.base)}
+        daemon_env = self._daemon_env()
         self._start_munge(daemon_env)
         self._run([_sbin("slurmctld"), "-f", str(self.conf)], daemon_env)
         for name in self.names:
             self._run([_sbin("slurmd"), "-f", str(self.conf), "-N", name], daemon_env)
         self.wait_idle()
         return self
+
+    def _daemon_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env, MARKER: str(self.base)}
 
     def _devices(self) -> str:
         """gres.conf's File= for one node: character devices (regular files are refused)."""
@@ -177,8 +180,24 @@ class SlurmCluster:
                     "reason=test")
 
     def resume(self, node: str) -> None:
-        self.client("scontrol", "update", f"nodename={node}", "state=resume")
+        """Back to service (already up: nothing to do)."""
+        self.client("scontrol", "update", f"nodename={node}", "state=resume", check=False)
         self.wait_idle()
+
+    def stop_controller(self) -> None:
+        """slurmctld away (a restart, a failover): jobs on the nodes run on."""
+        pid = int((self.base / "run" / "slurmctld.pid").read_text().split()[0])
+        _signal(pid, signal.SIGTERM)
+        _wait_gone([pid], STOP_S)
+
+    def start_controller(self) -> None:
+        """slurmctld back, with the jobs its state files hold."""
+        self._run([_sbin("slurmctld"), "-f", str(self.conf)], self._daemon_env())
+        deadline = time.monotonic() + READY_S
+        while " is UP" not in self.client("scontrol", "ping", check=False):
+            if time.monotonic() > deadline:
+                raise RuntimeError("slurmctld did not come back")
+            time.sleep(0.05)
 
     def jobs(self) -> list[str]:
         """Ids of jobs pending or running (ended ones left out)."""

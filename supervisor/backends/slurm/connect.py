@@ -42,12 +42,20 @@ def check_reachable() -> None:
             raise GpuError(f'Slurm: `{name}` is not on PATH ([backend] kind = "slurm"): run the '
                            "supervisor where Slurm's commands are (a login node, or after "
                            "`module load slurm`)")
-    done = _slurm(["scontrol", "ping"])
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):  # Slurm's commands would retry it for a minute
+        raise GpuError(f"Slurm: SLURM_CONF={conf} is not a file: point it at the cluster's "
+                       "slurm.conf, or unset it for Slurm's default")
+    where = f" (SLURM_CONF={conf})" if conf else ""
+    try:
+        done = _slurm(["scontrol", "ping"])
+    except GpuError:
+        raise GpuError(f"Slurm: the controller does not answer{where}: `scontrol ping` got no "
+                       f"answer within {CHECK_TIMEOUT_S:g} s; check that slurmctld runs") from None
     if done.returncode != 0 or " is UP" not in done.stdout:
-        conf = os.environ.get("SLURM_CONF")
-        where = f" (SLURM_CONF={conf})" if conf else ""
+        said = " ".join(done.stdout.split("\n")[0].split()) or _said(done)
         raise GpuError(f"Slurm: the controller does not answer{where}: `scontrol ping` says "
-                       f"{_said(done)!r}; check SLURM_CONF and that slurmctld runs")
+                       f"{said!r}; check SLURM_CONF and that slurmctld runs")
 
 
 def resolve_mode(mode: str, env: Mapping[str, str]) -> str:
