@@ -53,7 +53,7 @@ class SlurmBackend:
         self.ours: set[str] = set()  # job ids this supervisor cancelled
         self.live: set[str] = set()  # job ids submitted or adopted and not ended
         self.adopted_jobs: dict[str, JobInfo] = {}  # round name -> a job found at start
-        self.steps: dict[str, StepRound] = {}
+        self.steps: dict[str, Any] = {}  # round name -> its StepRound
         self._removed: list[tuple[GpuKey, str]] = []
 
     def _set_places(self, places: dict[str, int]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import anyio
 
@@ -23,13 +23,11 @@ from supervisor.backends.base import RoundError, RoundLost
 from supervisor.backends.job import ROUND_ENV, RoundJob, round_env
 from supervisor.backends.slurm import commands, states, submit
 from supervisor.backends.slurm.follow import Follower
+from supervisor.backends.slurm.host import Host
 from supervisor.backends.slurm.queue import JobInfo
 from supervisor.config.schema import Config
 from supervisor.logs import get_logger
 from supervisor.storage import paths
-
-if TYPE_CHECKING:
-    from supervisor.backends.slurm.backend import SlurmBackend
 
 FOLLOW_S = 0.1  # how often the job's files are read (a local stat and read)
 END_WAIT_S = 10.0  # after our scancel, beyond grace_s: how long Slurm may take to confirm
@@ -42,7 +40,7 @@ def output_files(config: Config, name: str) -> tuple[Path, Path]:
 
 
 class JobRound:
-    def __init__(self, backend: SlurmBackend, config: Config, job: RoundJob,
+    def __init__(self, backend: Host, config: Config, job: RoundJob,
                  argv: Sequence[str], on_line: Callable[[str, str], None],
                  on_start: Callable[[int], None], stop: anyio.Event, kill: anyio.Event) -> None:
         self.b, self.config, self.job, self.argv = backend, config, job, list(argv)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import anyio
 
@@ -21,18 +21,16 @@ from supervisor.backends import runner
 from supervisor.backends.base import RoundError, RoundLost
 from supervisor.backends.job import ROUND_ENV, RoundJob, round_env
 from supervisor.backends.slurm import states, submit
+from supervisor.backends.slurm.host import Host
 from supervisor.config.schema import Config
 from supervisor.core import slots
 from supervisor.logs import get_logger
-
-if TYPE_CHECKING:
-    from supervisor.backends.slurm.backend import SlurmBackend
 
 SLURM_LINES = 20  # srun's and slurmstepd's own lines kept to tell how a step ended
 
 
 class StepRound:
-    def __init__(self, backend: SlurmBackend, config: Config, job: RoundJob,
+    def __init__(self, backend: Host, config: Config, job: RoundJob,
                  argv: Sequence[str], on_line: Callable[[str, str], None],
                  on_start: Callable[[int], None], stop: anyio.Event, kill: anyio.Event) -> None:
         self.b, self.config, self.job, self.argv = backend, config, job, list(argv)
