@@ -332,3 +332,71 @@ def test_a_placed_round_carries_its_job_node_and_gpu_and_places_are_never_quaran
     assert state.gpus[places[0]].status == GpuStatus.HEALTHY
     apply(state, ev.RoundStarted("obj_a", 0, places[0], 3.0, "slurm"))
     assert rnd.job_id is None and rnd.device is None  # a new attempt, a new job
+
+
+# -- a job that left the queue unseen ------------------------------------------------------
+class StubHost:
+    """What a JobRound needs of its backend, with Slurm's records scripted."""
+
+    def __init__(self, record: dict[str, str] | None) -> None:
+        self.tag, self.queue, self.nodes = "tag", Queue("tag"), NodeHealth(3)
+        self.draining, self.ours, self.live, self.steps = False, set(), set(), {}
+        self.record = record
+
+    def take_adopted(self, name: str) -> None:
+        return None
+
+    async def cancel(self, job_ids: list[str], *options: str) -> None:
+        pass
+
+    async def job_record(self, job_id: str) -> dict[str, str] | None:
+        return self.record
+
+    def judge_node(self, job: object, end: object) -> None:
+        pass
+
+
+def resolve(layout: Layout, record: dict[str, str] | None, code: int | None = None,
+            result: bool = False) -> S.End:
+    from supervisor.backends.job import RoundJob
+    from supervisor.backends.slurm.jobs import JobRound
+    from supervisor.storage import paths
+
+    config = layout.config(gpus="all", backend={"kind": "slurm"})
+    job = RoundJob("obj_a", 0, "t__obj_a__r0", 1000, "slurm/gpu0", 1)
+    if result:
+        path = paths.result(config, job.name, job.object_code)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+    round_ = JobRound(StubHost(record), config, job, [], lambda s, l: None, lambda p: None,
+                      anyio.Event(), anyio.Event())
+    round_.job_id, round_.code = "9", code
+
+    async def main() -> S.End:
+        return await round_._resolve_gone()
+    return anyio.run(main)
+
+
+def test_a_job_gone_from_the_queue_is_resolved_from_slurms_records_then_its_files(
+        layout: Layout) -> None:
+    end = resolve(layout, {"JobState": "FAILED", "ExitCode": "3:0", "Reason": "NonZero"})
+    assert (end.kind, end.exit_code) == (S.FAILED, 3)
+    assert resolve(layout, {"JobState": "NODE_FAIL", "ExitCode": "0:9"}).kind == S.CAPACITY
+    assert resolve(layout, None, code=0).kind == S.OK  # its task's own exit line
+    assert resolve(layout, None, code=2).kind == S.FAILED
+    unknown = resolve(layout, None)
+    assert unknown.kind == S.CAPACITY and "no record" in unknown.reason  # never assumed
+    assert resolve(layout, None, result=True).kind == S.OK  # read and checked as any result
+
+
+def test_the_live_view_shows_why_a_round_waits_in_the_queue() -> None:
+    import io
+
+    from supervisor.run.live import LiveView, Snapshot
+
+    snap = Snapshot("t", False, 1, 0, 0, 10, {"slurm/gpu0": "", "slurm/gpu1": ""},
+                    running=[("slurm/gpu0", "t__a__r0", None), ("slurm/gpu1", "t__a__r1", None)],
+                    waiting={"t__a__r0": "pending (QOSMaxJobsPerUserLimit)"})
+    lines = LiveView(lambda: snap, io.StringIO()).render()
+    assert "  slurm GPU 0: t__a__r0 pending (QOSMaxJobsPerUserLimit)" in lines
+    assert "  slurm GPU 1: t__a__r1 starting" in lines

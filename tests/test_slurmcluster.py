@@ -250,3 +250,40 @@ def test_the_controller_going_away_mid_run_abandons_no_round(
     assert run.wait(90) == 0, run.stderr
     same_as_local(layout, reference, 20)
     assert not run.named("round_failed") and not our_jobs(slurm, "t")
+
+
+# -- a failing node, --dry-run ----------------------------------------------------------------
+def test_a_node_where_rounds_keep_failing_is_excluded(slurm: SlurmCluster, layout: Layout,
+                                                      reference: Any) -> None:
+    """Every round that lands on n1 fails there (its command exits 3 on that node)."""
+    from conftest import EMULATOR_COMMAND
+    sick = ["sh", "-c", 'if [ "$SLURMD_NODENAME" = n1 ]; then echo sick >&2; exit 3; fi; '
+            'exec "$@"', "sh", *EMULATOR_COMMAND]
+    _, run = start(layout, main={"command": sick}, retry={"max_attempts": 5},
+                   gpu={"quarantine_after": 2}, **rounds_of(1.0))
+    excluded = run.wait_for("node_excluded")[0]
+    assert excluded["node"] == "n1" and "in a row failed" in excluded["reason"]
+    assert run.wait(90) == 0, run.stderr
+    same_as_local(layout, reference, 20)
+    after = [e for e in run.named("job_submitted") if e["exclude"]]
+    assert after and all(e["exclude"] == ["n1"] for e in after)
+    ids = {e["job_id"] for e in after}
+    assert all(e["node"] == "n0" for e in run.named("job_running") if e["job_id"] in ids)
+
+
+def test_dry_run_checks_the_options_with_sbatch_test_only(slurm: SlurmCluster,
+                                                          layout: Layout) -> None:
+    path = write_toml(layout.root / "config.toml",
+                      slurm_config(layout, backend={"partition": "debug", "time_limit": "30"}))
+    done = subprocess.run([sys.executable, "-m", "supervisor", str(path), "--dry-run"],
+                          cwd=layout.root, env=cli_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "partition debug" in done.stdout and "time limit 30" in done.stdout
+    assert "sbatch --test-only: sbatch: Job" in done.stdout and "CUDA_VISIBLE_DEVICES={gpu}" in done.stdout
+    bad = write_toml(layout.root / "bad.toml", slurm_config(layout, backend={"partition": "nope"}))
+    done = subprocess.run([sys.executable, "-m", "supervisor", str(bad)], cwd=layout.root,
+                          env=cli_env(), capture_output=True, text=True, timeout=60)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Slurm refused" in lines[0], lines
+    assert "partition" in lines[0] and not layout.experiments.exists()
