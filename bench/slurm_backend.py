@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -152,6 +153,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=48, help="rounds in all, a multiple of 4")
     parser.add_argument("--base-s", type=float, default=2.0,
                         help="a round's optimisation time at 1x; rounds take 1x-4x (default 2)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the experiments (manifests, logs, child times) and say where")
     args = parser.parse_args()
     if missing():
         print(f"Slurm is not installed ({', '.join(missing())}): apt-get install slurmctld "
@@ -187,6 +190,10 @@ def main() -> int:
     finally:
         cluster.stop()
         cluster.remove()
+        if args.keep:
+            print(f"kept: {temp}")
+        else:
+            shutil.rmtree(temp, ignore_errors=True)
     local = figures["local"].ratio
     for mode, goal_ratio, goal_ms in (("steps", 1.05, 300), ("jobs", 1.15, 1500)):
         f = figures[mode]

@@ -66,8 +66,21 @@ def slurm_config(layout: Any, **overrides: Any) -> dict[str, Any]:
     return layout.config_data(gpus="all", backend=backend, env=env, **overrides)
 
 
+@pytest.fixture
+def runs() -> Iterator[list[Run]]:
+    """Supervisors a test started: a failed test leaves none running (killed by pid)."""
+    started: list[Run] = []
+    Run.started = started
+    yield started
+    Run.started = None
+    for run in started:
+        run.kill()
+
+
 class Run:
     """``python -m supervisor ARGS`` in the background; its JSON lines collected."""
+
+    started: list[Run] | None = None  # the ``runs`` fixture's list, while a test runs
 
     def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.events: list[dict[str, Any]] = []
@@ -81,6 +94,8 @@ class Run:
         self.reader.start()
         self.err_reader = threading.Thread(target=self._read_err, daemon=True)
         self.err_reader.start()
+        if Run.started is not None:
+            Run.started.append(self)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -21,7 +21,9 @@ import pytest
 
 from conftest import Layout, cli_env, run_in_process, write_toml
 from slurmcluster import SlurmCluster
-from slurmtest import Run, our_jobs, slurm, slurm_config  # noqa: F401 (the fixture)
+from slurmtest import Run, our_jobs, runs, slurm, slurm_config  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("runs")
 
 CODES = ("obj_a", "obj_b", "obj_c")
 
