@@ -209,6 +209,23 @@ def test_a_change_wakes_the_job_that_waits_on_it() -> None:
     anyio.run(main)
 
 
+def test_status_names_what_squeue_said_when_it_cannot_read_the_queue(
+        layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.backends.slurm.overview import overview, render
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    fake = bin_ / "squeue"
+    fake.write_text("#!/bin/sh\necho 'squeue: error: Invalid user: nobody' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    config = layout.config(gpus="all", backend={"kind": "slurm"})
+    assert render(overview(config)) == [
+        "slurm: queue not read (squeue: squeue: error: Invalid user: nobody)"]
+    fake.write_text("#!/bin/sh\nexit 4\n")  # says nothing: its exit status
+    assert render(overview(config)) == ["slurm: queue not read (squeue: exit status 4)"]
+
+
 # -- a restarted supervisor's jobs -----------------------------------------------------------
 def job(job_id: str, name: str, state: str) -> JobInfo:
     return JobInfo(job_id, state, name=name)

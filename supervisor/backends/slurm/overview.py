@@ -19,7 +19,8 @@ TIMEOUT_S = 20.0
 def _squeue(argv: list[str]) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
     if done.returncode != 0:
-        raise OSError((done.stderr or done.stdout).strip().splitlines()[-1:] or ["squeue failed"])
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise OSError(lines[-1] if lines else f"exit status {done.returncode}")
     return done.stdout
 
 
