@@ -84,6 +84,11 @@ def test_rounds_run_as_jobs_and_make_the_local_datasets(slurm: SlurmCluster, lay
         assert "cuda_device_order='PCI_BUS_ID'" in config
         assert rnd["gpu"].startswith("slurm/gpu") and rnd["node"] in ("n0", "n1")
     assert not our_jobs(slurm, "t")
+    for command in (["export", "config.toml", "--out", "npy"], ["report", "config.toml"]):
+        done = subprocess.run([sys.executable, "-m", "supervisor", *command], cwd=layout.root,
+                              env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr  # as on one server
+    assert sorted(p.name for p in (layout.root / "npy").iterdir()) == [f"{c}.npy" for c in CODES]
 
 
 def test_rounds_run_as_steps_of_the_supervisors_allocation(slurm: SlurmCluster, layout: Layout,
