@@ -376,6 +376,7 @@ class StubHost:
 def resolve(layout: Layout, record: dict[str, str] | None, code: int | None = None,
             result: bool = False) -> S.End:
     from supervisor.backends.job import RoundJob
+    from supervisor.backends.slurm.host import RoundCall
     from supervisor.backends.slurm.jobs import JobRound
     from supervisor.storage import paths
 
@@ -385,9 +386,10 @@ def resolve(layout: Layout, record: dict[str, str] | None, code: int | None = No
         path = paths.result(config, job.name, job.object_code)
         path.parent.mkdir(parents=True)
         path.write_bytes(b"x")
-    round_ = JobRound(StubHost(record), config, job, [], lambda s, l: None, lambda p: None,
-                      anyio.Event(), anyio.Event())
-    round_.job_id, round_.code = "9", code
+    call = RoundCall(config, job, [], lambda s, l: None, lambda p: None, anyio.Event(),
+                     anyio.Event())
+    round_ = JobRound(StubHost(record), call)
+    round_.job_id, call.code = "9", code
 
     async def main() -> S.End:
         return await round_._resolve_gone()
@@ -417,3 +419,4 @@ def test_the_live_view_shows_why_a_round_waits_in_the_queue() -> None:
     lines = LiveView(lambda: snap, io.StringIO()).render()
     assert "  slurm GPU 0: t__a__r0 pending (QOSMaxJobsPerUserLimit)" in lines
     assert "  slurm GPU 1: t__a__r1 starting" in lines
+

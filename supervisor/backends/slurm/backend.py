@@ -19,6 +19,7 @@ import anyio
 from supervisor.backends import runner
 from supervisor.backends.job import RoundJob
 from supervisor.backends.slurm import allocation, commands, states
+from supervisor.backends.slurm.host import RoundCall
 from supervisor.backends.slurm.jobs import JobRound
 from supervisor.backends.slurm.nodes import NodeHealth
 from supervisor.backends.slurm.queue import JobInfo, Queue, ours, parse, squeue_argv
@@ -80,7 +81,8 @@ class SlurmBackend:
                       on_line: Callable[[str, str], None], on_start: Callable[[int], None],
                       stop: anyio.Event, kill: anyio.Event) -> runner.ChildExit:
         kind = StepRound if self.mode == "steps" else JobRound
-        return await kind(self, config, job, argv, on_line, on_start, stop, kill).run()
+        call = RoundCall(config, job, list(argv), on_line, on_start, stop, kill)
+        return await kind(self, call).run()
 
     def adopted(self, name: str) -> bool:
         """A job of this round found at start, still to be waited for (its folder is its)."""

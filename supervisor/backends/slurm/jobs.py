@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import anyio
 
 from supervisor.backends import runner
 from supervisor.backends.base import RoundError, RoundLost
-from supervisor.backends.job import ROUND_ENV, RoundJob, round_env
+from supervisor.backends.job import ROUND_ENV, round_env
 from supervisor.backends.slurm import commands, states, submit
 from supervisor.backends.slurm.follow import Follower
-from supervisor.backends.slurm.host import Host
+from supervisor.backends.slurm.host import Host, RoundCall
 from supervisor.backends.slurm.queue import JobInfo
 from supervisor.config.schema import Config
-from supervisor.logs import get_logger
 from supervisor.storage import paths
 
 FOLLOW_S = 0.1  # how often the job's files are read (a local stat and read)
@@ -40,16 +38,10 @@ def output_files(config: Config, name: str) -> tuple[Path, Path]:
 
 
 class JobRound:
-    def __init__(self, backend: Host, config: Config, job: RoundJob,
-                 argv: Sequence[str], on_line: Callable[[str, str], None],
-                 on_start: Callable[[int], None], stop: anyio.Event, kill: anyio.Event) -> None:
-        self.b, self.config, self.job, self.argv = backend, config, job, list(argv)
-        self.on_line, self.on_start, self.stop, self.kill = on_line, on_start, stop, kill
-        self.log = get_logger(**job.fields())
+    def __init__(self, backend: Host, call: RoundCall) -> None:
+        self.b, self.r = backend, call
+        self.config, self.job, self.log = call.config, call.job, call.log
         self.job_id = ""
-        self.code: int | None = None  # the command's return code, from task's exit line
-        self.pid = 0
-        self.placed_at: float | None = None  # monotonic
         self.last_output = time.monotonic()
         self.cancelled: str | None = None  # why we cancelled it: stop, drain, stall, timeout
         self.cancelled_at = 0.0
@@ -66,7 +58,7 @@ class JobRound:
         else:
             self.job_id = await self._submit(out, err)
         self.job.where["job_id"] = self.job_id
-        self.on_start(0)
+        self.r.on_start(0)
         self.b.queue.watch(self.job_id)
         self.b.live.add(self.job_id)
         try:
@@ -88,7 +80,7 @@ class JobRound:
                                   t, exclude=tuple(self.b.nodes.excluded))
         env = {**round_env(self.config), ROUND_ENV: self.job.name}
         try:
-            done = await commands.call(argv, input=submit.batch_script(self.argv, env))
+            done = await commands.call(argv, input=submit.batch_script(self.r.argv, env))
         except commands.SlurmError as exc:
             raise RoundError(f"sbatch refused the job: {exc}") from None
         job_id = done.stdout.strip().split(";")[0]
@@ -105,25 +97,12 @@ class JobRound:
     def _line(self, stream: str, line: str) -> None:
         self.last_output = time.monotonic()
         if stream == "stdout":
-            where = states.placed(line)
-            if where is not None and self.placed_at is None:
-                self._placed(where)
-            code = states.exited(line)
-            if code is not None:
-                self.code = code
-        self.on_line(stream, line)
-
-    def _placed(self, where: dict[str, Any]) -> None:
-        self.placed_at = time.monotonic()
-        self.pid = int(where["pid"])
-        self.job.where.pop("queued", None)
-        self.job.where.update(node=where["node"], gpu=where["gpu"])
-        self.log.info("job_running", **self.job.placed())
-        self.on_start(self.pid)
+            self.r.task_line(line)
+        self.r.on_line(stream, line)
 
     def _seen(self, info: JobInfo) -> None:
         """What the queue says of a job not placed yet: why it waits."""
-        if self.placed_at is not None or states.has_started(info.state):
+        if self.r.placed_at is not None or states.has_started(info.state):
             self.job.where.pop("queued", None)
             return
         reason = info.reason if info.reason not in ("", "None") else info.state.lower()
@@ -136,7 +115,7 @@ class JobRound:
         while True:
             out.read()
             err.read()
-            if self.code == 0 and not self.cancelled:
+            if self.r.code == 0 and not self.cancelled:
                 out.finish(), err.finish()
                 return states.End(states.OK, "completed", 0)
             info = self.b.queue.info.get(self.job_id)
@@ -156,17 +135,17 @@ class JobRound:
     async def _limits(self) -> bool:
         """Stop, kill, drain, stall and timeout; True once a cancelled job is overdue."""
         t, now = self.config.timeouts, time.monotonic()
-        running = self.placed_at is not None
-        if self.kill.is_set() and not self.killed:
+        running = self.r.placed_at is not None
+        if self.r.kill.is_set() and not self.killed:
             self.killed = True
             await self._cancel("stop", "--signal=KILL")
-        elif self.stop.is_set():
+        elif self.r.stop.is_set():
             await self._cancel("stop")
         elif self.b.draining and not running:
             await self._cancel("drain")
         elif running and t.stall_timeout_s and now - self.last_output > t.stall_timeout_s:
             await self._cancel("stall")
-        elif running and t.round_timeout_s and now - self.placed_at > t.round_timeout_s:
+        elif running and t.round_timeout_s and now - self.r.placed_at > t.round_timeout_s:
             await self._cancel("timeout")
         return bool(self.cancelled) and now - self.cancelled_at > t.grace_s + END_WAIT_S
 
@@ -180,8 +159,8 @@ class JobRound:
 
     # -- the end ---------------------------------------------------------------------
     def _end(self, state: str, reason: str, slurm_code: int | None) -> states.End:
-        code = self.code if self.code is not None else slurm_code
-        ran = time.monotonic() - self.placed_at if self.placed_at else 0.0
+        code = self.r.code if self.r.code is not None else slurm_code
+        ran = self.r.ran_s()
         return states.job_end(state, code, reason, self.job_id in self.b.ours, ran,
                               self.config.backend.time_limit)
 
@@ -193,8 +172,8 @@ class JobRound:
         if record is not None:
             return self._end(record.get("JobState", ""), record.get("Reason", ""),
                              states.scontrol_exit(record.get("ExitCode")))
-        if self.code is not None:
-            return self._end("COMPLETED" if self.code == 0 else "FAILED", "", self.code)
+        if self.r.code is not None:
+            return self._end("COMPLETED" if self.r.code == 0 else "FAILED", "", self.r.code)
         result = paths.result(self.config, self.job.name, self.job.object_code)
         if result.exists():
             return states.End(states.OK, "completed (its result file is there)", 0)
@@ -204,7 +183,7 @@ class JobRound:
 
     def _exit(self, end: states.End) -> runner.ChildExit:
         if end.kind == states.OK:
-            return runner.ChildExit(self.pid, 0, None)
+            return runner.ChildExit(self.r.pid, 0, None)
         if end.kind == states.CAPACITY:
             raise RoundLost(end.reason)
         if end.kind == states.STOPPED or self.cancelled:
@@ -212,7 +191,7 @@ class JobRound:
                 raise RoundLost("drained: cancelled before Slurm started it")
             stopped = self.cancelled if self.cancelled in ("stall", "timeout") else "stop"
             code = end.exit_code if end.exit_code is not None else -15
-            return runner.ChildExit(self.pid, code, stopped)
-        if end.kind == states.FAILED and end.exit_code is not None and self.placed_at:
-            return runner.ChildExit(self.pid, end.exit_code, None)  # as on one server
+            return runner.ChildExit(self.r.pid, code, stopped)
+        if end.kind == states.FAILED and end.exit_code is not None and self.r.placed_at:
+            return runner.ChildExit(self.r.pid, end.exit_code, None)  # as on one server
         raise RoundError(end.reason)
