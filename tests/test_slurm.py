@@ -420,3 +420,15 @@ def test_the_live_view_shows_why_a_round_waits_in_the_queue() -> None:
     assert "  slurm GPU 0: t__a__r0 pending (QOSMaxJobsPerUserLimit)" in lines
     assert "  slurm GPU 1: t__a__r1 starting" in lines
 
+
+def test_without_slurm_the_cluster_tests_skip_outside_ci_and_fail_under_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import slurmtest
+
+    monkeypatch.setattr(slurmtest, "missing", lambda: ["slurmctld", "munged"])
+    monkeypatch.setattr(slurmtest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="missing slurmctld, munged"):
+        slurmtest.need_slurm()
+    monkeypatch.setattr(slurmtest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        slurmtest.need_slurm()
