@@ -153,3 +153,19 @@ def our_jobs(cluster: SlurmCluster, exp_name: str) -> list[str]:
     out = cluster.client("squeue", "-h", "-o", "%i|%j", check=False)
     return [line.split("|")[0] for line in out.splitlines()
             if "|" in line and line.split("|", 1)[1].startswith(f"{exp_name}__")]
+
+
+def read_fifo(path: Path, timeout_s: float) -> str:
+    """What a job writes into the named pipe ``path`` (opening it blocks until the job
+    opens it to write: a wait on the job, not a poll)."""
+    got: list[str] = []
+
+    def read() -> None:
+        with open(path) as f:
+            got.append(f.read().strip())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    assert got, f"nothing written to {path} within {timeout_s:g} s"
+    return got[0]

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import Layout, cli_env, run_in_process, write_toml
 from slurmcluster import SlurmCluster
-from slurmtest import Run, our_jobs, runs, slurm, slurm_config  # noqa: F401 (fixtures)
+from slurmtest import Run, our_jobs, read_fifo, runs, slurm, slurm_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("runs")
 
@@ -97,18 +97,15 @@ def test_rounds_run_as_steps_of_the_supervisors_allocation(slurm: SlurmCluster, 
     path = write_toml(layout.root / "config.toml",
                       slurm_config(layout, backend={"mode": "auto"}))
     env = cli_env()
-    script = layout.root / "steps.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"{sys.executable} -m supervisor {path} > {layout.root}/run.jsonl 2> {layout.root}/err\n"
-        f"echo $? > {layout.root}/rc.tmp && mv {layout.root}/rc.tmp {layout.root}/rc\n")
+    script, rc = layout.root / "steps.sh", layout.root / "rc"
+    os.mkfifo(rc)  # the script writes the supervisor's exit code there: the test waits on it
+    script.write_text(f"#!/bin/sh\n{sys.executable} -m supervisor {path} "
+                      f"> {layout.root}/run.jsonl 2> {layout.root}/err\necho $? > {rc}\n")
     job = slurm.client("sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=4",
                        "--gres=gpu:4", "--cpus-per-task=2", "--no-kill",
                        f"--output={layout.root}/job.out", f"--chdir={layout.root}",
                        f"--export=ALL,PYTHONPATH={env['PYTHONPATH']}", str(script)).strip()
-    rc = layout.root / "rc"
-    wait_file(rc, 90)
-    assert rc.read_text().strip() == "0", (layout.root / "err").read_text()
+    assert read_fifo(rc, 90) == "0", (layout.root / "err").read_text()
     same_as_local(layout, reference)
     events = [json.loads(line) for line in (layout.root / "run.jsonl").read_text().splitlines()]
     merged = [e for e in events if e["event"] == "round_merged"]
@@ -116,14 +113,6 @@ def test_rounds_run_as_steps_of_the_supervisors_allocation(slurm: SlurmCluster, 
     assert {e["node"] for e in merged} == {"n0", "n1"}
     started = next(e for e in events if e["event"] == "slurm_cluster")
     assert started["mode"] == "steps" and started["places"] == 8
-
-
-def wait_file(path: Path, timeout_s: float) -> None:
-    import time
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} not written within {timeout_s} s"
-        time.sleep(0.05)
 
 
 # -- capacity: not charged ---------------------------------------------------------------
