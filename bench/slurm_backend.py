@@ -44,7 +44,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
-from ray_backend import Head, gaps, percentile, stamp, write_config  # noqa: E402
+from ray_backend import Head, child_times, gaps, percentile, stamp, write_config  # noqa: E402
 from slurmcluster import SlurmCluster, missing  # noqa: E402
 
 NODES, GPUS = 2, 4
@@ -97,11 +97,7 @@ class Figures:
                 if r.get("started_at") and r.get("finished_at")]
         self.rounds = len(rnds)
         self.makespan = max(r["finished_at"] for r in rnds) - min(r["started_at"] for r in rnds)
-        child: dict[str, dict[str, Any]] = {}
-        for f in (root / "times").glob("*.json"):
-            rec = json.loads(f.read_text())
-            if rec["ok"] and rec["start"] > child.get(rec["name"], {}).get("start", 0):
-                child[rec["name"]] = rec
+        child = child_times(root)
         durations = [c["end"] - c["start"] for c in child.values()]
         self.work = sum(durations)
         self.bound = max(self.work / SLOTS, max(durations))
