@@ -221,16 +221,25 @@ def test_slurm_unreachable_at_start_is_one_line_and_exit_2(slurm: SlurmCluster,
     text = slurm.conf.read_text()
     port = next(w for w in text.split() if w.startswith("SlurmctldPort="))
     down.write_text(text.replace(port, "SlurmctldPort=9"))
+    garbled = layout.root / "garbled.conf"
+    garbled.write_text("ClusterName test\n")  # no "=": Slurm cannot parse it
     cases = [({"PATH": os.path.dirname(sys.executable)}, "`sbatch` is not on PATH"),
              ({"SLURM_CONF": str(layout.root / "missing.conf")}, "is not a file"),
-             ({"SLURM_CONF": str(down)}, "controller does not answer")]
+             ({"SLURM_CONF": str(down)}, "controller does not answer"),
+             ({"SLURM_CONF": ""}, "SLURM_CONF is set but empty"),  # not a minute's wait
+             ({"SLURM_CONF": str(garbled)},
+              ("cannot read its configuration", 'line 1: "ClusterName test"', "fix that file"))]
+    if not Path("/etc/slurm/slurm.conf").exists():  # Slurm's default: none on this machine
+        cases.append(({"SLURM_CONF": None}, ("cannot read its configuration", "Could not "
+                                             "establish a configuration source", "set SLURM_CONF")))
     for env, expected in cases:
+        full = {k: v for k, v in {**cli_env(), **env}.items() if v is not None}
         done = subprocess.run([sys.executable, "-m", "supervisor", str(path)], cwd=layout.root,
-                              env={**cli_env(), **env}, capture_output=True, text=True,
-                              timeout=60)
+                              env=full, capture_output=True, text=True, timeout=60)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1, done.stderr
-        assert lines[0].startswith("error: Slurm") and expected in lines[0], lines
+        wanted = (expected,) if isinstance(expected, str) else expected
+        assert lines[0].startswith("error: Slurm") and all(w in lines[0] for w in wanted), lines
     assert not layout.experiments.exists()  # nothing written
 
 

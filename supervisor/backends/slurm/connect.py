@@ -35,6 +35,29 @@ def _said(done: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else f"exit status {done.returncode}"
 
 
+def _check_conf() -> str:
+    """SLURM_CONF, as far as it can be judged without Slurm: " (SLURM_CONF=...)" or ""."""
+    conf = os.environ.get("SLURM_CONF")
+    if conf is None:
+        return ""
+    if not conf.strip():  # Slurm's commands would look for it for a minute, then fail
+        raise GpuError("Slurm: SLURM_CONF is set but empty: point it at the cluster's "
+                       "slurm.conf, or unset it for Slurm's default")
+    if not os.path.isfile(conf):  # likewise
+        raise GpuError(f"Slurm: SLURM_CONF={conf} is not a file: point it at the cluster's "
+                       "slurm.conf, or unset it for Slurm's default")
+    return f" (SLURM_CONF={conf})"
+
+
+def _config_complaint(done: subprocess.CompletedProcess) -> str | None:
+    """What a Slurm command said when it could not read its configuration (its first and
+    last lines: where the file is wrong, then Slurm's verdict), else None."""
+    lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+    if done.returncode == 0 or not any("fatal:" in ln and "config" in ln for ln in lines):
+        return None
+    return lines[-1] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+
+
 def check_reachable() -> None:
     import shutil
     for name in COMMANDS:
@@ -42,16 +65,17 @@ def check_reachable() -> None:
             raise GpuError(f'Slurm: `{name}` is not on PATH ([backend] kind = "slurm"): run the '
                            "supervisor where Slurm's commands are (a login node, or after "
                            "`module load slurm`)")
-    conf = os.environ.get("SLURM_CONF")
-    if conf and not os.path.isfile(conf):  # Slurm's commands would retry it for a minute
-        raise GpuError(f"Slurm: SLURM_CONF={conf} is not a file: point it at the cluster's "
-                       "slurm.conf, or unset it for Slurm's default")
-    where = f" (SLURM_CONF={conf})" if conf else ""
+    where = _check_conf()
     try:
         done = _slurm(["scontrol", "ping"])
     except GpuError:
         raise GpuError(f"Slurm: the controller does not answer{where}: `scontrol ping` got no "
                        f"answer within {CHECK_TIMEOUT_S:g} s; check that slurmctld runs") from None
+    complaint = _config_complaint(done)
+    if complaint is not None:
+        fix = "fix that file" if where else "set SLURM_CONF to the cluster's slurm.conf"
+        raise GpuError(f"Slurm: cannot read its configuration{where}: `scontrol ping` says "
+                       f"{complaint!r}; {fix}")
     if done.returncode != 0 or " is UP" not in done.stdout:
         said = " ".join(done.stdout.split("\n")[0].split()) or _said(done)
         raise GpuError(f"Slurm: the controller does not answer{where}: `scontrol ping` says "
