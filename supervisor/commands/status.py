@@ -167,7 +167,16 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "recover_command": config.command("recover"),
         "per_object": objects,
         "not_in_list": unlisted,
+        **_slurm(config),
     }
+
+
+def _slurm(config: Config) -> dict[str, Any]:
+    """With [backend] kind = "slurm": the experiment's jobs in the queue, and why pending."""
+    if config.backend.kind != "slurm":
+        return {}
+    from supervisor.backends.slurm.overview import overview
+    return {"slurm": overview(config)}
 
 
 def _not_started(config: Config, code: str) -> dict[str, Any]:
@@ -241,6 +250,9 @@ def render(summary: dict[str, Any]) -> str:
     bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
     for gpu, v in bad.items():
         lines.append(f"{slots.label(slots.parse(gpu))} {v['status']}: {v['reason']}")
+    if "slurm" in s:
+        from supervisor.backends.slurm.overview import render as slurm_lines
+        lines += slurm_lines(s["slurm"])
     for o in s["per_object"] + s["not_in_list"]:
         if o["problem"]:
             lines.append(f"{o['object_code']}: {o['problem']}; {o['repair']}")

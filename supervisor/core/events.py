@@ -57,6 +57,17 @@ class RoundSpawned:
 
 
 @dataclass(frozen=True)
+class RoundPlaced:
+    """A scheduler took the round (Slurm): its job id once submitted, then the node and
+    the GPU (as the job sees it) once it runs there."""
+    code: str
+    round_id: int
+    job_id: str
+    node: str | None = None
+    gpu: int | str | None = None  # "0,1" for a job given two
+
+
+@dataclass(frozen=True)
 class RoundProduced:
     code: str
     round_id: int
@@ -225,12 +236,12 @@ class DatasetLost:
 
 
 Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarted
-         | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted
+         | RoundSpawned | RoundPlaced | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted
          | RoundOutOfMemory | PackingMeasured | GpuLost | NoCardFits | GpuAdded
          | DatasetWritten | RunStuck | RoundValidated | ValidationStopped | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
-    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, RoundOutOfMemory,
+    RoundPlaced, RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, RoundOutOfMemory,
     PackingMeasured, GpuLost, NoCardFits, GpuAdded, DatasetWritten, ObjectReloaded,
     ObjectRecovered, DatasetLost, RunStuck, RoundValidated, ValidationStopped,
 )}

@@ -22,7 +22,12 @@ def new_round(state: State, code: str, round_id: int) -> RoundRecord:
 
 
 def fields(state: State, code: str, rnd: RoundRecord) -> dict[str, Any]:
-    return {"round": rnd.name, "object_code": code, **slots.fields(rnd.gpu)}
+    out = {"round": rnd.name, "object_code": code, **slots.fields(rnd.gpu)}
+    if rnd.job_id is not None:  # a scheduler's job: where it ran, not the place it took
+        out["job_id"] = rnd.job_id
+        if rnd.device is not None:
+            out.update(node=rnd.node, gpu=rnd.device)
+    return out
 
 
 def settle(state: State, obj: ObjectRecord) -> list[Effect]:

@@ -75,6 +75,9 @@ class RoundRecord:
     reason: str | None = None
     pid: int | None = None  # the round's process group leader while it runs
     proc_start: int | None = None  # its start time in clock ticks (/proc/PID/stat field 22)
+    # Slurm: the job (or step) of this attempt, and the GPU it was given on ``node``
+    job_id: str | None = None
+    device: int | str | None = None
     # Earlier attempts that did not produce grasps: {"attempt", "kind": "failed" or
     # "interrupted", "reason", "gpu", "exit_code", "at", "duration_s"}.
     failures: list[dict[str, Any]] = field(default_factory=list)

@@ -38,6 +38,9 @@ class Policy:
     pack_retest_s: float = 1800.0
     # [validate]: rounds are validated before they count; the quota counts grasps that passed
     validate: bool = False
+    # False where a GPU key is a scheduler's place, not a card (Slurm): a failing node is
+    # excluded by the backend instead (supervisor.backends.slurm.nodes)
+    quarantine: bool = True
 
 
 # -- effects ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def round_started(state: State, e: ev.RoundStarted) -> list[Effect]:
     rnd = obj.rounds.get(e.round_id) or new_round(state, e.code, e.round_id)
     state.set_round(e.code, rnd, R.RUNNING, gpu=e.gpu, node=e.node, started_at=e.at,
                     attempts=rnd.attempts + 1, pid=None, proc_start=None, exit_code=None,
-                    finished_at=None)
+                    finished_at=None, job_id=None, device=None)
     state.stats["rounds_started"] += 1
     state.gpus.setdefault(e.gpu, GpuRecord(e.gpu, e.node))
     return []
@@ -46,6 +46,19 @@ def round_spawned(state: State, e: ev.RoundSpawned) -> list[Effect]:
     rnd = state.round_of(e.code, e.round_id)
     rnd.pid, rnd.proc_start = e.pid, e.proc_start
     return []
+
+
+def round_placed(state: State, e: ev.RoundPlaced) -> list[Effect]:
+    rnd = state.round_of(e.code, e.round_id)
+    rnd.job_id = e.job_id
+    if e.node is not None:
+        rnd.node, rnd.device = e.node, e.gpu
+    return []
+
+
+def _where(rnd: RoundRecord) -> dict[str, Any]:
+    """A scheduler's job id and node in a failure's record (nothing on one server)."""
+    return {} if rnd.job_id is None else {"job_id": rnd.job_id, "node": rnd.node}
 
 
 def _ended(state: State, code: str, rnd: RoundRecord, at: float, duration_s: float) -> None:
@@ -124,7 +137,7 @@ def round_failed(state: State, e: ev.RoundFailed, charge_gpu: bool = True) -> li
     _ended(state, e.code, rnd, e.at, e.duration_s)
     rnd.failures.append({"attempt": rnd.attempts, "kind": "failed", "reason": e.reason,
                          "gpu": e.gpu, "exit_code": e.exit_code, "at": e.at,
-                         "duration_s": round(e.duration_s, 3)})
+                         "duration_s": round(e.duration_s, 3), **_where(rnd)})
     state.stats["rounds_failed"] += 1
     state.failure_kinds[e.reason.split(":")[0]] += 1
     state.stopping.discard(rnd.name)
@@ -156,7 +169,7 @@ def round_interrupted(state: State, e: ev.RoundInterrupted) -> list[Effect]:
     _ended(state, e.code, rnd, e.at, e.duration_s)
     rnd.failures.append({"attempt": rnd.attempts, "kind": "interrupted", "reason": e.reason,
                          "gpu": rnd.gpu, "exit_code": None, "at": e.at,
-                         "duration_s": round(e.duration_s, 3)})
+                         "duration_s": round(e.duration_s, 3), **_where(rnd)})
     useless = rnd.name in state.stopping
     state.stopping.discard(rnd.name)
     if obj.status == O.DONE:
@@ -188,7 +201,7 @@ def round_out_of_memory(state: State, e: ev.RoundOutOfMemory) -> list[Effect]:
     _ended(state, e.code, rnd, e.at, e.duration_s)
     rnd.failures.append({"attempt": rnd.attempts, "kind": "oom", "reason": e.reason,
                          "gpu": e.gpu, "exit_code": 1, "at": e.at,
-                         "duration_s": round(e.duration_s, 3)})
+                         "duration_s": round(e.duration_s, 3), **_where(rnd)})
     state.stats["rounds_out_of_memory"] += 1
     state.stopping.discard(rnd.name)
     effects: list[Effect] = [Log("round_out_of_memory", {
@@ -252,6 +265,7 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.SupervisorStopped: reconcile.supervisor_stopped,
     ev.RoundStarted: round_started,
     ev.RoundSpawned: round_spawned,
+    ev.RoundPlaced: round_placed,
     ev.RoundProduced: round_produced,
     ev.RoundDeduped: round_deduped,
     ev.RoundFailed: round_failed,

@@ -85,6 +85,10 @@ class Merger:
         if isinstance(message, Started):
             self.record(ev.RoundSpawned(job.object_code, job.round_id, message.pid,
                                         message.proc_start))
+            where = job.placed()
+            if "job_id" in where:  # a scheduler's job: its id, then its node and GPU
+                self.record(ev.RoundPlaced(job.object_code, job.round_id, where["job_id"],
+                                           where.get("node"), where.get("gpu")))
             return
         out, duration = message, message.finished_at - message.started_at
         if out.kind == OK:

@@ -115,6 +115,9 @@ class Supervisor:
                 tg.start_soon(self.dispatcher.follow_gpus)
             if self.packer is not None:
                 tg.start_soon(self.packer.run)
+            serve = getattr(self.backend, "serve", None)
+            if serve is not None:  # the backend's own watch (Slurm: one squeue a poll)
+                tg.start_soon(serve)
             self.tg = tg
             if self.live_stream is not None:
                 tg.start_soon(LiveView(self.snapshot, self.live_stream).run)
@@ -222,7 +225,9 @@ class Supervisor:
             progress=s.progress, progress_target=s.progress_target,
             gpus={g: _tag(s.gpus.get(g)) for g in self.pool.gpus},
             running=[(job.gpu, job.name, sink.latest) for job, sink in self.watch.values()],
-            validation=self._validation_line())
+            validation=self._validation_line(),
+            waiting={job.name: job.where["queued"] for job, _ in self.watch.values()
+                     if "queued" in job.where})
 
     def _validation_line(self) -> str:
         """``34 % of 1200 grasps passed; 3 rounds to validate``, with [validate]."""
