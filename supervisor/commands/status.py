@@ -1,9 +1,8 @@
 """``python -m supervisor status CONFIG [--json]``: where a run stands, from its state.
 
-Reads manifest.json and the journal only (never locks, never writes), so it works while
-a run is live without disturbing it, and after it ended. Each done object's final.npz is
-checked against what the run recorded (size and time, one stat), so a dataset that was
-cut, deleted or replaced shows as such instead of as done.
+Reads manifest.json and the journal only (never locks, never writes): it works while a
+run is live, and after. Each done object's final.npz is checked (size and time, one
+stat) against what the run recorded: a dataset cut, deleted or replaced shows as such.
 """
 
 from __future__ import annotations
@@ -20,10 +19,11 @@ from supervisor.gpus import samples
 from supervisor.config.schema import Config
 from supervisor.storage.lock import live_holder
 from supervisor.core.records import (
-    HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus, removed, validated,
+    HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus, removed,
 )
 from supervisor.run.live import duration
 from supervisor.core.state import State
+from supervisor.commands import validation_status
 from supervisor.commands.width import fit
 
 R = RoundStatus
@@ -88,42 +88,8 @@ def object_status(config: Config, state: State, obj: ObjectRecord, end: float) -
         "failures": len([f for r in rounds for f in r.failures]),
         "removed_by_filter": filtered,
         "removed_as_duplicates": duplicates,
-        "validation": _validation(obj, t) if config.validate.enabled else None,
+        "validation": validation_status.of_object(obj, t) if config.validate.enabled else None,
     }
-
-
-def _validation(obj: ObjectRecord, t: Any) -> dict[str, Any]:
-    """[validate]: grasps validated, passed, failed by reason; rounds left to validate."""
-    checked, passed, reasons = validated(obj)
-    return {"validated": checked, "passed": passed, "failed_by": reasons,
-            "pass_rate": round(passed / checked, 4) if checked else None,
-            "rounds_to_validate": t.by_status[R.VALIDATING],
-            "grasps_to_validate": sum(r.accepted or 0 for r in obj.rounds.values()
-                                      if r.status == R.VALIDATING)}
-
-
-def _validation_totals(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
-    parts = [o["validation"] for o in objects if o.get("validation")]
-    if not parts:
-        return None
-    total = {k: sum(p[k] for p in parts) for k in ("validated", "passed",
-                                                   "rounds_to_validate", "grasps_to_validate")}
-    reasons: Counter = Counter()
-    for p in parts:
-        reasons.update(p["failed_by"])
-    total["failed_by"] = dict(reasons.most_common())
-    total["pass_rate"] = round(total["passed"] / total["validated"], 4) \
-        if total["validated"] else None
-    return total
-
-
-def _validation_line(v: dict[str, Any]) -> str:
-    rate = (f"{v['passed']} of {v['validated']} validated grasps passed "
-            f"({v['pass_rate']:.0%})" if v["validated"] else "no grasp validated yet")
-    why = ", ".join(f"{k} {n}" for k, n in v["failed_by"].items())
-    return (f"validation: {rate}" + (f"; failed: {why}" if why else "")
-            + f"; to validate: {v['rounds_to_validate']} round(s), "
-              f"{v['grasps_to_validate']} grasps")
 
 
 def summarize(config: Config, state: State, now: float | None = None) -> dict[str, Any]:
@@ -156,7 +122,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "run_live": live,
         **_totals(objects, live),
         "failures_by_reason": dict(failures.most_common()),
-        "validation": _validation_totals(objects),
+        "validation": validation_status.totals(objects),
         "gpus": {str(g): {"status": r.status.value, "reason": r.reason,
                           "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed,
                           "footprint_mib": r.footprint_mib, "packing": packing.summary(r)}
@@ -243,21 +209,12 @@ def render(summary: dict[str, Any]) -> str:
             for g in sampled["gpus"]) + ("" if mean is None else f"; mean utilisation {mean:.0f}%"))
     else:
         lines.append("GPUs: not sampled (no NVML)")
-    packed = [packing.describe(slots.label(slots.parse(g)), v["packing"])
-              for g, v in s["gpus"].items() if v["packing"]["level"] is not None]
-    if packed:
-        lines.append("packing: " + "; ".join(packed))
-    bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
-    for gpu, v in bad.items():
-        lines.append(f"{slots.label(slots.parse(gpu))} {v['status']}: {v['reason']}")
-    if "slurm" in s:
-        from supervisor.backends.slurm.overview import render as slurm_lines
-        lines += slurm_lines(s["slurm"])
+    lines += _places(s)
     for o in s["per_object"] + s["not_in_list"]:
         if o["problem"]:
             lines.append(f"{o['object_code']}: {o['problem']}; {o['repair']}")
     if s.get("validation"):
-        lines.append(_validation_line(s["validation"]))
+        lines.append(validation_status.line(s["validation"]))
     if s["failures_by_reason"]:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in
                                                s["failures_by_reason"].items()))
@@ -273,7 +230,7 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"{fit(o['object_code'], 40)} {o['status']:11} "
                      f"{have:>6}/{o['target']:<6} {o['rounds_merged']:>6} "
                      f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} "
-                     + (f"{_passed(o):>6} " if checked else "")
+                     + (f"{validation_status.pass_rate(o):>6} " if checked else "")
                      + f"{o['removed_by_filter']:>8} {o['removed_as_duplicates']:>6} "
                      f"{hourly:>9} {speed:>12}")
     if s["not_in_list"]:
@@ -284,9 +241,17 @@ def render(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _passed(o: dict[str, Any]) -> str:
-    v = o.get("validation") or {}
-    return "-" if v.get("pass_rate") is None else f"{v['pass_rate']:.0%}"
+def _places(s: dict[str, Any]) -> list[str]:
+    """Packing levels, GPUs that are not healthy, Slurm's queue."""
+    packed = [packing.describe(slots.label(slots.parse(g)), v["packing"])
+              for g, v in s["gpus"].items() if v["packing"]["level"] is not None]
+    lines = ["packing: " + "; ".join(packed)] if packed else []
+    lines += [f"{slots.label(slots.parse(g))} {v['status']}: {v['reason']}"
+              for g, v in s["gpus"].items() if v["status"] != "healthy"]
+    if "slurm" in s:
+        from supervisor.backends.slurm.overview import render as slurm_lines
+        lines += slurm_lines(s["slurm"])
+    return lines
 
 
 def _eta(s: dict[str, Any]) -> str:

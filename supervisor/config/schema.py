@@ -23,9 +23,6 @@ CLEANUP_MODES = ("remove", "light")
 PROBES = ("auto", "nvml", "static", "emulator")
 BACKENDS = ("local", "ray", "slurm")
 SLURM_MODES = ("auto", "steps", "jobs")
-VALIDATORS = ("mujoco",)
-# a [validate] command's placeholders ({python} as in [main])
-VALIDATE_PLACEHOLDERS = frozenset({"results", "object_code", "out", "python", "seed", "name"})
 
 
 @dataclass(frozen=True)
@@ -131,13 +128,12 @@ class ValidateSettings:
     """``[validate]``: grasps counted only once they hold in a physics simulation.
 
     ``kind = "mujoco"``: the built-in validator (``supervisor.validate``), DexGraspBench's
-    force-closure test adapted to two hands, with the parameters below (DexGraspBench's
-    values as defaults, docs/quality.md says where each comes from). Or ``command``: the
-    lab's own validator, an argv with ``{results}`` (the round's result file as main.py
-    wrote it), ``{object_code}``, ``{out}`` (an .npz it writes: ``passed``, one bool per
-    grasp in the file's order, and optionally other per-grasp arrays, kept as columns),
-    ``{seed}``, ``{name}`` (the round's), ``{python}``; run in ``cwd`` (default
-    ``[main] cwd``). Neither: validation is off and nothing changes.
+    force-closure test for two hands with the parameters below (docs/quality.md: their
+    sources). Or ``command``: the lab's validator, an argv with ``{results}`` (the round's
+    file as main.py wrote it), ``{object_code}``, ``{out}`` (an .npz it writes: ``passed``,
+    one bool per grasp in the file's order, optional other per-grasp arrays kept as
+    columns), ``{seed}``, ``{name}``, ``{python}``; run in ``cwd`` (default ``[main]
+    cwd``). Neither: validation is off.
     """
     kind: str | None = None
     command: tuple[str, ...] = ()

@@ -10,8 +10,12 @@ import sys
 from pathlib import Path
 
 from supervisor.config.objects import resolve
-from supervisor.config.schema import VALIDATE_PLACEHOLDERS, VALIDATORS, ValidateSettings
+from supervisor.config.schema import ValidateSettings
 from supervisor.config.toml import Reader, read_defaults
+
+VALIDATORS = ("mujoco",)
+# a [validate] command's placeholders ({python} as in [main])
+VALIDATE_PLACEHOLDERS = frozenset({"results", "object_code", "out", "python", "seed", "name"})
 
 REQUIRED = ("results", "out")
 

@@ -1,8 +1,7 @@
 """The dispatcher: asks the plan which round each free, healthy GPU should run, checks
 its memory (NVML in daemon threads), records the start through the state machine and
 spawns a round task, whose outcome goes to the merger. After the first signal nothing
-starts: the dispatcher's cancel scope is cancelled, whatever it was awaiting, and the
-draining flag is checked again after every await.
+starts: its cancel scope is cancelled and draining is checked again after every await.
 
 ``Supervisor`` composes one; it owns the rounds in flight (``controls``, ``watch``) and
 the event that ends dispatching (``stop``).

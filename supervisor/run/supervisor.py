@@ -1,9 +1,7 @@
 """Wires the pieces together: a signal watcher, a dispatcher and the merger.
 
-The dispatcher asks the plan which round each free, healthy GPU should run, checks its
-memory, records the start through the state machine and spawns a round task; each round
-task sends what happened on a memory object stream to the merger, the only writer of
-files. Signals: the first drains (no round starts after it, whatever the dispatcher was
+Each round task (``dispatcher``) sends what happened on a memory object stream to the
+merger, the only writer of files. Signals: the first drains (no round starts after it, whatever the dispatcher was
 awaiting), the second stops the rounds (SIGTERM, SIGKILL after grace_s), the third
 SIGKILLs them at once.
 """
