@@ -18,7 +18,7 @@ import pytest
 from conftest import Layout
 from supervisor.backends.slurm import allocation, states, submit
 from supervisor.backends.slurm.adopt import sort_found
-from supervisor.backends.slurm.connect import open_backend, resolve_mode
+from supervisor.backends.slurm.connect import open_backend, refusal, resolve_mode
 from supervisor.backends.slurm.nodes import NodeHealth
 from supervisor.backends.slurm.queue import FORMAT, JobInfo, Queue, parse
 from supervisor.config.schema import BackendSettings
@@ -432,3 +432,12 @@ def test_without_slurm_the_cluster_tests_skip_outside_ci_and_fail_under_it(
     monkeypatch.setattr(slurmtest, "IN_CI", True)
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         slurmtest.need_slurm()
+
+
+def test_options_refused_for_want_of_a_node_up_also_name_the_nodes_state() -> None:
+    """A controller just restarted says "node configuration is not available" until its
+    nodes register: the line must not only blame the config."""
+    bad = refusal("allocation failure: Invalid partition name specified")
+    assert "[backend] partition" in bad and "sinfo" not in bad
+    busy = refusal("allocation failure: Requested node configuration is not available")
+    assert "[backend] partition" in busy and "`sinfo -N`" in busy and "register" in busy

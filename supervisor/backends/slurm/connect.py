@@ -116,9 +116,20 @@ def _test_only(config: Config, tag: str) -> str:
                               config.main.cwd, config.main.threads, test_only=True)
     done = _slurm(argv, input="#!/bin/sh\ntrue\n")
     if done.returncode != 0:
-        raise GpuError("Slurm refused the rounds' job options ([backend] partition, account, "
-                       f"qos, time_limit, gres, sbatch_args): {_said(done)}")
+        raise GpuError(refusal(_said(done)))
     return _said(done)
+
+
+def refusal(said: str) -> str:
+    """The line for options ``sbatch --test-only`` refused. "node configuration is not
+    available" is also what Slurm says while no node that has them is up (a controller
+    just restarted, its nodes not yet registered): name both."""
+    line = ("Slurm refused the rounds' job options ([backend] partition, account, qos, "
+            f"time_limit, gres, sbatch_args): {said}")
+    if "node configuration is not available" in said:
+        line += ("; or no node with them is up now (`sinfo -N` shows each node's state: "
+                 "after a controller restart, nodes take a moment to register)")
+    return line
 
 
 def open_backend(config: Config) -> SlurmBackend:
