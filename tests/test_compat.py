@@ -39,6 +39,9 @@ COMMAND_FLAGS = {
     "show": {"--index", "--best", "--out", "--no-open"},
     "dataset-info": {"--help", "--json", "--threshold", "--joint_tol_rad",
                      "--rotation_tol_rad", "--translation_tol_m"},
+    "validate": {"--checkout", "--out", "--workers", "--object_mass_kg", "--force_n",
+                 "--max_translation_m", "--max_rotation_deg", "--max_penetration_m",
+                 "--friction", "--torsional_friction"},
 }
 OVERRIDES = COMMAND_FLAGS[""] - {"--help", "--log-format", "--live", "--no-live", "--dry-run"}
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from conftest import ROOT
 from supervisor.validate.hands import FINGER_JOINTS
 
@@ -34,3 +36,16 @@ def clamp(squeeze_m: float = 0.0015, scale: float = 1.0, **joints: dict) -> dict
     at = BOX_HALF_X_M * scale + PALM_HALF_M - squeeze_m
     return {"scale": scale, "qpos_left": hand(-at, joints.get("left")),
             "qpos_right": hand(at, joints.get("right")), "energy": 0.0}
+
+
+def as_main_py(grasps: list[dict], code: str | None = None) -> np.ndarray:
+    """Grasps as main.py saves them: every key (starting poses, energies; the fork's
+    ``__meta__`` when ``code`` is given), an object array for ``np.save``."""
+    items = np.empty(len(grasps), dtype=object)
+    items[:] = [{"scale": g["scale"], "qpos_left": g["qpos_left"],
+                 "qpos_left_st": dict(g["qpos_left"]), "qpos_right": g["qpos_right"],
+                 "qpos_right_st": dict(g["qpos_right"]), "energy": 1.0 + j, "E_fc": 0.5,
+                 "E_dis": 0.01, "E_pen": 0.001, "E_spen": 0.0, "E_joints": 0.0,
+                 **({"__meta__": {"object_code": code, "item_index": j}} if code else {})}
+                for j, g in enumerate(grasps)]
+    return items
