@@ -210,6 +210,17 @@ def gaps(per_slot: dict[Any, list[tuple[float, float]]]) -> list[float]:
     return out
 
 
+def child_times(root: Path) -> dict[str, dict[str, Any]]:
+    """Round name -> the children's own record (bench/uneven_main.py's times/*.json) of its
+    last successful attempt."""
+    child: dict[str, dict[str, Any]] = {}
+    for f in (root / "times").glob("*.json"):
+        rec = json.loads(f.read_text())
+        if rec["ok"] and rec["start"] > child.get(rec["name"], {}).get("start", 0):
+            child[rec["name"]] = rec
+    return child
+
+
 class Figures:
     def __init__(self, label: str, root: Path, head: Head) -> None:
         self.label, self.head = label, head
@@ -228,11 +239,7 @@ class Figures:
         self.work_m, self.bound_m = sum(head_d), max(sum(head_d) / SLOTS, max(head_d))
         slot_of = {r["name"]: str(r["gpu"]) for r in ran}
         # Children's own times (bench/uneven_main.py), per round name (attempts: the last).
-        child: dict[str, dict[str, Any]] = {}
-        for f in (root / "times").glob("*.json"):
-            rec = json.loads(f.read_text())
-            if rec["ok"] and rec["start"] > child.get(rec["name"], {}).get("start", 0):
-                child[rec["name"]] = rec
+        child = child_times(root)
         child_d = [c["end"] - c["start"] for c in child.values()]
         self.work_c = sum(child_d)
         self.bound_c = max(self.work_c / SLOTS, max(child_d)) if child_d else math.nan

@@ -48,7 +48,8 @@ def main() -> None:
         times = os.environ.get("BENCH_TIMES_DIR")
         if times:
             record = {"name": arg(argv, "--name", "?"), "seed": seed, "start": T0,
-                      "end": time.time(), "ok": ok, "gpu": arg(argv, "--gpu", "?")}
+                      "end": time.time(), "ok": ok, "gpu": arg(argv, "--gpu", "?"),
+                      "node": os.environ.get("SLURMD_NODENAME", "local")}
             path = os.path.join(times, f"{record['name']}.{os.getpid()}.json")
             with open(path, "w") as f:
                 json.dump(record, f)

@@ -18,7 +18,8 @@ PACKAGE = ROOT / "supervisor"
 PAGE = ROOT / "docs" / "architecture.md"
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 60
-STDLIB_ONLY = ("supervisor.backends.launch", "supervisor.backends.upstream_launcher")
+STDLIB_ONLY = ("supervisor.backends.launch", "supervisor.backends.upstream_launcher",
+               "supervisor.backends.slurm.task")
 
 
 def module_name(path: Path) -> str:

@@ -36,7 +36,7 @@ COMMAND_FLAGS = {
     "export": {"--out", "--format", "--include-unlisted"},
     "recover": set(),
     "report": {"--out", "--no-gallery"},
-    "show": {"--index", "--best", "--out", "--no-open"},
+    "show": {"--index", "--best", "--out", "--no-open", "--failed"},
     "dataset-info": {"--help", "--json", "--threshold", "--joint_tol_rad",
                      "--rotation_tol_rad", "--translation_tol_m"},
     "validate": {"--checkout", "--out", "--workers", "--object_mass_kg", "--force_n",
@@ -74,7 +74,8 @@ def test_every_config_key_stays() -> None:
         "max_penetration_m", "friction", "torsional_friction"]
     sections = {name: [f.name for f in fields(cls)] for name, cls in SECTIONS.items()}
     assert sections == {
-        "backend": ["kind", "address"],
+        "backend": ["kind", "address", "mode", "partition", "account", "qos", "time_limit",
+                    "max_jobs", "gres", "sbatch_args"],
         "gpu": ["probe", "min_free_mib", "max_rounds_per_gpu", "round_memory_mib",
                 "poll_interval_s", "quarantine_after", "nvml_timeout_s", "sample_interval_s",
                 "pack_gain", "pack_window_s", "pack_retest_s"],
@@ -89,6 +90,7 @@ JOURNAL_EVENTS = {
     "SupervisorStopped": ["at", "exit_code"],
     "RoundStarted": ["code", "round_id", "gpu", "at", "node"],
     "RoundSpawned": ["code", "round_id", "pid", "proc_start"],
+    "RoundPlaced": ["code", "round_id", "job_id", "node", "gpu"],
     "RoundProduced": ["code", "round_id", "produced", "accepted", "at", "duration_s", "gpu_mib"],
     "RoundDeduped": ["code", "round_id", "unique"],
     "RoundFailed": ["code", "round_id", "gpu", "reason", "at", "duration_s", "exit_code"],
@@ -102,10 +104,12 @@ JOURNAL_EVENTS = {
     "GpuAdded": ["gpu"],
     "DatasetWritten": ["code", "used", "rows", "final_bytes", "final_mtime_ns", "digest"],
     "ObjectReloaded": ["code", "in_final", "from_folders", "missing", "final_bytes",
-                       "final_mtime_ns", "digest"],
+                       "final_mtime_ns", "digest", "validating"],
     "ObjectRecovered": ["code", "index", "target", "in_final", "from_folders", "folders"],
     "DatasetLost": ["code", "reason"],
     "RunStuck": ["reason"],
+    "RoundValidated": ["code", "round_id", "passed", "failed_by", "at"],
+    "ValidationStopped": ["code", "round_id", "reason"],
 }
 
 
@@ -153,9 +157,9 @@ def test_manifest_and_final_npz_keep_their_fields(layout: Layout) -> None:
                            "final_digest", "final_mtime_ns", "index", "reason", "rounds",
                            "status", "target"]
     assert sorted(obj["rounds"]["0"]) == [
-        "accepted", "attempts", "exit_code", "failures", "finished_at", "gpu", "name", "node",
-        "pid", "proc_start", "produced", "reason", "round_id", "seed", "started_at",
-        "status", "unique", "used"]
+        "accepted", "attempts", "device", "exit_code", "failed_by", "failures", "finished_at",
+        "gpu", "job_id", "name", "node", "passed", "pid", "proc_start", "produced", "reason",
+        "round_id", "seed", "started_at", "status", "unique", "used", "validated_at"]
     assert sorted(m["gpus"]["0"]) == ["backoffs", "drifts", "footprint_mib", "gains", "gpu", "held_until",
                                       "level",
                                       "node", "ooms_alone", "rates", "reason", "reasons",

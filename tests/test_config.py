@@ -238,7 +238,10 @@ def test_backend_ray_with_no_cluster_there_exits_2_at_once(layout: Layout, capsy
 
 
 def test_backend_keys_are_checked(layout: Layout, capsys) -> None:
-    for backend, gpus, expected in (({"kind": "slurm"}, "all", "'local' or 'ray'"),
+    for backend, gpus, expected in (({"kind": "k8s"}, "all", "'local' or 'ray' or 'slurm'"),
+                                    ({"kind": "slurm"}, [0, 1], '"all" with [backend] kind = "slurm"'),
+                                    ({"kind": "slurm", "sbatch_args": "--x"}, "all", "a list"),
+                                    ({"kind": "slurm", "mode": "job"}, "all", "'steps'"),
                                     ({"kind": "ray", "address": ""}, "all", "non-empty"),
                                     ({"kind": "ray"}, [0, 1], '"all" with [backend]')):
         path = layout.write_config(gpus=gpus, backend=backend)

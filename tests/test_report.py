@@ -106,7 +106,7 @@ def test_object_rows(m: dict[str, Any]) -> None:
         "object_code": "a", "status": "done", "collected": 20, "target": 20, "merged": 2,
         "failed": 1, "discarded": 1, "running": 0, "acceptance": 20 / 32, "after_dedup": None,
         "gpu_hours": 0, "grasps_per_gpu_hour": pytest.approx(20 / a["gpu_hours"]),
-        "peak_mib": 9000, "failures": "exit code 3 x2, stalled x1", "reason": None}
+        "peak_mib": 9000, "pass_rate": None, "failures": "exit code 3 x2, stalled x1", "reason": None}
     assert a["gpu_hours"] == pytest.approx((40 + 100 + 110 + 2 + 15 + 95) / 3600)
     assert b["collected"] == 0 and b["acceptance"] is None and b["running"] == 1
     assert b["failures"] == "interrupted x1" and b["gpu_hours"] == pytest.approx(70 / 3600)

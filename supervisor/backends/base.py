@@ -1,6 +1,7 @@
-"""What a backend is: where a round's child runs. ``local`` (this machine) and ``ray`` (a
-node of a Ray cluster) are the variants; the rest of the supervisor (state machine,
-plan, admission, GPU health, merger) is the same for both. A backend has
+"""What a backend is: where a round's child runs. ``local`` (this machine), ``ray`` (a
+node of a Ray cluster) and ``slurm`` (a Slurm job or job step) are the variants; the rest
+of the supervisor (state machine, plan, admission, GPU health, merger) is the same for
+all. A backend has
 
 - the ``Probe`` interface over its GPU keys (``gpu_indices``, blocking ``read``),
 - ``execute``: run one round's argv to its exit, its lines to ``on_line``, with its
@@ -11,6 +12,13 @@ plan, admission, GPU health, merger) is the same for both. A backend has
 ``execute`` raises ``RoundLost`` when the machine under the round went away (the round is
 interrupted and runs again elsewhere, not counted as a failure) and ``RoundError`` when
 it could not be run there (a failure with that reason).
+
+A backend whose scheduler places rounds (Slurm) may also have: ``gpu_value`` (what
+``{gpu}`` becomes in the argv: filled in where the round runs), ``adopted(name)`` (a round
+already running there, found again after a restart: its folder is left alone),
+``drain()`` (the first signal: cancel what has not started) and ``serve()`` (its own
+background task, run beside the dispatcher). ``execute`` fills ``RoundJob.where`` (job
+id, node, GPU) and calls ``on_start`` again once they are known.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.core import slots
@@ -25,6 +25,9 @@ class RoundJob:
     seed: int
     gpu: GpuKey  # an int on one server, "HOST/NODE/gpuN" on a cluster (supervisor.core.slots)
     attempt: int
+    # Where a scheduler put it (Slurm): job_id, then node and gpu once it runs; these
+    # fields go into every event of the round (the backend fills them in).
+    where: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def device(self) -> int:
@@ -32,14 +35,21 @@ class RoundJob:
         return slots.device(self.gpu)
 
     def fields(self) -> dict[str, Any]:
-        return {"round": self.name, "object_code": self.object_code, **slots.fields(self.gpu)}
+        return {"round": self.name, "object_code": self.object_code, **slots.fields(self.gpu),
+                **self.placed()}
+
+    def placed(self) -> dict[str, Any]:
+        """What a scheduler said of the round so far (``where`` without the queue note)."""
+        return {k: v for k, v in self.where.items() if k in ("job_id", "node", "gpu")}
 
 
-def command(config: Config, job: RoundJob) -> list[str]:
+def command(config: Config, job: RoundJob, gpu: Any = None) -> list[str]:
+    """``gpu``: what ``{gpu}`` becomes; by default the round's physical GPU id (a backend
+    whose rounds learn their GPU only where they run passes the placeholder on)."""
     values = {
         "name": job.name, "object_code": job.object_code,
         "batch_size": config.round_batch_size, "num_iterations": config.num_iterations,
-        "seed": job.seed, "gpu": job.device, "python": sys.executable,
+        "seed": job.seed, "gpu": job.device if gpu is None else gpu, "python": sys.executable,
     }
     if any("{upstream_launcher}" in part for part in config.main.command):
         from supervisor.backends.upstream_launcher import LAUNCHER_PATH

@@ -23,7 +23,11 @@ import numpy as np
 from supervisor.config.schema import DedupSettings
 from supervisor.dataset import final
 from supervisor.dataset.dedup import nearest_distances
-from supervisor.dataset.quality import QUANTILES, energy_keys, summarize, summarize_all
+from supervisor.dataset import validation
+from supervisor.dataset.quality import (
+    QUANTILES, energy_keys, quantiles, summarize, summarize_all,
+)
+from supervisor.dataset.results import PROVENANCE_KEYS, QPOS_KEYS, SCALAR_KEYS
 from supervisor.storage.paths import FINAL_NAME
 
 
@@ -82,7 +86,8 @@ def report(paths: Sequence[Path], settings: DedupSettings,
                             f"(one of {', '.join(energy_keys(data))})")
         distances.append(nearest_distances(data, settings))
         objects.append({"object_code": object_code(path), "path": str(path),
-                        **summarize(data, settings, extra, distances=distances[-1])})
+                        **summarize(data, settings, extra, distances=distances[-1]),
+                        "validation": validation_figures(data)})
         energies.append({k: data[k] for k in energy_keys(data)})
     tolerances = {k: v for k, v in settings.to_json().items() if k != "enabled"}
     return {
@@ -91,6 +96,17 @@ def report(paths: Sequence[Path], settings: DedupSettings,
         "all": summarize_all(energies, objects, distances, extra) if len(objects) > 1
         else None,
     }
+
+
+def validation_figures(data: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """[validate]'s per-grasp figures in the dataset (the built-in's and a command's own
+    numbers): their quantiles; None for a dataset made without validation."""
+    if validation.PASSED not in data:
+        return None
+    known = {*QPOS_KEYS, *SCALAR_KEYS, *PROVENANCE_KEYS, "qpos_names", validation.PASSED}
+    keys = sorted(k for k in data if k not in known and k not in energy_keys(data)
+                  and data[k].ndim == 1 and data[k].dtype.kind in "biuf")
+    return {k: quantiles(data[k]) for k in keys}
 
 
 def _num(value: float | None, cap: float | None = None) -> str:
@@ -117,6 +133,11 @@ def _section(title: str, summary: Mapping[str, Any]) -> list[str]:
     lines.append("    " + "   ".join(f"within {lvl}: {c} ({100 * c / max(n, 1):.1f}%)"
                                     for lvl, c in nn["within"].items()))
     lines.append(f"  dedup at these tolerances would keep {summary['dedup_keeps']} of {n}")
+    figures = summary.get("validation")
+    if figures:
+        lines.append("  validation figures (every grasp here passed):")
+        for key, q in figures.items():
+            lines.append(f"  {key:<18}" + "".join(f"{_num(v):>11}" for v in q.values()))
     return lines
 
 

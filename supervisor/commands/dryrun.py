@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from typing import Callable, TextIO
+from typing import Any, Callable, TextIO
 
 from supervisor.core import events as ev, plan, slots
 from supervisor.storage import paths
@@ -57,6 +57,10 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
             return _dry_run(config, backend, None, out, backend.nodes())
         finally:
             backend.close()
+    if probe is None and config.backend.kind == "slurm":
+        from supervisor.backends.slurm.connect import open_backend as open_slurm
+        slurm = open_slurm(config)  # checks Slurm and the options (sbatch --test-only)
+        return _dry_run(config, slurm, None, out, None, _slurm_lines(config, slurm))
     warning = None
     if probe is None:
         probe, warning = make_probe(config.gpu.probe, config.gpus, config.main.env,
@@ -64,8 +68,25 @@ def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = Non
     return _dry_run(config, probe, warning, out, None)
 
 
+def _slurm_lines(config: Config, backend: Any) -> list[str]:
+    """What Slurm will be asked for, and what it said of it."""
+    s = config.backend
+    nodes = backend.nodes_of()
+    where = (f"steps of allocation {backend.allocation}: " + ", ".join(
+        f"{node} {len(keys)} GPU(s)" for node, keys in nodes.items())) \
+        if backend.mode == "steps" else f"jobs, at most {s.max_jobs} submitted at once"
+    lines = [f"Slurm: rounds as {where}; gres {s.gres or '(none)'}, partition "
+             f"{s.partition or '(default)'}, account {s.account or '(default)'}, qos "
+             f"{s.qos or '(default)'}, time limit {s.time_limit or '(the partition default)'}"
+             + (f", sbatch_args {' '.join(s.sbatch_args)}" if s.sbatch_args else "")]
+    if backend.test_only:
+        lines.append(f"  sbatch --test-only: {backend.test_only}")
+    lines.append("  {gpu} and CUDA_VISIBLE_DEVICES: the GPU Slurm gives each job, read inside it")
+    return lines
+
+
 def _dry_run(config: Config, probe: Probe, warning: str | None, out: TextIO | None,
-             nodes: dict[str, list[GpuKey]] | None) -> int:
+             nodes: dict[str, list[GpuKey]] | None, slurm: list[str] | None = None) -> int:
     import sys
 
     out = out or sys.stdout
@@ -88,21 +109,41 @@ def _dry_run(config: Config, probe: Probe, warning: str | None, out: TextIO | No
         have = min(state.collected(code), obj.target)
         write(f"  [{obj.index}] {code}: {obj.status}, {have}/{obj.target} collected, "
               f"about {plan.rounds_to_go(state, code)} more round(s)")
+    if config.validate.enabled:
+        write(_validator(config, len(pool.gpus) if config.backend.kind == "local" else 0))
     gpu_lines, admitted = _gpu_lines(pool, probe, config)
     if nodes is not None:
         write(f"Ray cluster at {config.backend.address!r}: {len(nodes)} node(s), "
               f"{len(pool.gpus)} GPU(s)")
         for node, keys in nodes.items():
             write(f"  node {node}: GPUs {', '.join(str(slots.device(k)) for k in keys)}")
-    write("GPUs:" + (f" ({warning})" if warning else ""))
-    for line in gpu_lines:
-        write(line)
-    _first_rounds(config, state, admitted, write)
+    if slurm is not None:
+        for line in slurm:
+            write(line)
+        admitted = list(pool.gpus)
+    else:
+        write("GPUs:" + (f" ({warning})" if warning else ""))
+        for line in gpu_lines:
+            write(line)
+    _first_rounds(config, state, admitted, write, slurm is not None)
     return 0
 
 
+def _validator(config: Config, local_gpus: int) -> str:
+    """[validate]: which validator, in how many processes (the count "auto" gives here)."""
+    from supervisor.run.validation import workers
+
+    v = config.validate
+    what = (f"the command {' '.join(v.command)} in {v.cwd or config.main.cwd}" if v.command
+            else "the built-in MuJoCo test (" + ", ".join(
+                f"{k} {val:g}" for k, val in v.protocol().items()) + ")")
+    count = workers(config, local_gpus)
+    return (f"Validation: {what}; {count} worker process(es); the quota counts grasps "
+            f"that pass")
+
+
 def _first_rounds(config: Config, state: State, admitted: list[GpuKey],
-                  write: Callable[[str], None]) -> None:
+                  write: Callable[[str], None], slurm: bool = False) -> None:
     """The rounds the run would start first, with their exact command lines."""
     if not admitted or plan.pick(state, admitted[0]) is None:
         why = "nothing left to run" if admitted else "no GPU admitted"
@@ -119,7 +160,10 @@ def _first_rounds(config: Config, state: State, admitted: list[GpuKey],
         rnd = state.round_of(pick.object_code, pick.round_id)
         job = RoundJob(pick.object_code, pick.round_id, rnd.name, rnd.seed, gpu, rnd.attempts)
         where = f" node={slots.node(gpu)}" if slots.node(gpu) else ""
-        write(f"  {rnd.name} seed={rnd.seed} gpu={job.device}{where}")
+        device = "{gpu}" if slurm else job.device
+        write(f"  {rnd.name} seed={rnd.seed} " + (f"on {slots.label(gpu)}" if slurm else
+                                                  f"gpu={job.device}{where}"))
         write(f"    cd {shlex.quote(str(config.main.cwd))} && "
-              f"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={job.device} "
-              + " ".join(shlex.quote(part) for part in command(config, job)))
+              f"CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES={device} "
+              + " ".join(shlex.quote(part) for part in command(config, job,
+                                                               device if slurm else None)))

@@ -50,6 +50,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="the HTML file, in an existing folder (default: "
                    "{exp_dir}/show/{object_code}.html)")
+    p.add_argument("--failed", action="store_true",
+                   help="[validate]: grasps that failed validation, with the reason (read "
+                   "from round folders that are kept); --index picks among them")
     p.add_argument("--no-open", action="store_true", help="never open a browser")
     add_overrides(p)
     args = p.parse_args(argv)
@@ -57,6 +60,8 @@ def main(argv: Sequence[str]) -> int:
         p.error("--best must be at least 1")
     if args.index and args.best is not None:
         p.error("give --index or --best, not both")
+    if args.failed and args.best is not None:
+        p.error("--failed draws failed grasps in order: --index picks among them, not --best")
     _check_out(args.out)
     config = load_config(args.config, overrides_from(args), reading=True)
     if not paths.manifest(config.exp_dir).exists():
@@ -67,7 +72,8 @@ def main(argv: Sequence[str]) -> int:
     if args.out is None:
         out.parent.mkdir(parents=True, exist_ok=True)  # the default's folder is ours
     try:
-        written, lines = show(config, state, args.object_code, out, args.index, args.best)
+        written, lines = show(config, state, args.object_code, out, args.index, args.best,
+                              failed=args.failed)
     except GalleryError as exc:
         raise RefusedError(str(exc)) from None
     for line in lines:

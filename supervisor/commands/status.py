@@ -19,7 +19,9 @@ from supervisor.core import packing, plan, slots
 from supervisor.gpus import samples
 from supervisor.config.schema import Config
 from supervisor.storage.lock import live_holder
-from supervisor.core.records import HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus, removed
+from supervisor.core.records import (
+    HAS_GRASPS, ObjectRecord, ObjectStatus, RoundStatus, removed, validated,
+)
 from supervisor.run.live import duration
 from supervisor.core.state import State
 from supervisor.commands.width import fit
@@ -86,7 +88,42 @@ def object_status(config: Config, state: State, obj: ObjectRecord, end: float) -
         "failures": len([f for r in rounds for f in r.failures]),
         "removed_by_filter": filtered,
         "removed_as_duplicates": duplicates,
+        "validation": _validation(obj, t) if config.validate.enabled else None,
     }
+
+
+def _validation(obj: ObjectRecord, t: Any) -> dict[str, Any]:
+    """[validate]: grasps validated, passed, failed by reason; rounds left to validate."""
+    checked, passed, reasons = validated(obj)
+    return {"validated": checked, "passed": passed, "failed_by": reasons,
+            "pass_rate": round(passed / checked, 4) if checked else None,
+            "rounds_to_validate": t.by_status[R.VALIDATING],
+            "grasps_to_validate": sum(r.accepted or 0 for r in obj.rounds.values()
+                                      if r.status == R.VALIDATING)}
+
+
+def _validation_totals(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    parts = [o["validation"] for o in objects if o.get("validation")]
+    if not parts:
+        return None
+    total = {k: sum(p[k] for p in parts) for k in ("validated", "passed",
+                                                   "rounds_to_validate", "grasps_to_validate")}
+    reasons: Counter = Counter()
+    for p in parts:
+        reasons.update(p["failed_by"])
+    total["failed_by"] = dict(reasons.most_common())
+    total["pass_rate"] = round(total["passed"] / total["validated"], 4) \
+        if total["validated"] else None
+    return total
+
+
+def _validation_line(v: dict[str, Any]) -> str:
+    rate = (f"{v['passed']} of {v['validated']} validated grasps passed "
+            f"({v['pass_rate']:.0%})" if v["validated"] else "no grasp validated yet")
+    why = ", ".join(f"{k} {n}" for k, n in v["failed_by"].items())
+    return (f"validation: {rate}" + (f"; failed: {why}" if why else "")
+            + f"; to validate: {v['rounds_to_validate']} round(s), "
+              f"{v['grasps_to_validate']} grasps")
 
 
 def summarize(config: Config, state: State, now: float | None = None) -> dict[str, Any]:
@@ -119,6 +156,7 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "run_live": live,
         **_totals(objects, live),
         "failures_by_reason": dict(failures.most_common()),
+        "validation": _validation_totals(objects),
         "gpus": {str(g): {"status": r.status.value, "reason": r.reason,
                           "rounds_ok": r.rounds_ok, "rounds_failed": r.rounds_failed,
                           "footprint_mib": r.footprint_mib, "packing": packing.summary(r)}
@@ -129,7 +167,16 @@ def summarize(config: Config, state: State, now: float | None = None) -> dict[st
         "recover_command": config.command("recover"),
         "per_object": objects,
         "not_in_list": unlisted,
+        **_slurm(config),
     }
+
+
+def _slurm(config: Config) -> dict[str, Any]:
+    """With [backend] kind = "slurm": the experiment's jobs in the queue, and why pending."""
+    if config.backend.kind != "slurm":
+        return {}
+    from supervisor.backends.slurm.overview import overview
+    return {"slurm": overview(config)}
 
 
 def _not_started(config: Config, code: str) -> dict[str, Any]:
@@ -203,15 +250,21 @@ def render(summary: dict[str, Any]) -> str:
     bad = {g: v for g, v in s["gpus"].items() if v["status"] != "healthy"}
     for gpu, v in bad.items():
         lines.append(f"{slots.label(slots.parse(gpu))} {v['status']}: {v['reason']}")
+    if "slurm" in s:
+        from supervisor.backends.slurm.overview import render as slurm_lines
+        lines += slurm_lines(s["slurm"])
     for o in s["per_object"] + s["not_in_list"]:
         if o["problem"]:
             lines.append(f"{o['object_code']}: {o['problem']}; {o['repair']}")
+    if s.get("validation"):
+        lines.append(_validation_line(s["validation"]))
     if s["failures_by_reason"]:
         lines.append("failures: " + ", ".join(f"{k} x{v}" for k, v in
                                                s["failures_by_reason"].items()))
+    checked = bool(s.get("validation"))  # [validate]: a column of pass rates
     lines.append(f"{'object':40} {'status':11} {'grasps':>13} {'merged':>6} {'failed':>6} "
-                 f"{'running':>7} {'accept':>6} {'filtered':>8} {'dups':>6} {'grasps/h':>9} "
-                 f"{'grasps/GPU-h':>12}")
+                 f"{'running':>7} {'accept':>6} " + (f"{'passed':>6} " if checked else "")
+                 + f"{'filtered':>8} {'dups':>6} {'grasps/h':>9} {'grasps/GPU-h':>12}")
     for o in s["per_object"]:
         rate = "-" if o["acceptance_rate"] is None else f"{o['acceptance_rate']:.0%}"
         speed = "-" if o["grasps_per_gpu_hour"] is None else f"{o['grasps_per_gpu_hour']:.0f}"
@@ -220,7 +273,8 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"{fit(o['object_code'], 40)} {o['status']:11} "
                      f"{have:>6}/{o['target']:<6} {o['rounds_merged']:>6} "
                      f"{o['rounds_failed']:>6} {o['rounds_running']:>7} {rate:>6} "
-                     f"{o['removed_by_filter']:>8} {o['removed_as_duplicates']:>6} "
+                     + (f"{_passed(o):>6} " if checked else "")
+                     + f"{o['removed_by_filter']:>8} {o['removed_as_duplicates']:>6} "
                      f"{hourly:>9} {speed:>12}")
     if s["not_in_list"]:
         lines.append(f"not in the current list ({len(s['not_in_list'])}; their final.npz "
@@ -228,6 +282,11 @@ def render(summary: dict[str, Any]) -> str:
                          f"{o['object_code']} {o['status']} {o['in_final']}/{o['target']}"
                          for o in s["not_in_list"]))
     return "\n".join(lines)
+
+
+def _passed(o: dict[str, Any]) -> str:
+    v = o.get("validation") or {}
+    return "-" if v.get("pass_rate") is None else f"{v['pass_rate']:.0%}"
 
 
 def _eta(s: dict[str, Any]) -> str:

@@ -170,6 +170,8 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None,
         **_sections(r),
     )
     r.finish(TOP_KEYS)
+    if config.backend.kind == "slurm":
+        _check_slurm(config, source)
     if config.backend.kind == "ray" and config.gpus != "all":
         raise ConfigError(source, "gpus", list(config.gpus),
                           '"all" with [backend] kind = "ray" (a node offers the GPUs its '
@@ -181,6 +183,19 @@ def parse_config(data: Mapping[str, Any], path: Path, source: str | None = None,
                           f"an integer with seed_base + objects x {SEED_STRIDE} <= {MAX_SEED} "
                           f"(main.py seeds numpy, which takes seeds below 2**32)")
     return config
+
+
+def _check_slurm(config: Config, source: str) -> None:
+    """Slurm places each round on the GPU it chooses; sharing a GPU is Slurm's too."""
+    if config.gpus != "all":
+        raise ConfigError(source, "gpus", list(config.gpus),
+                          '"all" with [backend] kind = "slurm" (Slurm chooses the GPU of '
+                          "each round; [backend] partition, gres and sbatch_args say which "
+                          "kind)")
+    if config.gpu.max_rounds_per_gpu != 1:
+        raise ConfigError(source, "gpu.max_rounds_per_gpu", config.gpu.max_rounds_per_gpu,
+                          '1 with [backend] kind = "slurm" (one round per job; to share a '
+                          'GPU, ask Slurm for a share: gres = "shard:1", or MPS)')
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -21,7 +21,8 @@ REQUIRED_PLACEHOLDERS = ("name", "seed")
 FILTER_KEYS = ("energy", "E_fc", "E_dis", "E_pen", "E_spen", "E_joints")
 CLEANUP_MODES = ("remove", "light")
 PROBES = ("auto", "nvml", "static", "emulator")
-BACKENDS = ("local", "ray")
+BACKENDS = ("local", "ray", "slurm")
+SLURM_MODES = ("auto", "steps", "jobs")
 VALIDATORS = ("mujoco",)
 # a [validate] command's placeholders ({python} as in [main])
 VALIDATE_PLACEHOLDERS = frozenset({"results", "object_code", "out", "python", "seed", "name"})
@@ -110,9 +111,19 @@ class LogSettings:
 @dataclass(frozen=True)
 class BackendSettings:
     """Where rounds run: this machine's GPUs, or a Ray cluster's (``address``: "auto" for
-    the cluster this machine belongs to, or "HOST:PORT")."""
+    the cluster this machine belongs to, or "HOST:PORT"), or a Slurm cluster's (the rest:
+    ``supervisor.backends.slurm``; "" leaves an option to the user's Slurm defaults)."""
     kind: str = _key("local", choices=BACKENDS)
     address: str = "auto"
+    # Slurm: "auto" is steps inside an allocation (SLURM_JOB_ID set), jobs outside one
+    mode: str = _key("auto", choices=SLURM_MODES)
+    partition: str = _key("", blank=True)
+    account: str = _key("", blank=True)
+    qos: str = _key("", blank=True)
+    time_limit: str = _key("", blank=True)  # per round, Slurm's format ("2:00:00")
+    max_jobs: int = _key(16, min=1)  # rounds submitted at once (jobs mode)
+    gres: str = _key("gpu:1", blank=True)  # what one round asks for
+    sbatch_args: tuple[str, ...] = ()  # passed to sbatch as they are
 
 
 @dataclass(frozen=True)

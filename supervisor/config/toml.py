@@ -106,6 +106,18 @@ class Reader:
             raise self.error(key, value, expected)
         return value
 
+    def blank_text(self, key: str, default: str) -> str:
+        value = self.table.pop(key, default)
+        if not isinstance(value, str):
+            raise self.error(key, value, 'a string ("" for none)')
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.table.pop(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, value, "a list of non-empty strings")
+        return tuple(value)
+
     def table_of(self, key: str) -> Reader:
         value = self.table.pop(key, {})
         if not isinstance(value, dict):
@@ -155,6 +167,10 @@ def read_defaults(r: Reader, cls: type, skip: tuple[str, ...] = ()) -> dict[str,
                                        maximum=rules.get("max"), auto=True)
         elif "choices" in rules:
             values[f.name] = r.text(f.name, default, rules["choices"])
+        elif rules.get("blank"):
+            values[f.name] = r.blank_text(f.name, default)
+        elif isinstance(default, tuple):
+            values[f.name] = r.strings(f.name, default)
         elif isinstance(default, str):
             values[f.name] = r.text(f.name, default)
         elif isinstance(default, bool):

@@ -57,6 +57,17 @@ class RoundSpawned:
 
 
 @dataclass(frozen=True)
+class RoundPlaced:
+    """A scheduler took the round (Slurm): its job id once submitted, then the node and
+    the GPU (as the job sees it) once it runs there."""
+    code: str
+    round_id: int
+    job_id: str
+    node: str | None = None
+    gpu: int | str | None = None  # "0,1" for a job given two
+
+
+@dataclass(frozen=True)
 class RoundProduced:
     code: str
     round_id: int
@@ -145,6 +156,27 @@ class NoCardFits:
 
 
 @dataclass(frozen=True)
+class RoundValidated:
+    """[validate]: a produced round's accepted grasps were validated; ``passed`` of them
+    held, the others failed, counted by reason. Its figures are in the experiment's
+    validation/ folder (written before this event)."""
+    code: str
+    round_id: int
+    passed: int
+    failed_by: dict[str, int]
+    at: float
+
+
+@dataclass(frozen=True)
+class ValidationStopped:
+    """[validate]: the validator kept failing on a round (crashed, hung, wrote a malformed
+    output ``max_attempts`` times): the run stops, nothing unvalidated merged."""
+    code: str
+    round_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class RunStuck:
     """Nothing runs and no healthy GPU has a round to take, though objects are
     unfinished: the run would wait for ever. ``reason`` says so; the run stops."""
@@ -181,6 +213,8 @@ class ObjectReloaded:
     final_bytes: int | None = None
     final_mtime_ns: int | None = None
     digest: str | None = None
+    # [validate]: rounds of from_folders whose validation had not been recorded (still to do)
+    validating: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -202,14 +236,14 @@ class DatasetLost:
 
 
 Event = (ObjectsRegistered | SupervisorStarted | SupervisorStopped | RoundStarted
-         | RoundSpawned | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted
+         | RoundSpawned | RoundPlaced | RoundProduced | RoundDeduped | RoundFailed | RoundInterrupted
          | RoundOutOfMemory | PackingMeasured | GpuLost | NoCardFits | GpuAdded
-         | DatasetWritten | RunStuck | ObjectReloaded | ObjectRecovered | DatasetLost)
+         | DatasetWritten | RunStuck | RoundValidated | ValidationStopped | ObjectReloaded | ObjectRecovered | DatasetLost)
 TYPES: dict[str, type] = {t.__name__: t for t in (
     ObjectsRegistered, SupervisorStarted, SupervisorStopped, RoundStarted, RoundSpawned,
-    RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, RoundOutOfMemory,
+    RoundPlaced, RoundProduced, RoundDeduped, RoundFailed, RoundInterrupted, RoundOutOfMemory,
     PackingMeasured, GpuLost, NoCardFits, GpuAdded, DatasetWritten, ObjectReloaded,
-    ObjectRecovered, DatasetLost, RunStuck,
+    ObjectRecovered, DatasetLost, RunStuck, RoundValidated, ValidationStopped,
 )}
 # JSON turns int keys and tuples into strings and lists: these fields are restored.
 _INT_KEYED = ("in_final", "from_folders", "missing", "used")
@@ -231,7 +265,7 @@ def decode(line: bytes) -> tuple[int, Event]:
         if key in data:
             data[key] = {int(k): tuple(v) if isinstance(v, list) else v
                          for k, v in data[key].items()}
-    for key in ("codes", "argv", "folders", "gpus"):
+    for key in ("codes", "argv", "folders", "gpus", "validating"):
         if key in data:
             data[key] = tuple(data[key])
     return seq, kind(**data)

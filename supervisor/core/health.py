@@ -69,6 +69,8 @@ def _maybe_quarantine(state: State, rec: GpuRecord, succeeded_elsewhere: bool) -
     one of its rounds then succeeded on another GPU.
     """
     k = state.policy.quarantine_after
+    if not state.policy.quarantine:
+        return []
     others_ok = any(g.rounds_ok for g in state.gpus.values()
                     if g is not rec and g.status == GpuStatus.HEALTHY)
     varied = len({c for c, _ in rec.streak_rounds}) > 1 or succeeded_elsewhere

@@ -7,7 +7,7 @@ from typing import Any
 
 from supervisor.core import plan, slots
 from supervisor.core.records import (
-    HAS_GRASPS, TO_RUN, ObjectRecord, ObjectStatus, RoundRecord, RoundStatus,
+    HAS_GRASPS, TO_RUN, ObjectRecord, ObjectStatus, RoundRecord, RoundStatus, validated,
 )
 from supervisor.core.state import Effect, Log, State, StopRounds, WriteDataset
 
@@ -22,7 +22,12 @@ def new_round(state: State, code: str, round_id: int) -> RoundRecord:
 
 
 def fields(state: State, code: str, rnd: RoundRecord) -> dict[str, Any]:
-    return {"round": rnd.name, "object_code": code, **slots.fields(rnd.gpu)}
+    out = {"round": rnd.name, "object_code": code, **slots.fields(rnd.gpu)}
+    if rnd.job_id is not None:  # a scheduler's job: where it ran, not the place it took
+        out["job_id"] = rnd.job_id
+        if rnd.device is not None:
+            out.update(node=rnd.node, gpu=rnd.device)
+    return out
 
 
 def settle(state: State, obj: ObjectRecord) -> list[Effect]:
@@ -32,7 +37,7 @@ def settle(state: State, obj: ObjectRecord) -> list[Effect]:
     # Cheap test first: the grasps held (the tally) must reach the target for the
     # dataset to be complete, so the O(rounds) walk runs only near the end.
     if state.collected(obj.code) >= obj.target:
-        comp = plan.completion(obj, state.policy.dedup)
+        comp = plan.completion(obj, state.policy.dedup, state.policy.validate)
         if comp.done:
             return _complete(state, obj, comp)
         # The grasps held meet the quota once the rounds below settle ([dedup]: once
@@ -46,10 +51,23 @@ def settle(state: State, obj: ObjectRecord) -> list[Effect]:
     if state.next_round_id(obj.code) >= state.policy.max_rounds and not state.outstanding(
             obj.code):
         return _give_up(state, obj, O.EXHAUSTED,
+                        f"max_rounds = {state.policy.max_rounds} reached" + _passing(obj)
+                        if state.policy.validate else
                         f"max_rounds = {state.policy.max_rounds} reached")
     if _stride_due(state, obj.code):
         return [WriteDataset(obj.code, None, final=False)]
     return []
+
+
+def _passing(obj: ObjectRecord) -> str:
+    """``: 12 of 4096 validated grasps passed (0.3 %); failed: penetration 3900, ...``"""
+    checked, passed, reasons = validated(obj)
+    if not checked:
+        return ": no grasp was validated"
+    why = ", ".join(f"{k or 'rejected'} {n}" for k, n in
+                    sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f": {passed} of {checked} validated grasps passed ({passed / checked:.1%})"
+            + (f"; failed: {why}" if why else ""))
 
 
 def _stride_due(state: State, code: str) -> bool:
@@ -72,7 +90,7 @@ def _complete(state: State, obj: ObjectRecord, comp: plan.Completion) -> list[Ef
     effects: list[Effect] = []
     assert comp.last_round is not None
     for rid, rnd in obj.rounds.items():
-        if rnd.status in HAS_GRASPS and rid > comp.last_round:
+        if rnd.status in (*HAS_GRASPS, R.VALIDATING) and rid > comp.last_round:
             state.set_round(obj.code, rnd, R.DISCARDED, used=0)
             effects.append(Log("round_discarded", {"reason": "object done",
                                                    **fields(state, obj.code, rnd)}))

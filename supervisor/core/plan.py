@@ -41,9 +41,9 @@ class Completion:
     used: dict[int, int]  # round_id -> grasps of it in the dataset
 
 
-def completion(obj: ObjectRecord, dedup: bool = False) -> Completion:
-    """The dataset is the first ``target`` accepted (with [dedup]: unique) grasps in round
-    order.
+def completion(obj: ObjectRecord, dedup: bool = False, validate: bool = False) -> Completion:
+    """The dataset is the first ``target`` accepted (with [validate]: passed; with
+    [dedup]: unique) grasps in round order.
 
     An object is done once every round up to the one that reaches the target has produced
     grasps or failed for good: a round still running below it could change the content.
@@ -55,7 +55,7 @@ def completion(obj: ObjectRecord, dedup: bool = False) -> Completion:
         rnd = obj.rounds[rid]
         if rnd.status in (RoundStatus.FAILED, RoundStatus.DISCARDED):
             continue
-        count = rnd.unique if dedup else rnd.accepted
+        count = rnd.unique if dedup else rnd.passed if validate else rnd.accepted
         if rnd.status not in HAS_GRASPS or count is None:
             return Completion(False, None, used)
         take = min(count, obj.target - total)
@@ -129,7 +129,8 @@ def stuck(state: State, gpus: Collection[GpuKey], closed: Collection[GpuKey] = (
     """Why the run can never go on: no round of ours runs (nothing will change) and no
     GPU of ``gpus`` (the healthy ones) has a round to take, though objects are unfinished;
     else None. A safety net: in a run it means a bug."""
-    if state.running or state.settled() or any(pick(state, g, closed) for g in gpus):
+    if state.running or state.validating or state.settled() or \
+            any(pick(state, g, closed) for g in gpus):
         return None
     waiting = [f"{code} r{rid}" for code in state.active
                for rid in sorted(state.tally[code].waiting)][:5]

@@ -77,6 +77,11 @@ def supervisor_stopped(state: State, e: ev.SupervisorStopped) -> list[Effect]:
     return []
 
 
+def _passed(state: State, n: int) -> dict[str, int]:
+    """[validate]: a round known only from final.npz passed what final.npz holds of it."""
+    return {"passed": n} if state.policy.validate else {}
+
+
 def object_reloaded(state: State, e: ev.ObjectReloaded) -> list[Effect]:
     """Reconcile an unfinished object with its files (resume): rounds in final.npz are
     merged, rounds re-read from their folders are held, the rest run again."""
@@ -84,9 +89,20 @@ def object_reloaded(state: State, e: ev.ObjectReloaded) -> list[Effect]:
     for rid, n in e.in_final.items():
         rnd = obj.rounds[rid]
         if rnd.status not in HAS_GRASPS:
-            state.set_round(e.code, rnd, R.MERGED, accepted=n, unique=n,
+            state.set_round(e.code, rnd, R.MERGED, accepted=n, unique=n, **_passed(state, n),
                             produced=rnd.produced or n)
     for rnd in obj.rounds.values():
+        if rnd.round_id in e.validating:  # [validate]: re-read, to validate (again)
+            produced, accepted = e.from_folders[rnd.round_id]
+            state.set_round(e.code, rnd, R.VALIDATING, produced=produced, accepted=accepted,
+                            unique=None, passed=None, failed_by=None, validated_at=None)
+            continue
+        if rnd.status == R.VALIDATING:  # its grasps are gone: it runs again
+            state.set_round(e.code, rnd, R.PENDING, produced=None, accepted=None,
+                            reason=f"not validated and "
+                                   f"{e.missing.get(rnd.round_id, 'no result')}; "
+                                   f"running it again")
+            continue
         if rnd.status not in (*HAS_GRASPS, R.DISCARDED) or rnd.accepted is None:
             if rnd.status == R.DISCARDED:
                 state.set_round(e.code, rnd, R.PENDING)
@@ -101,9 +117,11 @@ def object_reloaded(state: State, e: ev.ObjectReloaded) -> list[Effect]:
         elif have:
             # Part of it is in final.npz (the object was done, its target then raised, and
             # its folder is gone): keep what was merged, never rerun over it.
-            state.set_round(e.code, rnd, R.MERGED, accepted=have, unique=have, used=have)
+            state.set_round(e.code, rnd, R.MERGED, accepted=have, unique=have, used=have,
+                            **_passed(state, have))
         else:
             state.set_round(e.code, rnd, R.PENDING, produced=None, accepted=None, used=None,
+                            passed=None, failed_by=None, validated_at=None,
                             reason=f"grasps not in final.npz and "
                                    f"{e.missing.get(rnd.round_id, 'no result')}; running it again")
     obj.collected = sum(e.in_final.values())

@@ -19,6 +19,7 @@ class RoundStatus(str, Enum):
     PENDING = "pending"  # to run (new, or a retry)
     RUNNING = "running"
     INTERRUPTED = "interrupted"  # stopped by the supervisor: runs again, same name and seed
+    VALIDATING = "validating"  # produced; its grasps are being validated ([validate])
     FINISHED = "finished"  # valid grasps held (round folder), not yet in final.npz
     MERGED = "merged"  # its grasps are in final.npz
     FAILED = "failed"  # failed for good
@@ -74,15 +75,24 @@ class RoundRecord:
     reason: str | None = None
     pid: int | None = None  # the round's process group leader while it runs
     proc_start: int | None = None  # its start time in clock ticks (/proc/PID/stat field 22)
+    # Slurm: the job (or step) of this attempt, and the GPU it was given on ``node``
+    job_id: str | None = None
+    device: int | str | None = None
     # Earlier attempts that did not produce grasps: {"attempt", "kind": "failed" or
     # "interrupted", "reason", "gpu", "exit_code", "at", "duration_s"}.
     failures: list[dict[str, Any]] = field(default_factory=list)
+    # [validate]: of the accepted grasps, how many passed, the others by reason, and when
+    passed: int | None = None
+    failed_by: dict[str, int] | None = None
+    validated_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its deep copy is the slowest part of a big snapshot.
         data = {name: getattr(self, name) for name in ROUND_FIELDS}
         data["status"] = self.status.value
         data["failures"] = [dict(f) for f in self.failures]
+        if self.failed_by is not None:
+            data["failed_by"] = dict(self.failed_by)
         return data
 
     @classmethod
@@ -148,14 +158,31 @@ class ObjectRecord:
 
 
 def removed(obj: ObjectRecord) -> tuple[int, int]:
-    """Grasps the quality filter and [dedup] removed from the rounds that produced."""
+    """Grasps the quality filter and [dedup] removed from the rounds that produced (the
+    near-duplicates among those that passed validation, with [validate])."""
     filtered = duplicates = 0
     for r in obj.rounds.values():
         if r.accepted is None or r.produced is None:
             continue
         filtered += r.produced - r.accepted
-        duplicates += r.accepted - r.unique if r.unique is not None else 0
+        kept = r.passed if r.passed is not None else r.accepted
+        duplicates += kept - r.unique if r.unique is not None else 0
     return filtered, duplicates
+
+
+def validated(obj: ObjectRecord) -> tuple[int, int, dict[str, int]]:
+    """[validate]: grasps validated, passed, and failed by reason, over the object's
+    rounds that were validated."""
+    checked = passed = 0
+    reasons: dict[str, int] = {}
+    for r in obj.rounds.values():
+        if r.passed is None or r.accepted is None:
+            continue
+        checked += r.accepted
+        passed += r.passed
+        for reason, n in (r.failed_by or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    return checked, passed, reasons
 
 
 def _gains(data: dict[str, Any], key: str = "gains") -> dict[int, float]:

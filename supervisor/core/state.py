@@ -36,6 +36,11 @@ class Policy:
     packing: bool = False
     pack_gain: float = 0.1
     pack_retest_s: float = 1800.0
+    # [validate]: rounds are validated before they count; the quota counts grasps that passed
+    validate: bool = False
+    # False where a GPU key is a scheduler's place, not a card (Slurm): a failing node is
+    # excluded by the backend instead (supervisor.backends.slurm.nodes)
+    quarantine: bool = True
 
 
 # -- effects ---------------------------------------------------------------------------
@@ -109,6 +114,11 @@ class State:
         self.run_ok = 0  # rounds that produced grasps in this run
         self.fail_streak: list[str] = []  # objects of rounds failed in a row, run-wide
         self.dirty: set[str] = set()  # objects changed since the last snapshot
+        # over every object: grasps counted and produced by rounds that hold grasps (the
+        # yield of an object without its own rounds yet, with [validate]), rounds validating
+        self.yield_counts = [0, 0]
+        self.validating = 0
+        self.validated_counts = [0, 0]  # [validate]: grasps passed, of those validated
 
     # -- the only assignment of statuses ------------------------------------------------
     def add_object(self, obj: ObjectRecord) -> None:
@@ -123,6 +133,13 @@ class State:
         if rnd.status in HAS_GRASPS:
             t.accepted += sign * (self.grasps_of(rnd) or 0)
             t.produced += sign * (rnd.produced or 0)
+            self.yield_counts[0] += sign * (self.grasps_of(rnd) or 0)
+            self.yield_counts[1] += sign * (rnd.produced or 0)
+            if rnd.passed is not None:
+                self.validated_counts[0] += sign * rnd.passed
+                self.validated_counts[1] += sign * (rnd.accepted or 0)
+        elif rnd.status == R.VALIDATING:
+            self.validating += sign
         if rnd.status in TO_RUN:
             (t.waiting.add if sign > 0 else t.waiting.discard)(rnd.round_id)
 
@@ -177,7 +194,7 @@ class State:
         them, its accepted grasps before (and without dedup)."""
         if self.policy.dedup and rnd.unique is not None:
             return rnd.unique
-        return rnd.accepted
+        return rnd.passed if self.policy.validate else rnd.accepted
 
     def round_of(self, code: str, round_id: int) -> RoundRecord:
         return self.objects[code].rounds[round_id]
@@ -187,13 +204,18 @@ class State:
         return self.tally[code].accepted
 
     def expected_yield(self, code: str) -> float:
+        """Grasps a round of ``code`` is expected to add: its rounds' yield so far; with
+        [validate], before it has any, every object's (passing varies with the object,
+        but less than between a guess and a measurement)."""
         t = self.tally[code]
-        rate = t.accepted / t.produced if t.produced else 1.0
+        grasps, produced = (t.accepted, t.produced) if t.produced or not self.policy.validate \
+            else self.yield_counts
+        rate = grasps / produced if produced else 1.0
         return max(1.0, self.policy.batch_size * rate)
 
     def outstanding(self, code: str) -> int:
         by = self.tally[code].by_status
-        return by[R.RUNNING] + by[R.PENDING] + by[R.INTERRUPTED]
+        return by[R.RUNNING] + by[R.PENDING] + by[R.INTERRUPTED] + by[R.VALIDATING]
 
     def new_rounds_wanted(self, code: str) -> int:
         obj = self.objects[code]

@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 from supervisor.core import events as ev, slots
 from supervisor.core.records import (
-    HAS_GRASPS, GpuRecord, GpuStatus, ObjectStatus, RoundRecord, RoundStatus,
+    HAS_GRASPS, GpuRecord, GpuStatus, ObjectRecord, ObjectStatus, RoundRecord, RoundStatus,
 )
-from supervisor.core.state import CleanRounds, Effect, Log, State
+from supervisor.core.state import CleanRounds, Effect, Log, State, StopRun
 
 from supervisor.core import health, packing, reconcile
 from supervisor.core.lifecycle import fields, new_round, settle
@@ -36,7 +36,7 @@ def round_started(state: State, e: ev.RoundStarted) -> list[Effect]:
     rnd = obj.rounds.get(e.round_id) or new_round(state, e.code, e.round_id)
     state.set_round(e.code, rnd, R.RUNNING, gpu=e.gpu, node=e.node, started_at=e.at,
                     attempts=rnd.attempts + 1, pid=None, proc_start=None, exit_code=None,
-                    finished_at=None)
+                    finished_at=None, job_id=None, device=None)
     state.stats["rounds_started"] += 1
     state.gpus.setdefault(e.gpu, GpuRecord(e.gpu, e.node))
     return []
@@ -46,6 +46,19 @@ def round_spawned(state: State, e: ev.RoundSpawned) -> list[Effect]:
     rnd = state.round_of(e.code, e.round_id)
     rnd.pid, rnd.proc_start = e.pid, e.proc_start
     return []
+
+
+def round_placed(state: State, e: ev.RoundPlaced) -> list[Effect]:
+    rnd = state.round_of(e.code, e.round_id)
+    rnd.job_id = e.job_id
+    if e.node is not None:
+        rnd.node, rnd.device = e.node, e.gpu
+    return []
+
+
+def _where(rnd: RoundRecord) -> dict[str, Any]:
+    """A scheduler's job id and node in a failure's record (nothing on one server)."""
+    return {} if rnd.job_id is None else {"job_id": rnd.job_id, "node": rnd.node}
 
 
 def _ended(state: State, code: str, rnd: RoundRecord, at: float, duration_s: float) -> None:
@@ -70,13 +83,45 @@ def round_produced(state: State, e: ev.RoundProduced) -> list[Effect]:
         return effects + [Log("round_discarded", {"reason": "object done",
                                                   **fields(state, e.code, rnd)}),
                           CleanRounds(e.code, (rnd.name,))]
-    state.set_round(e.code, rnd, R.FINISHED, **values)
+    obj.consecutive_failures = 0 if obj.status == O.ACTIVE else obj.consecutive_failures
+    if state.policy.validate:  # counted once validated (RoundValidated)
+        state.set_round(e.code, rnd, R.VALIDATING, passed=None, failed_by=None,
+                        validated_at=None, **values)
+        return effects + settle(state, obj)
+    return effects + _held(state, obj, rnd, values)
+
+
+def _held(state: State, obj: ObjectRecord, rnd: RoundRecord,
+          values: dict[str, Any]) -> list[Effect]:
+    """The round's grasps count now (produced; with [validate]: validated)."""
+    state.set_round(obj.code, rnd, R.FINISHED, **values)
     if obj.status != O.ACTIVE:  # kept: merged when the object is revived
-        return effects + [Log("round_kept", {"reason": f"object {obj.status}",
-                                             **fields(state, e.code, rnd)})]
-    obj.consecutive_failures = 0
-    state.unwritten[e.code] += 1
-    return effects + settle(state, obj)
+        return [Log("round_kept", {"reason": f"object {obj.status}",
+                                   **fields(state, obj.code, rnd)})]
+    state.unwritten[obj.code] += 1
+    return settle(state, obj)
+
+
+def round_validated(state: State, e: ev.RoundValidated) -> list[Effect]:
+    obj, rnd = state.objects[e.code], state.round_of(e.code, e.round_id)
+    if rnd.status != R.VALIDATING:  # not needed any more (its object was done)
+        return []
+    values = dict(passed=e.passed, failed_by=dict(e.failed_by), validated_at=e.at)
+    failed = sum(e.failed_by.values())
+    effects: list[Effect] = [Log("round_validated", {
+        "validated": e.passed + failed, "passed": e.passed, "failed_by": dict(e.failed_by),
+        **fields(state, e.code, rnd)})]
+    if obj.status == O.DONE:
+        state.set_round(e.code, rnd, R.DISCARDED, used=0, **values)
+        return effects + [CleanRounds(e.code, (rnd.name,))]
+    return effects + _held(state, obj, rnd, values)
+
+
+def validation_stopped(state: State, e: ev.ValidationStopped) -> list[Effect]:
+    if state.stats["run_stopped"]:
+        return []
+    state.stats["run_stopped"] = 1
+    return [StopRun(e.reason)]
 
 
 def round_deduped(state: State, e: ev.RoundDeduped) -> list[Effect]:
@@ -92,7 +137,7 @@ def round_failed(state: State, e: ev.RoundFailed, charge_gpu: bool = True) -> li
     _ended(state, e.code, rnd, e.at, e.duration_s)
     rnd.failures.append({"attempt": rnd.attempts, "kind": "failed", "reason": e.reason,
                          "gpu": e.gpu, "exit_code": e.exit_code, "at": e.at,
-                         "duration_s": round(e.duration_s, 3)})
+                         "duration_s": round(e.duration_s, 3), **_where(rnd)})
     state.stats["rounds_failed"] += 1
     state.failure_kinds[e.reason.split(":")[0]] += 1
     state.stopping.discard(rnd.name)
@@ -124,7 +169,7 @@ def round_interrupted(state: State, e: ev.RoundInterrupted) -> list[Effect]:
     _ended(state, e.code, rnd, e.at, e.duration_s)
     rnd.failures.append({"attempt": rnd.attempts, "kind": "interrupted", "reason": e.reason,
                          "gpu": rnd.gpu, "exit_code": None, "at": e.at,
-                         "duration_s": round(e.duration_s, 3)})
+                         "duration_s": round(e.duration_s, 3), **_where(rnd)})
     useless = rnd.name in state.stopping
     state.stopping.discard(rnd.name)
     if obj.status == O.DONE:
@@ -156,7 +201,7 @@ def round_out_of_memory(state: State, e: ev.RoundOutOfMemory) -> list[Effect]:
     _ended(state, e.code, rnd, e.at, e.duration_s)
     rnd.failures.append({"attempt": rnd.attempts, "kind": "oom", "reason": e.reason,
                          "gpu": e.gpu, "exit_code": 1, "at": e.at,
-                         "duration_s": round(e.duration_s, 3)})
+                         "duration_s": round(e.duration_s, 3), **_where(rnd)})
     state.stats["rounds_out_of_memory"] += 1
     state.stopping.discard(rnd.name)
     effects: list[Effect] = [Log("round_out_of_memory", {
@@ -220,6 +265,7 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.SupervisorStopped: reconcile.supervisor_stopped,
     ev.RoundStarted: round_started,
     ev.RoundSpawned: round_spawned,
+    ev.RoundPlaced: round_placed,
     ev.RoundProduced: round_produced,
     ev.RoundDeduped: round_deduped,
     ev.RoundFailed: round_failed,
@@ -229,6 +275,8 @@ HANDLERS: dict[type, Callable[[State, Any], list[Effect]]] = {
     ev.GpuLost: gpu_lost,
     ev.NoCardFits: health.no_card_fits,
     ev.RunStuck: health.no_card_fits,
+    ev.RoundValidated: round_validated,
+    ev.ValidationStopped: validation_stopped,
     ev.GpuAdded: gpu_added,
     ev.DatasetWritten: dataset_written,
     ev.ObjectReloaded: reconcile.object_reloaded,

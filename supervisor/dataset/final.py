@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from supervisor.storage.fsutil import atomic_write
+from supervisor.dataset.validation import BUILTIN
 from supervisor.dataset.results import (
     PROVENANCE_KEYS, QPOS_KEYS, QPOS_NAMES, SCALAR_KEYS, Columns,
 )
@@ -61,16 +62,24 @@ def _check(path: Path, data: dict[str, np.ndarray]) -> None:
         if key == "qpos_names":
             continue
         shape = (n, len(QPOS_NAMES)) if key in QPOS_KEYS else (n,)
-        kind = "i" if key in PROVENANCE_KEYS else "f"
-        if arr.shape != shape or arr.dtype.kind != kind:
+        kinds = "i" if key in PROVENANCE_KEYS else _KINDS.get(key, "biufU")
+        if key not in _KNOWN:  # a newer main.py's, or a validator's: numbers, flags, text
+            shape = (n, *arr.shape[1:])
+        if arr.shape != shape or arr.dtype.kind not in kinds:
             raise DatasetError(f"{path}: {key} has shape {arr.shape} and dtype {arr.dtype}, "
-                               f"expected {shape} of kind {kind!r}")
+                               f"expected {shape} of kind {kinds!r}")
     order = np.lexsort((data["item_index"], data["round_id"]))
     if not np.array_equal(order, np.arange(n)):
         raise DatasetError(f"{path}: grasps are not ordered by (round_id, item_index)")
     pairs = data["round_id"] * (2**32) + data["item_index"]
     if len(np.unique(pairs)) != n:
         raise DatasetError(f"{path}: duplicate (round_id, item_index) pairs")
+
+
+# the kinds of the grasps' own arrays and of [validate]'s built-in figures; other arrays
+# (a newer main.py's, a validator command's) may hold numbers, booleans or text
+_KINDS = {**BUILTIN, **{k: "f" for k in SCALAR_KEYS}}
+_KNOWN = frozenset({*QPOS_KEYS, *SCALAR_KEYS, *PROVENANCE_KEYS})
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:

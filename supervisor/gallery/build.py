@@ -22,6 +22,7 @@ from supervisor.dataset import integrity
 from supervisor.dataset.results import QPOS_NAMES
 from supervisor.gallery import meshes, page, picture, select
 from supervisor.gallery.cache import Cache
+from supervisor.gallery.failed import failed_of
 from supervisor.gallery.drawing import Drawn, Job, View, draw
 from supervisor.storage.fsutil import atomic_write_bytes
 
@@ -49,14 +50,17 @@ def grasps_of(config: Config, state: State, code: str) -> dict[str, np.ndarray] 
 
 
 def show(config: Config, state: State, code: str, out: Path, indices: Sequence[int] = (),
-         best: int | None = None) -> tuple[Path, list[str]]:
-    """Write ``out``; returns it and the lines to print (notes)."""
+         best: int | None = None, failed: bool = False) -> tuple[Path, list[str]]:
+    """Write ``out``; returns it and the lines to print (notes). ``failed``: grasps that
+    failed validation, from their round folders ([validate])."""
     from plotly.offline import get_plotlyjs
 
     if code not in state.objects:
         raise GalleryError(f"{code!r} is not an object of experiment {config.exp_name!r} "
                            f"(its objects: {', '.join(list(state.objects)[:5])}"
                            f"{', ...' if len(state.objects) > 5 else ''})")
+    if failed:
+        return _show_failed(config, state, code, out, list(indices), get_plotlyjs())
     data = grasps_of(config, state, code)
     if isinstance(data, str):
         raise GalleryError(f"{code}: {data}")
@@ -77,6 +81,19 @@ def show(config: Config, state: State, code: str, out: Path, indices: Sequence[i
     job = drawn.jobs[0]
     lines += [n for n in (drawn.note, drawn.cache and drawn.cache.problem) if n] + job.notes
     atomic_write_bytes(out, page.build(drawn, job, whys, get_plotlyjs(), True).encode())
+    return out, lines
+
+
+def _show_failed(config: Config, state: State, code: str, out: Path, indices: list[int],
+                 plotly_js: str) -> tuple[Path, list[str]]:
+    got = failed_of(config, state, code, indices)
+    if isinstance(got, str):
+        raise GalleryError(f"{code}: {got}")
+    data, whys = got
+    drawn = draw(view_of(config), config.exp_dir, [Job(code, data, list(range(len(whys))))])
+    job = drawn.jobs[0]
+    lines = [n for n in (drawn.note, drawn.cache and drawn.cache.problem) if n] + job.notes
+    atomic_write_bytes(out, page.build(drawn, job, whys, plotly_js, True).encode())
     return out, lines
 
 

@@ -87,6 +87,9 @@ class Dispatcher:
         self.draining.set()
         self.scope.cancel()
         self.changes.notify()
+        drain = getattr(self.backend, "drain", None)
+        if drain is not None:  # a queue's rounds that have not started: cancelled now
+            drain()
 
     def stop_rounds(self, names: tuple[str, ...]) -> None:
         for name in names:

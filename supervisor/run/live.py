@@ -40,6 +40,8 @@ class Snapshot:
     progress_target: int
     gpus: dict[Any, str]  # gpu -> "" (healthy) or its status
     running: list[tuple[int, str, Progress | None]] = field(default_factory=list)
+    validation: str = ""  # [validate]: what passed so far and the backlog
+    waiting: dict[str, str] = field(default_factory=dict)  # round -> "pending (Priority)"
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -74,7 +76,7 @@ class LiveView:
         by_gpu: dict[Any, list[str]] = {gpu: [] for gpu in s.gpus}
         for gpu, name, bar in s.running:
             if bar is None:
-                text = "starting"
+                text = s.waiting.get(name, "starting")
             else:
                 rate = f"{bar.it_per_s:.2f} it/s" if bar.it_per_s else "- it/s"
                 text = f"[{_bar(bar.fraction, 10)}] {bar.n}/{bar.total} {rate}"
@@ -83,6 +85,8 @@ class LiveView:
             tag = f" ({s.gpus[gpu]})" if s.gpus.get(gpu) else ""
             lines.append(f"  {slots.label(gpu)}{tag}: "
                          + ("; ".join(running) if running else "idle"))
+        if s.validation:
+            lines.append(f"  validation: {s.validation}")
         return lines
 
     def draw(self) -> None:

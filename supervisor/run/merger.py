@@ -15,7 +15,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from supervisor.run import cleanup
-from supervisor.dataset import final
+from supervisor.dataset import final, validation
 from supervisor.core import events as ev, plan
 from supervisor.storage import paths
 from supervisor.config.schema import Config
@@ -26,12 +26,13 @@ from supervisor.dataset.dedup import DedupIndex
 from supervisor.config.schema import DedupSettings
 from supervisor.core.records import ObjectRecord, ObjectStatus, RoundStatus, now
 from supervisor.run.rounds import FAILED, INTERRUPTED, OK, OUT_OF_MEMORY, Outcome, Started
+from supervisor.run.validation import Validated, ValidationFailed, Validations
 from supervisor.core.state import (
     CleanRounds, Effect, KillOrphans, Log, StopRounds, StopRun, WriteDataset,
 )
 from supervisor.storage.store import Store
 
-Message = Started | Outcome
+Message = Started | Outcome | Validated | ValidationFailed
 
 
 class Merger:
@@ -50,6 +51,7 @@ class Merger:
         # the packer commits its measurements too: appends stay in order, and none falls
         # between a snapshot's encoding and the journal's truncation
         self.journal_lock = anyio.Lock()
+        self.validations: Validations | None = None  # [validate]: where produced rounds go
 
     # -- effects -------------------------------------------------------------------------
     def record(self, event: ev.Event) -> None:
@@ -76,10 +78,17 @@ class Merger:
 
     # -- messages from round tasks -------------------------------------------------------
     def handle(self, message: Message) -> None:
+        if isinstance(message, (Validated, ValidationFailed)):
+            self.validated(message)
+            return
         job = message.job
         if isinstance(message, Started):
             self.record(ev.RoundSpawned(job.object_code, job.round_id, message.pid,
                                         message.proc_start))
+            where = job.placed()
+            if "job_id" in where:  # a scheduler's job: its id, then its node and GPU
+                self.record(ev.RoundPlaced(job.object_code, job.round_id, where["job_id"],
+                                           where.get("node"), where.get("gpu")))
             return
         out, duration = message, message.finished_at - message.started_at
         if out.kind == OK:
@@ -90,6 +99,7 @@ class Merger:
                                                                          out.columns)
             self.record(ev.RoundProduced(job.object_code, job.round_id, out.produced,
                                          out.accepted, now(), duration, out.gpu_mib))
+            self.to_validate(job.object_code, job.round_id, out.produced)
         elif out.kind == INTERRUPTED:
             self.record(ev.RoundInterrupted(job.object_code, job.round_id,
                                             out.reason or "interrupted", now(), duration))
@@ -105,6 +115,31 @@ class Merger:
         self.judge(job.object_code)
         if out.on_ended is not None:
             out.on_ended(out)
+
+    # -- [validate] ----------------------------------------------------------------------
+    def to_validate(self, code: str, round_id: int, produced: int | None) -> None:
+        """A round produced (or found produced at start-up) waits for its validation."""
+        if self.state.round_of(code, round_id).status != RoundStatus.VALIDATING:
+            return
+        cols = self.accs[code].rounds[round_id]
+        if not len(cols["item_index"]):  # every grasp filtered: nothing to validate
+            self.record(ev.RoundValidated(code, round_id, 0, {}, now()))
+            return
+        assert self.validations is not None
+        self.validations.submit(code, round_id, cols["item_index"], produced or 0)
+
+    def validated(self, message: Validated | ValidationFailed) -> None:
+        code, rid = message.code, message.round_id
+        if isinstance(message, ValidationFailed):
+            self.record(ev.ValidationStopped(code, rid, message.reason))
+            return
+        if self.state.round_of(code, rid).status != RoundStatus.VALIDATING:
+            return  # its object was done meanwhile
+        acc = self.accs[code]
+        acc.rounds[rid] = validation.apply(acc.rounds[rid], message.items, message.figures)
+        self.record(ev.RoundValidated(code, rid, int(message.figures[validation.PASSED].sum()),
+                                      validation.failed_by(message.figures), now()))
+        self.judge(code)
 
     # -- [dedup] -------------------------------------------------------------------------
     def judge(self, code: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from supervisor.dataset import final, integrity
+from supervisor.dataset import final, integrity, validation
 from supervisor.core import events as ev
 from supervisor.storage import journal, manifest as mf, paths
 from supervisor.storage import store as st
@@ -68,6 +68,13 @@ def open_experiment(config: Config) -> State:
     for key, value in config.identity().items():
         # an experiment from before [validate] existed validated nothing
         stored = state.identity.get(key, IDENTITY_BEFORE.get(key, value))
+        if stored != value and key == "validate" and IDENTITY_BEFORE[key] in (value, stored):
+            on = value != IDENTITY_BEFORE[key]
+            raise RefusedError(
+                f"{config.source(key)}: [validate] is {'on' if on else 'off'}, but the "
+                f"rounds so far in {path} were {'not ' if on else ''}validated; it would "
+                f"change which grasps are in the datasets. Restore it, or pick a new "
+                f"exp_name")
         if stored != value:
             name, now, before = _changed(key, value, stored)
             raise RefusedError(
@@ -211,8 +218,8 @@ def load_grasps(config: Config, store: Store) -> tuple[dict[str, Accumulator], l
             if names:
                 leftovers.append((code, names))
             continue
-        held = any(r.status in (*HAS_GRASPS, RoundStatus.DISCARDED) and r.accepted is not None
-                   for r in obj.rounds.values())
+        held = any(r.status in (*HAS_GRASPS, RoundStatus.DISCARDED, RoundStatus.VALIDATING)
+                   and r.accepted is not None for r in obj.rounds.values())
         if not held and not path.exists():
             continue  # nothing produced yet: nothing to reconcile
         acc, event = _reload(config, state, code, path, finding.data)
@@ -254,18 +261,30 @@ def _reload(config: Config, state: State, code: str, path: Path,
     in_final = {rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()}
     from_folders: dict[int, tuple[int, int]] = {}
     missing: dict[int, str] = {}
+    validating: list[int] = []  # [validate]: rounds whose grasps are still to validate
     for rnd in obj.rounds.values():
-        if rnd.status not in (*HAS_GRASPS, RoundStatus.DISCARDED) or rnd.accepted is None:
+        todo = state.policy.validate and rnd.passed is None and rnd.accepted is not None \
+            and rnd.status in (RoundStatus.VALIDATING, RoundStatus.DISCARDED)
+        if not todo and (rnd.status not in (*HAS_GRASPS, RoundStatus.DISCARDED)
+                         or rnd.accepted is None):
             continue
-        if in_final.get(rnd.round_id, 0) == state.grasps_of(rnd):
+        if not todo and in_final.get(rnd.round_id, 0) == state.grasps_of(rnd):
             continue  # wholly in final.npz (with [dedup]: its unique grasps)
         try:
             produced, cols = read_accepted(
                 paths.result(config, rnd.name, code), config.round_batch_size, config.filter,
                 rnd.seed, rnd.round_id)
-        except ResultError as exc:
+            accepted = len(cols["round_id"])
+            if state.policy.validate and not todo:  # validated: what passed, as then
+                items, figures = validation.read(validation.path(config.exp_dir, code,
+                                                                 rnd.round_id))
+                cols = validation.apply(cols, items, figures)
+        except (ResultError, validation.ValidationError) as exc:
             missing[rnd.round_id] = str(exc)
             continue
         acc.add(rnd.round_id, cols)
-        from_folders[rnd.round_id] = (produced, len(cols["round_id"]))
-    return acc, ev.ObjectReloaded(code, in_final, from_folders, missing, *found)
+        from_folders[rnd.round_id] = (produced, accepted)
+        if todo:
+            validating.append(rnd.round_id)
+    return acc, ev.ObjectReloaded(code, in_final, from_folders, missing, *found,
+                                  validating=tuple(validating))

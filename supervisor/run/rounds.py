@@ -81,6 +81,7 @@ class LineSink:
         self.log = get_logger(**job.fields())
         self.latest: progress.Progress | None = None
         self.latest_at = 0.0  # when the latest bar was read (monotonic): the meter's clock
+        self.job = job
         self.write("supervisor",
                    f"attempt {job.attempt} on {slots.label(job.gpu)}, seed {job.seed}")
 
@@ -101,7 +102,7 @@ class LineSink:
         if now - self.last_event >= self.interval_s or finished:  # tqdm redraws 100% twice
             self.last_event = now
             self.log.info("round_progress", step=bar.n, total=bar.total,
-                          it_per_s=bar.it_per_s, eta_s=bar.eta_s)
+                          it_per_s=bar.it_per_s, eta_s=bar.eta_s, **self.job.placed())
 
     def close(self) -> None:
         self.round_log.close()
@@ -128,11 +129,13 @@ async def _run_round(config: Config, job: RoundJob, control: Control,
     log = get_logger(**job.fields())
     started = time.time()
     folder = paths.round_dir(config, job.name)
-    # A stale result from an earlier attempt must never pass for this attempt's.
-    await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
+    # A stale result from an earlier attempt must never pass for this attempt's; a round
+    # still running where a restarted supervisor found it (Slurm) owns its folder.
+    if not getattr(backend, "adopted", lambda name: False)(job.name):
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(folder, ignore_errors=True))
     sink = LineSink(config, job)
     watch[job.name] = (job, sink)
-    argv = command(config, job)
+    argv = command(config, job, getattr(backend, "gpu_value", None))
     log.info("round_started", seed=job.seed, attempt=job.attempt, argv=argv)
     try:
         exit_ = await backend.execute(config, job, argv, sink, on_start, control.stop,
@@ -170,6 +173,7 @@ async def _run_round(config: Config, job: RoundJob, control: Control,
     outcome.kind, outcome.produced, outcome.columns = OK, produced, columns
     outcome.accepted = int(len(columns["energy"]))
     log.info("round_finished", seed=job.seed, attempt=job.attempt, produced=produced,
-             accepted=outcome.accepted, duration_s=round(outcome.finished_at - started, 3))
+             accepted=outcome.accepted, duration_s=round(outcome.finished_at - started, 3),
+             **job.placed())
     return outcome
 

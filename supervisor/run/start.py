@@ -13,6 +13,7 @@ import anyio
 
 from supervisor import logs
 from supervisor.config.schema import Config
+from supervisor.core.records import TO_RUN, RoundStatus
 from supervisor.core.state import CleanRounds
 from supervisor.gpus.pool import GpuPool
 from supervisor.gpus.probe import Probe
@@ -46,7 +47,11 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
     pool, warning = prepare(config, probe, backend)
     with ExperimentLock(config.exp_dir):
         state = open_experiment(config)
+        running = {r.name: r.job_id for o in state.objects.values() for r in o.rounds.values()
+                   if r.status == RoundStatus.RUNNING}  # before start() interrupts them
         store, effects, orphans = start(config, state, pool.gpus)
+        if backend is not None and backend.kind == "slurm":
+            _resume_slurm(backend, store.state, running)
         # What rounds were seen to take (a run before's too): the pool's estimate.
         seen = [r.footprint_mib for r in store.state.gpus.values() if r.footprint_mib]
         pool.footprint_mib = max(seen) if seen else None
@@ -59,6 +64,12 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
         if backend is not None and backend.kind == "ray":
             log.info("ray_cluster", address=config.backend.address, gpus=len(pool.gpus),
                      nodes={node: len(keys) for node, keys in backend.nodes().items()})
+        if backend is not None and backend.kind == "slurm":
+            s = config.backend
+            log.info("slurm_cluster", mode=backend.mode, places=len(pool.gpus),
+                     allocation=backend.allocation, partition=s.partition or None,
+                     time_limit=s.time_limit or None, gres=s.gres, test_only=backend.test_only
+                     or None)
         inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
         if inherited and config.gpus == "all" and backend is None:
             # NVML ignores it: on a scheduler's allocation, "all" means other people's GPUs.
@@ -79,17 +90,30 @@ def open_supervisor(config: Config, probe: Probe | None = None, handle_signals: 
             store.journal.close()
 
 
+def _resume_slurm(backend: Any, state: Any, running: dict[str, str | None]) -> None:
+    """Jobs an earlier supervisor left in Slurm's queue: adopt those of rounds to run
+    again, cancel the rest (backends.slurm.adopt)."""
+    from supervisor.backends.slurm.connect import resume
+    to_run = {r.name for code in state.active for r in state.objects[code].rounds.values()
+              if r.status in TO_RUN}
+    resume(backend, running, to_run)
+
+
 def run_supervisor(config: Config, probe: Probe | None = None,
                    live_stream: TextIO | None = None, backend: Any = None) -> int:
     """Run to the end. With ``[backend] kind = "ray"`` and no ``backend`` given, joins the
-    cluster first (Ray is imported only then) and leaves it at the end."""
-    own = backend is None and probe is None and config.backend.kind == "ray"
+    cluster first (Ray is imported only then) and leaves it at the end; with ``"slurm"``,
+    checks Slurm first and cancels what is left of the experiment's jobs at the end."""
+    own = backend is None and probe is None and config.backend.kind in ("ray", "slurm")
     if own:  # the refusals that need no cluster come first: joining one takes seconds
         holder = live_holder(config.exp_dir)
         if holder is not None:
             raise in_use(paths.lock(config.exp_dir), holder)
         open_experiment(config)  # raises RefusedError (identity, resume = false, ...)
-        from supervisor.backends.ray.backend import open_backend
+        if config.backend.kind == "ray":
+            from supervisor.backends.ray.backend import open_backend
+        else:
+            from supervisor.backends.slurm.connect import open_backend
         backend = open_backend(config)
 
     async def main() -> int:

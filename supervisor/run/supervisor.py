@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 from anyio.abc import TaskGroup
@@ -33,10 +33,11 @@ from supervisor.run.live import LiveView, Snapshot
 from supervisor.logs import get_logger
 from supervisor.run.merger import Merger, Message
 from supervisor.run.packer import Packer
-from supervisor.core.records import GpuRecord, GpuStatus, ObjectStatus, now
+from supervisor.run.validation import Validations
+from supervisor.core.records import GpuRecord, GpuStatus, ObjectStatus, RoundStatus, now
 from supervisor.run.rounds import Control, RoundJob
 from supervisor.gpus.sampler import Sampler
-from supervisor.core.records import removed
+from supervisor.core.records import removed, validated
 from supervisor.storage.store import Store
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -82,6 +83,10 @@ class Supervisor:
         self.packer = Packer(config, self.state, pool, self.merger, self.dispatcher.watch,
                              changes.notify) \
             if config.gpu.max_rounds_per_gpu == "auto" else None
+        self.validations = Validations(
+            config, self.state, len(pool.gpus) if self.backend.kind == "local" else 0) \
+            if config.validate.enabled else None
+        self.merger.validations = self.validations
 
     @property
     def watch(self) -> dict[str, tuple[RoundJob, rounds.LineSink]]:
@@ -110,6 +115,9 @@ class Supervisor:
                 tg.start_soon(self.dispatcher.follow_gpus)
             if self.packer is not None:
                 tg.start_soon(self.packer.run)
+            serve = getattr(self.backend, "serve", None)
+            if serve is not None:  # the backend's own watch (Slurm: one squeue a poll)
+                tg.start_soon(serve)
             self.tg = tg
             if self.live_stream is not None:
                 tg.start_soon(LiveView(self.snapshot, self.live_stream).run)
@@ -120,7 +128,10 @@ class Supervisor:
             send, recv = anyio.create_memory_object_stream[Message](math.inf)
             async with anyio.create_task_group() as work:
                 work.start_soon(self.merger.consume, recv)
-                work.start_soon(self.dispatcher.run, send)
+                if self.validations is not None:
+                    work.start_soon(self.validations.run, send.clone())
+                    self._validate_held()
+                work.start_soon(self._dispatch, send)
             tg.cancel_scope.cancel()
         await self.merger.flush(drain=True)
         code = self._exit_code()
@@ -129,6 +140,21 @@ class Supervisor:
         code = self._exit_code()  # a failed last write makes it 1
         self._summary(code)
         return code
+
+    async def _dispatch(self, send: Any) -> None:
+        """Rounds until the state is settled or the run stops; then validation stops too
+        (what is left to validate is validated by the next run)."""
+        await self.dispatcher.run(send)
+        if self.validations is not None:
+            self.validations.finish()
+
+    def _validate_held(self) -> None:
+        """Rounds a run before produced and did not see validated (resume)."""
+        for code in self.state.order:
+            for rnd in list(self.state.objects[code].rounds.values()):
+                if rnd.status == RoundStatus.VALIDATING and code in self.merger.accs \
+                        and rnd.round_id in self.merger.accs[code].rounds:
+                    self.merger.to_validate(code, rnd.round_id, rnd.produced)
 
     def _exit_code(self) -> int:
         if self.merger.write_error is not None or self.stop_reason is not None:
@@ -163,8 +189,28 @@ class Supervisor:
             gpus_quarantined=[g for g, r in s.gpus.items()
                               if r.status == GpuStatus.QUARANTINED],
             wall_s=round(time.time() - self.started, 3), **self.merger.summary(),
+            **self._validation_summary(),
             **({"error": error} if error else {}),
         )
+
+    def _validation_summary(self) -> dict[str, Any]:
+        """[validate]: grasps validated, passed and failed by reason (the experiment's),
+        per object, and the rounds left to validate."""
+        if self.validations is None:
+            return {}
+        per_object = {}
+        for code in self.state.order:
+            checked, passed, reasons = validated(self.state.objects[code])
+            per_object[code] = {"validated": checked, "passed": passed, "failed_by": reasons}
+        reasons_all: dict[str, int] = {}
+        for o in per_object.values():
+            for k, n in o["failed_by"].items():
+                reasons_all[k] = reasons_all.get(k, 0) + n
+        return {"validation": {
+            "validated": sum(o["validated"] for o in per_object.values()),
+            "passed": sum(o["passed"] for o in per_object.values()),
+            "failed_by": dict(sorted(reasons_all.items())),
+            "rounds_to_validate": self.state.validating, "per_object": per_object}}
 
     def _grasps(self) -> int:
         """The experiment's grasps in final.npz files."""
@@ -178,7 +224,19 @@ class Supervisor:
             objects=len(s.order), objects_done=s.objects_by_status[ObjectStatus.DONE],
             progress=s.progress, progress_target=s.progress_target,
             gpus={g: _tag(s.gpus.get(g)) for g in self.pool.gpus},
-            running=[(job.gpu, job.name, sink.latest) for job, sink in self.watch.values()])
+            running=[(job.gpu, job.name, sink.latest) for job, sink in self.watch.values()],
+            validation=self._validation_line(),
+            waiting={job.name: job.where["queued"] for job, _ in self.watch.values()
+                     if "queued" in job.where})
+
+    def _validation_line(self) -> str:
+        """``34 % of 1200 grasps passed; 3 rounds to validate``, with [validate]."""
+        if self.validations is None:
+            return ""
+        passed, checked = self.state.validated_counts
+        rate = f"{passed / checked:.0%} of {checked} grasps passed" if checked else \
+            "no grasp validated yet"
+        return f"{rate}; {self.state.validating} round(s) to validate"
 
     def _running_pids(self) -> dict[int, str]:
         return {pgid: name for rounds_ in self.pool.rounds.values()

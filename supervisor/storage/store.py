@@ -47,6 +47,8 @@ def policy_of_snapshot(cfg: dict[str, Any]) -> Policy:
         packing=gpu.get("max_rounds_per_gpu", 1) == "auto",
         pack_gain=float(gpu.get("pack_gain", 0.1)),
         pack_retest_s=float(gpu.get("pack_retest_s", 1800.0)),
+        validate=bool(cfg.get("validate", {}).get("kind") or cfg.get("validate", {}).get("command")),
+        quarantine=cfg.get("backend", {}).get("kind") != "slurm",
     )
 
 

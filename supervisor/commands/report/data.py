@@ -127,10 +127,15 @@ def launch_gaps(att: dict[str, Any]) -> np.ndarray:
     return np.concatenate(gaps) if gaps else np.zeros(0)
 
 
+def counted(r: dict[str, Any]) -> int:
+    """What a round adds: its accepted grasps, with [validate] those that passed."""
+    return (r.get("passed") if r.get("passed") is not None else r.get("accepted")) or 0
+
+
 def collected(obj: dict[str, Any]) -> int:
     if obj.get("status") == "done":
         return int(obj.get("target", 0))
-    got = sum(r.get("accepted") or 0 for r in obj.get("rounds", {}).values()
+    got = sum(counted(r) for r in obj.get("rounds", {}).values()
               if r.get("status") in HAS_GRASPS)
     return min(int(got), int(obj.get("target", 0)))
 
@@ -155,6 +160,9 @@ def object_rows(m: dict[str, Any], att: dict[str, Any],
         accepted = sum(r.get("accepted") or 0 for r in good)
         dups = [d for d in [obj.get("duplicates")] + [r.get("duplicates") for r in good]
                 if d is not None]
+        checked = [(r["passed"], r.get("accepted") or 0) for r in rounds
+                   if r.get("passed") is not None]
+        tried = sum(a for _, a in checked)
         reasons = Counter("interrupted" if f.get("kind") == "interrupted"
                           else failure_kind(f.get("reason"))
                           for r in rounds for f in r.get("failures") or ())
@@ -169,6 +177,7 @@ def object_rows(m: dict[str, Any], att: dict[str, Any],
             "after_dedup": (accepted - sum(dups)) / produced if produced and dups else None,
             "gpu_hours": hours, "grasps_per_gpu_hour": got / hours if hours > 0 else None,
             "peak_mib": max(peaks) if peaks else None,
+            "pass_rate": sum(p for p, _ in checked) / tried if tried else None,
             "failures": ", ".join(f"{k} x{v}" for k, v in reasons.most_common()),
             "reason": obj.get("reason"),
         })
@@ -179,7 +188,8 @@ def progress(m: dict[str, Any]) -> dict[str, Any]:
     """Accepted grasps over time: the total, and per object (clipped at its target)."""
     per_object, times, steps = {}, [], []
     for code, obj in m["objects"].items():
-        done = [(r["finished_at"], r.get("accepted") or 0) for r in obj.get("rounds", {}).values()
+        done = [(r.get("validated_at") or r["finished_at"], counted(r))
+                for r in obj.get("rounds", {}).values()
                 if r.get("status") in HAS_GRASPS and r.get("finished_at")]
         if not done:
             continue

@@ -17,6 +17,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from supervisor.commands.report import data as rd, series
+from supervisor.commands.report.validation import validation_figures
 from supervisor.commands.report.figures import (
     Clock, _duration, energy_figure, gpu_figure, progress_figure,
     timeline_figure,
@@ -37,6 +38,8 @@ def object_table(rows: list[dict[str, Any]]) -> str:
             ("failed", "failed", "{}"), ("discarded", "discarded", "{}"),
             ("accepted after filter", "acceptance", "{:.0%}")]
     cols += [("after dedup", "after_dedup", "{:.0%}")] if dedup else []
+    cols += [("passed validation", "pass_rate", "{:.0%}")] \
+        if any(r.get("pass_rate") is not None for r in rows) else []
     cols += [("GPU-hours", "gpu_hours", "{:.3g}"),
              ("grasps/GPU-h", "grasps_per_gpu_hour", "{:.0f}")]
     cols += [("peak MiB", "peak_mib", "{}")] if peak else []
@@ -122,6 +125,7 @@ def build(exp_dir: Path, now: float | None = None, gallery: str | None = None) -
         ("Objects", f'<div class="scroll">{object_table(rows)}</div>'),
         ("Energy terms", energy_figure(values, rd.thresholds(m)) if values else
          "No grasps delivered yet."),
+        *validation_figures(exp_dir, m, clock),
         *([("Grasps", f'<div class="gallery">{gallery}</div>')] if gallery else []),
     ]
     stamp = "%Y-%m-%d %H:%M:%S"
