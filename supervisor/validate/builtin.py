@@ -76,26 +76,26 @@ def check_setup(checkout: Path, object_codes: Sequence[str]) -> str | None:
     ``BimanGrasp-Optimization`` folder) and how to fix it, or None when nothing is."""
     checkout = Path(checkout)
     if not checkout.is_dir():
-        return (f"validate: {checkout} is not a folder; point [main] cwd (or validate "
+        return (f"{checkout} is not a folder; point [main] cwd (or validate "
                 "--checkout) at the checkout's BimanGrasp-Optimization folder")
     for side in SIDES:
         try:
             fixed_xml(checkout, side)
         except HandError as exc:
-            return (f"validate: {exc}; the built-in validator reads BimanGrasp's own "
+            return (f"{exc}; the built-in validator reads BimanGrasp's own "
                     f"{MJCF_FILES[side]} from the checkout's BimanGrasp-Optimization folder "
                     "([main] cwd, or validate --checkout)")
     missing = [c for c in object_codes if not mesh_path(checkout, c).is_file()]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        return (f"validate: no {mesh_path(checkout, missing[0])}{more}; the built-in "
+        return (f"no {mesh_path(checkout, missing[0])}{more}; the built-in "
                 "validator needs each object's CoACD decomposition where main.py reads it "
                 "(../data/meshdata/<code>/coacd/decomposed.obj)")
     for code in object_codes:
         try:
             read_parts(checkout, code)
         except ObjectError as exc:
-            return f"validate: {exc}; replace it with the object's CoACD decomposition"
+            return f"{exc}; replace it with the object's CoACD decomposition"
     return None
 
 
