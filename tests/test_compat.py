@@ -86,7 +86,7 @@ def test_every_config_key_stays() -> None:
 
 JOURNAL_EVENTS = {
     "ObjectsRegistered": ["codes", "target"],
-    "SupervisorStarted": ["pid", "host", "argv", "at", "cwd", "env", "gpus"],
+    "SupervisorStarted": ["pid", "host", "argv", "at", "cwd", "env", "gpus", "validator"],
     "SupervisorStopped": ["at", "exit_code"],
     "RoundStarted": ["code", "round_id", "gpu", "at", "node"],
     "RoundSpawned": ["code", "round_id", "pid", "proc_start"],
