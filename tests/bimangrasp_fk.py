@@ -1,6 +1,7 @@
 """The checkout's own forward kinematics, for tests/test_validate_real.py: run under
 BimanGrasp's Python (``BIMANGRASP_PYTHON``, the one with torch) in its
-``BimanGrasp-Optimization`` folder, it imports nothing of the supervisor.
+``BimanGrasp-Optimization`` folder, it imports nothing of the supervisor's package (only
+the gallery's standalone helper.py, by its path).
 
     python tests/bimangrasp_fk.py REQUEST.json OUT.json
 
@@ -11,8 +12,8 @@ site (``robot0:S_*tip`` of the MJCF, placed on its link); the object's vertices 
 as the checkout's ``ObjectModel`` loads them; and which variant it is (fork or upstream).
 """
 
+import importlib.util
 import json
-import math
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -25,13 +26,13 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():  # the public release calls .cuda() in places
     torch.Tensor.cuda = lambda self, *a, **k: self
 
-
-def euler_sxyz(ax, ay, az):
-    ca, sa, cb, sb, cc, sc = (math.cos(ax), math.sin(ax), math.cos(ay), math.sin(ay),
-                              math.cos(az), math.sin(az))
-    return [[cb * cc, sa * sb * cc - ca * sc, ca * sb * cc + sa * sc],
-            [cb * sc, sa * sb * sc + ca * cc, ca * sb * sc - sa * cc],
-            [-sb, sa * cb, ca * cb]]
+# The gallery's helper runs in BimanGrasp's Python too and imports nothing of ours: it
+# turns a saved pose into HandModel's pose vector as the checkout's visualization.py does.
+_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "supervisor",
+                       "gallery", "helper.py")
+_spec = importlib.util.spec_from_file_location("gallery_helper", _HELPER)
+helper = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helper)
 
 
 def hand_models():
@@ -67,10 +68,8 @@ def tip_sites(side):
 
 
 def frames(model, qpos, sites):
-    rot = euler_sxyz(*[float(qpos[n]) for n in ("WRJRx", "WRJRy", "WRJRz")])
-    six = [rot[r][c] for c in range(2) for r in range(3)]
-    joints = [float(qpos[n]) for n in model.chain.get_joint_parameter_names()]
-    pose = [float(qpos[n]) for n in ("WRJTx", "WRJTy", "WRJTz")] + six + joints
+    rot = helper.euler_sxyz(*[float(qpos[n]) for n in helper.ROTATION])
+    pose = helper.pose_vector(qpos, model.chain.get_joint_parameter_names())
     model.set_parameters(torch.tensor([pose], dtype=torch.float64).float())
     R = torch.tensor(rot, dtype=torch.float64)
     t = torch.tensor(pose[:3], dtype=torch.float64)
