@@ -120,6 +120,15 @@ def test_the_gallery_never_imports_torch_into_the_supervisor() -> None:
             assert "torch" not in {t.split(".")[0] for t in imports(path)}, module
 
 
+def test_the_validator_needs_no_anyio_logging_or_torch() -> None:
+    """supervisor.validate runs in one-shot tasks and the validate command: numpy and
+    MuJoCo only, whatever the page's table allows."""
+    for module, path in modules().items():
+        if part(module) == "validate":
+            top = {t.split(".")[0] for t in imports(path)}
+            assert not top & {"anyio", "structlog", "torch"}, module
+
+
 def test_nothing_imports_the_commands_but_the_entry_point() -> None:
     for module, path in modules().items():
         if part(module) in ("commands", "__main__"):

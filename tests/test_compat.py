@@ -39,6 +39,9 @@ COMMAND_FLAGS = {
     "show": {"--index", "--best", "--out", "--no-open", "--failed"},
     "dataset-info": {"--help", "--json", "--threshold", "--joint_tol_rad",
                      "--rotation_tol_rad", "--translation_tol_m"},
+    "validate": {"--checkout", "--out", "--workers", "--object_mass_kg", "--force_n",
+                 "--max_translation_m", "--max_rotation_deg", "--max_penetration_m",
+                 "--friction", "--torsional_friction"},
 }
 OVERRIDES = COMMAND_FLAGS[""] - {"--help", "--log-format", "--live", "--no-live", "--dry-run"}
 
@@ -83,7 +86,7 @@ def test_every_config_key_stays() -> None:
 
 JOURNAL_EVENTS = {
     "ObjectsRegistered": ["codes", "target"],
-    "SupervisorStarted": ["pid", "host", "argv", "at", "cwd", "env", "gpus"],
+    "SupervisorStarted": ["pid", "host", "argv", "at", "cwd", "env", "gpus", "validator"],
     "SupervisorStopped": ["at", "exit_code"],
     "RoundStarted": ["code", "round_id", "gpu", "at", "node"],
     "RoundSpawned": ["code", "round_id", "pid", "proc_start"],

@@ -25,13 +25,14 @@ from supervisor.storage import paths
 from supervisor.storage.lock import LockedError
 
 EXIT_USAGE = 2
-COMMANDS = ("status", "export", "recover", "report", "dataset-info", "show")
+COMMANDS = ("status", "export", "recover", "report", "dataset-info", "show", "validate")
 
 
 def run_parser() -> Parser:
     p = Parser(prog="python -m supervisor", description=(
         "Run BimanGrasp's main.py in rounds on a GPU pool until every object's quota is met. "
-        "Other commands: status, export, recover, report, dataset-info, show (python -m "
+        "Other commands: status, export, recover, report, dataset-info, show, validate "
+        "(python -m "
         "supervisor "
         "COMMAND --help)."))
     p.add_argument("config", type=Path, help="the TOML config file")
@@ -73,6 +74,9 @@ def command_main(command: str, argv: Sequence[str]) -> int:
     if command == "dataset-info":
         from supervisor.commands import dataset_info
         return dataset_info.main(list(argv))
+    if command == "validate":
+        from supervisor.commands import validate
+        return validate.main(list(argv))
     args = _parser(command).parse_args(argv)
     # status and export only read: they need no checkout ([main] cwd may be gone).
     config = load_config(args.config, overrides_from(args), reading=command != "recover")

@@ -16,6 +16,7 @@ from supervisor.core.records import now
 from supervisor.core.slots import GpuKey
 from supervisor.core.state import State
 from supervisor.run.resume import open_experiment
+from supervisor.run.start import check_validator
 from supervisor.backends.job import RoundJob, command
 from supervisor.core.transitions import apply
 
@@ -42,7 +43,8 @@ def _gpu_lines(pool: GpuPool, probe: Probe, config: Config
 
 def dry_run(config: Config, probe: Probe | None = None, out: TextIO | None = None) -> int:
     """With ``[backend] kind = "ray"`` (and no ``probe`` given) it joins the cluster to list
-    its nodes and GPUs, and leaves it again."""
+    its nodes and GPUs, and leaves it again. Refuses what a run would refuse at start."""
+    check_validator(config)
     if probe is None and config.backend.kind == "ray":
         holder = live_holder(config.exp_dir)
         if holder is not None:  # its workers hold the cluster's GPUs: say so, join nothing

@@ -31,6 +31,9 @@ class SupervisorStarted:
     cwd: str = ""
     env: dict[str, str] = field(default_factory=dict)
     gpus: tuple[GpuKey, ...] = ()
+    # [validate]: what validates this run's grasps (its identity, and MuJoCo's version for
+    # the built-in: a resumed run may run on another); {} without [validate]
+    validator: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

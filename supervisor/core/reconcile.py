@@ -38,7 +38,8 @@ def objects_registered(state: State, e: ev.ObjectsRegistered) -> list[Effect]:
 def supervisor_started(state: State, e: ev.SupervisorStarted) -> list[Effect]:
     """Rounds a dead supervisor left behind run again; their process groups are killed."""
     state.runs.append({"pid": e.pid, "host": e.host, "argv": list(e.argv),
-                       "started_at": e.at, "cwd": e.cwd, "env": dict(e.env)})
+                       "started_at": e.at, "cwd": e.cwd, "env": dict(e.env),
+                       **({"validator": dict(e.validator)} if e.validator else {})})
     state.stats.clear()
     state.failure_kinds.clear()
     state.run_ok, state.fail_streak = 0, []

@@ -8,6 +8,7 @@ and processes and turns what it finds into events.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import signal
 import socket
@@ -103,6 +104,15 @@ def _changed(key: str, now: Any, before: Any) -> tuple[str, Any, Any]:
     return f"{key}.{prefix}{sub}", now.get(sub, "(unset)"), before.get(sub, "(unset)")
 
 
+def validator_record(config: Config) -> dict[str, Any]:
+    """[validate] for the run's record in the manifest: the validator, and the MuJoCo that
+    the built-in one runs on (read from the installed package: nothing is imported)."""
+    record = config.validate.identity() if config.validate.enabled else {}
+    if config.validate.kind == "mujoco":
+        record["mujoco"] = importlib.metadata.version("mujoco")
+    return record
+
+
 def start(config: Config, state: State, gpus: list[int]) -> tuple[Store, list[Effect],
                                                                    list[tuple[str, int]]]:
     """Register the objects and this start; kill orphaned round groups before the start
@@ -117,7 +127,7 @@ def start(config: Config, state: State, gpus: list[int]) -> tuple[Store, list[Ef
             f"seeds above {MAX_SEED} (numpy's limit); lower seed_base or use a new exp_name")
     started = store.record(ev.SupervisorStarted(
         os.getpid(), socket.gethostname(), tuple(sys.argv), now(), str(config.main.cwd),
-        dict(config.main.env), tuple(gpus)))
+        dict(config.main.env), tuple(gpus), validator_record(config)))
     stopped: list[tuple[str, int]] = []
     for effect in started:
         if isinstance(effect, KillOrphans):

@@ -18,14 +18,27 @@ from supervisor.core.state import CleanRounds
 from supervisor.gpus.pool import GpuPool
 from supervisor.gpus.probe import Probe
 from supervisor.gpus.choose import make_probe
-from supervisor.run.resume import load_grasps, open_experiment, start
+from supervisor.run.resume import RefusedError, load_grasps, open_experiment, start
 from supervisor.run.supervisor import Supervisor
 from supervisor.storage import paths
 from supervisor.storage.lock import ExperimentLock, in_use, live_holder
 
 
+def check_validator(config: Config) -> None:
+    """``[validate] kind = "mujoco"``: the checkout holds what the built-in validator reads
+    (both hands' MJCFs, each object's CoACD parts), or the start is refused (exit 2) before
+    a round runs whose grasps could never be validated. MuJoCo is imported only then."""
+    if config.validate.kind != "mujoco":
+        return
+    from supervisor.validate.builtin import check_setup
+    problem = check_setup(config.main.cwd, config.object_codes)
+    if problem is not None:
+        raise RefusedError(f'{config.path}: [validate] kind = "mujoco": {problem}')
+
+
 def prepare(config: Config, probe: Probe | None = None,
             backend: Any = None) -> tuple[GpuPool, str | None]:
+    check_validator(config)
     warning = None
     if backend is not None:  # a cluster's GPUs, as the backend found them
         return GpuPool(backend, "all", config.gpu), None
@@ -110,6 +123,7 @@ def run_supervisor(config: Config, probe: Probe | None = None,
         if holder is not None:
             raise in_use(paths.lock(config.exp_dir), holder)
         open_experiment(config)  # raises RefusedError (identity, resume = false, ...)
+        check_validator(config)
         if config.backend.kind == "ray":
             from supervisor.backends.ray.backend import open_backend
         else:
