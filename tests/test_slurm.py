@@ -221,7 +221,7 @@ def test_status_names_what_squeue_said_when_it_cannot_read_the_queue(
     monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
     config = layout.config(gpus="all", backend={"kind": "slurm"})
     assert render(overview(config)) == [
-        "slurm: queue not read (squeue: squeue: error: Invalid user: nobody)"]
+        "slurm: queue not read (squeue: error: Invalid user: nobody)"]
     fake.write_text("#!/bin/sh\nexit 4\n")  # says nothing: its exit status
     assert render(overview(config)) == ["slurm: queue not read (squeue: exit status 4)"]
 

@@ -31,7 +31,8 @@ def overview(config: Config) -> dict[str, Any]:
                 if is_live(j.state)]
         steps = _squeue(["squeue", "--me", "--steps", "--noheader", "--format=%i|%j|%N"])
     except (OSError, subprocess.SubprocessError) as exc:
-        return {"jobs": [], "error": f"squeue: {exc}"}
+        said = str(exc)  # squeue's own complaints start with "squeue: "
+        return {"jobs": [], "error": said if said.startswith("squeue:") else f"squeue: {said}"}
     rows = [{"round": j.name, "job_id": j.job_id, "state": j.state,
              "reason": None if j.reason in ("", "None") else j.reason, "node": j.nodes or None}
             for j in jobs]
