@@ -224,3 +224,23 @@ def test_show_draws_a_failed_grasp_with_its_reason_from_a_kept_round_folder(
     refused = run_cli("show", str(gone), "obj_a", "--failed", "--no-open")
     assert refused.returncode == 2 and "folders are gone (keep_intermediate = true keeps " \
         "them)" in refused.stderr, refused.stderr
+
+
+def test_final_npz_never_holds_a_grasp_not_yet_validated(layout: Layout, monkeypatch) -> None:
+    """Without [dedup], a stride write while one round hangs in validation (the others
+    validated around it) holds only grasps that passed: every write, not just the last."""
+    from supervisor.dataset import final
+
+    writes: list[np.ndarray] = []
+    write = final.write
+
+    def checked(path, columns):
+        writes.append(np.asarray(columns["passed"]))
+        return write(path, columns)
+
+    monkeypatch.setattr(final, "write", checked)
+    env = {"STANDIN_VALIDATOR_FAULT": "hang", "STANDIN_VALIDATOR_ONCE": str(layout.root / "once")}
+    config = layout.config(merge_stride=1, **settings(env=env, timeout_s=2.0))
+    assert run_in_process(config) == 0
+    assert len(writes) > 2
+    assert all(w.dtype == bool and w.all() for w in writes), [w.tolist() for w in writes]

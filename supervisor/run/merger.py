@@ -220,10 +220,11 @@ class Merger:
     async def _write_dataset(self, write: WriteDataset) -> None:
         acc = self.accs.get(write.code) or Accumulator()
         used = write.used
-        if used is None:  # a stride or drain write: the rounds held (and judged)...
+        if used is None:  # a stride or drain write: the rounds held, validated, judged...
             obj = self.state.objects[write.code]
             held = {rid: len(cols["round_id"]) for rid, cols in acc.rounds.items()
-                    if not self.config.dedup.enabled or obj.rounds[rid].unique is not None}
+                    if obj.rounds[rid].status != RoundStatus.VALIDATING and (
+                        not self.config.dedup.enabled or obj.rounds[rid].unique is not None)}
             used = plan.first_rows(held, obj.target)  # ...never more than the target
         columns = acc.build(used)
         path = paths.final(self.config.exp_dir, write.code)
