@@ -68,14 +68,18 @@ def check(figures: dict[str, np.ndarray], n: int, where: str) -> dict[str, np.nd
 
 def read_output(file: Path, n: int) -> dict[str, np.ndarray]:
     """What a validator wrote at ``{out}``: checked figures for the file's ``n`` grasps."""
+    return check(_arrays(file, "not written", "not an .npz of arrays"), n, str(file))
+
+
+def _arrays(file: Path, missing: str, bad: str) -> dict[str, np.ndarray]:
+    """An .npz's arrays; ValidationError naming the file (``missing``, ``bad (why)``)."""
     try:
         with np.load(file, allow_pickle=False) as data:
-            figures = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except FileNotFoundError:
-        raise ValidationError(f"{file}: not written") from None
+        raise ValidationError(f"{file}: {missing}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValidationError(f"{file}: not an .npz of arrays ({exc})") from None
-    return check(figures, n, str(file))
+        raise ValidationError(f"{file}: {bad} ({exc})") from None
 
 
 def write(file: Path, items: np.ndarray, figures: dict[str, np.ndarray]) -> None:
@@ -85,13 +89,7 @@ def write(file: Path, items: np.ndarray, figures: dict[str, np.ndarray]) -> None
 
 def read(file: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A round's validation file: the items validated and their figures."""
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError:
-        raise ValidationError(f"{file}: no validation file") from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValidationError(f"{file}: unreadable ({exc})") from None
+    arrays = _arrays(file, "no validation file", "unreadable")
     if "item_index" not in arrays:
         raise ValidationError(f"{file}: no item_index array")
     items = arrays.pop("item_index")
