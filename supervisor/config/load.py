@@ -7,7 +7,6 @@ Every error names the file, the key, the bad value and the expected form, e.g.
 from __future__ import annotations
 
 import re
-import string
 import sys
 from dataclasses import MISSING, fields, replace
 from pathlib import Path
@@ -19,7 +18,9 @@ from supervisor.config.schema import (
     MainSettings, ViewSettings,
 )
 from supervisor.config.validate import read_validate
-from supervisor.config.toml import ConfigError, Reader, check_name, read_settings, source
+from supervisor.config.toml import (
+    ConfigError, Reader, check_name, read_settings, source, template_fields,
+)
 from supervisor.core.plan import MAX_SEED, SEED_STRIDE
 
 if sys.version_info >= (3, 11):
@@ -50,11 +51,7 @@ def _command(r: Reader) -> tuple[str, ...]:
         raise r.error("command", command, "a non-empty list of strings")
     used: set[str] = set()
     for part in command:
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(part) if f is not None]
-        except ValueError as exc:
-            raise r.error("command", part, f"a valid template ({exc})") from None
-        for name in fields:
+        for name in template_fields(r, "command", part):
             if name not in PLACEHOLDERS:
                 raise r.error("command", part,
                               f"placeholders among {{{'}, {'.join(sorted(PLACEHOLDERS))}}}")

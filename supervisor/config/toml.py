@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import string
 from dataclasses import fields
 from typing import Any, Mapping
 
@@ -128,6 +129,15 @@ class Reader:
         for key, value in self.table.items():
             hint = f"one of {', '.join(sorted(known))}" if known else "no such key"
             raise self.error(key, value, f"a known key ({hint})")
+
+
+def template_fields(r: Reader, key: str, part: str) -> list[str]:
+    """The ``{placeholder}`` names in one argv string of ``key``; a broken template is
+    refused naming it."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(part) if f is not None]
+    except ValueError as exc:
+        raise r.error(key, part, f"a valid template ({exc})") from None
 
 
 def check_name(source: str, key: str, value: Any) -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import string
 import sys
 from pathlib import Path
 
 from supervisor.config.objects import resolve
 from supervisor.config.schema import ValidateSettings
-from supervisor.config.toml import Reader, read_defaults
+from supervisor.config.toml import Reader, read_defaults, template_fields
 
 VALIDATORS = ("mujoco",)
 # a [validate] command's placeholders ({python} as in [main])
@@ -27,11 +26,7 @@ def _command(v: Reader) -> tuple[str, ...]:
         raise v.error("command", command, "a non-empty list of strings (the validator's argv)")
     used: set[str] = set()
     for part in command:
-        try:
-            names = [f for _, f, _, _ in string.Formatter().parse(part) if f is not None]
-        except ValueError as exc:
-            raise v.error("command", part, f"a valid template ({exc})") from None
-        for name in names:
+        for name in template_fields(v, "command", part):
             if name not in VALIDATE_PLACEHOLDERS:
                 raise v.error("command", part, "placeholders among {"
                               + "}, {".join(sorted(VALIDATE_PLACEHOLDERS)) + "}")
